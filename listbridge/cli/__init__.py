@@ -1,0 +1,98 @@
+"""`listbridge` command line: the root group loads the configuration once into ctx.obj."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from functools import cached_property
+
+import click
+from sqlalchemy.exc import OperationalError
+
+from ..config import ConfigError, ConfigWarning, Settings, load_settings
+from ..store import Database
+
+
+class App:
+    """What every command needs, built on first use."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+
+    @cached_property
+    def settings(self) -> Settings:
+        return load_settings(self.config_path)
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.settings.database.url)
+
+    def ready_db(self) -> Database:
+        """The database, upgraded to the newest schema if it is behind."""
+        if not self.db.is_current():
+            self.db.upgrade()
+        return self.db
+
+    def list_address(self, given: str | None) -> str:
+        """The list a command is about: --list, or the only configured one."""
+        if given:
+            mlist = self.settings.list_for(given)
+            if mlist is None:
+                raise click.UsageError(f"{given} is not a configured list.")
+            return mlist.address
+        if len(self.settings.lists) > 1:
+            raise click.UsageError("several lists are configured: say which one with --list.")
+        return self.settings.lists[0].address
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+@click.group()
+@click.option("--config", "config_path", metavar="PATH", help="configuration file (else $LISTBRIDGE_CONFIG, else ./listbridge.toml)")
+@click.option("-v", "--verbose", is_flag=True, help="log more detail")
+@click.version_option(package_name="listbridge")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
+    """listbridge: a mailing list and comment bridge for gemlogs and sites kept in git."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    ctx.obj = App(config_path)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    if issubclass(category, ConfigWarning):
+        click.echo(f"listbridge: warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
+def main() -> None:
+    """Console entry point: user errors are one sentence on stderr and a non-zero exit."""
+    warnings.showwarning = _show_warning
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        click.echo(f"listbridge: error: {exc}", err=True)
+        sys.exit(1)
+    except OperationalError as exc:
+        click.echo(f"listbridge: error: the database cannot be used: {exc.orig}", err=True)
+        sys.exit(1)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+from . import db, deliver, init, moderate, queue, serve, subscribers  # noqa: E402,F401  (registers commands)

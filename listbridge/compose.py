@@ -1,0 +1,67 @@
+"""Outgoing messages: headers every list mail carries, and per-recipient personalisation."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formataddr, formatdate
+
+from .addresses import subaddress
+from .config import ListSettings
+
+
+def list_id(mlist: ListSettings) -> str:
+    """RFC 2919 List-Id: `title <local.domain>`."""
+    return f"{mlist.title} <{mlist.local}.{mlist.domain}>"
+
+
+def new_message_id(domain: str) -> str:
+    return f"<{int(time.time())}.{secrets.token_hex(8)}@{domain}>"
+
+
+def list_headers(mlist: ListSettings, separator: str) -> dict[str, str]:
+    """The List-* and loop headers of every mail the list sends (List-Unsubscribe apart)."""
+    return {
+        "List-Id": list_id(mlist),
+        "List-Post": f"<mailto:{mlist.address}>",
+        "List-Help": f"<mailto:{subaddress(mlist.address, 'help', separator)}>",
+        "List-Subscribe": f"<mailto:{subaddress(mlist.address, 'subscribe', separator)}>",
+        "Precedence": "list",
+        "X-Loop": mlist.address,
+    }
+
+
+def build(
+    mlist: ListSettings,
+    separator: str,
+    *,
+    subject: str,
+    body: str,
+    sender: str,
+    to: str | None = None,
+    reply_to: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> bytes:
+    """A complete message as CRLF bytes. `to=None` leaves To and List-Unsubscribe to the sender
+    worker (a list mail, personalised at send time)."""
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = formataddr((mlist.title, sender))
+    if to is not None:
+        msg["To"] = to
+        msg["List-Unsubscribe"] = f"<mailto:{subaddress(mlist.address, 'unsubscribe', separator)}>"
+    msg["Subject"] = subject
+    msg["Date"] = formatdate(localtime=False, usegmt=True)
+    msg["Message-ID"] = new_message_id(mlist.domain)
+    if reply_to:
+        msg["Reply-To"] = reply_to
+    for name, value in {**list_headers(mlist, separator), **(extra or {})}.items():
+        msg[name] = value
+    msg.set_content(body, cte="quoted-printable" if not body.isascii() else "7bit")
+    return msg.as_bytes()
+
+
+def personal_headers(address: str, unsubscribe: str) -> bytes:
+    """Headers prepended to a stored list mail for one recipient (or one batch)."""
+    return f"To: {address}\r\nList-Unsubscribe: <mailto:{unsubscribe}>\r\n".encode("ascii", "replace")

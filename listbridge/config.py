@@ -1,0 +1,316 @@
+"""Settings: one table of options drives the defaults, validation, `init` and the docs.
+
+A TOML file is layered over the embedded defaults. Unknown keys get a warning; invalid values
+raise ConfigError with one clear sentence. Settings are passed explicitly, never global.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_ENV = "LISTBRIDGE_CONFIG"
+DEFAULT_CONFIG_NAME = "listbridge.toml"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; the message is one sentence for the user."""
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+
+
+# The table of every option: section -> options. `[[lists]]` entries use the "lists" section.
+OPTIONS: dict[str, tuple[Option, ...]] = {
+    "database": (
+        Option("url", "sqlite:///listbridge.sqlite3", "SQLAlchemy URL: sqlite:///FILE or postgresql+psycopg://…"),
+    ),
+    "smtp": (
+        Option("host", "127.0.0.1", "address listbridge listens on"),
+        Option("port", 8025, "port listbridge listens on"),
+        Option("lmtp", False, "speak LMTP instead of SMTP"),
+        Option("max_message_size", 1048576, "larger messages are refused with 552"),
+        Option("separator", "+", "separator between the list name and its sub-address"),
+    ),
+    "relay": (
+        Option("host", "127.0.0.1", "SMTP relay that delivers outgoing mail"),
+        Option("port", 25, "relay port"),
+        Option("security", "none", "transport security to the relay", ("none", "starttls", "ssl")),
+        Option("username", "", "AUTH user name (empty: no AUTH)"),
+        Option("password_file", "", "file holding the AUTH password"),
+        Option("connections", 4, "parallel SMTP sessions to the relay"),
+        Option("personalize", True, "one message per recipient, with its own unsubscribe token"),
+        Option("timeout", 30.0, "seconds before a relay operation times out"),
+        Option("retry_days", 5.0, "how long a temporary failure is retried before giving up"),
+        Option("helo", "", "name announced in EHLO (empty: this host's name)"),
+    ),
+    "subscriptions": (
+        Option("confirm_days", 7.0, "days a confirmation token stays valid"),
+        Option("confirm_limit", 3, "confirmation mails per address per 24 hours"),
+    ),
+    "site": (
+        Option("repo", "site", "git work tree of the site; created if missing"),
+        Option("posts", "log", "folder of the posts, to match comment subjects"),
+        Option("comments_dir", "log/commentaires", "folder of the comment archive"),
+        Option("base_url", "gemini://localhost", "public URL of the site"),
+        Option("push", False, "push the site repo after each commit"),
+    ),
+    "lists": (
+        Option("address", "bla@localhost", "the list address"),
+        Option("title", "bla", "the list's name in subjects and texts"),
+        Option("owner", "", "address of the list owner (+owner mail goes there)"),
+        Option("language", "en", "language of the texts", ("fr", "en")),
+        Option("moderation", "first-post", "which comments are held", ("all", "first-post", "none")),
+        Option("authserv_id", "", "trusted authserv-id in Authentication-Results"),
+        Option("templates", "", "folder whose templates override the shipped ones"),
+    ),
+    "watch": (
+        Option("mx", "localhost:25", "the home MX to probe, HOST:PORT"),
+        Option("interval", 60, "seconds between probes"),
+        Option("failures", 3, "consecutive failures before an outage is declared"),
+        Option("recoveries", 2, "consecutive successes before it is resolved"),
+        Option("roster", "roster.sqlite3", "roster snapshot used by the watcher"),
+    ),
+}
+
+
+def _values(section: str, given: dict[str, Any], where: str) -> dict[str, Any]:
+    """Overlay `given` on the defaults of `section`, checking types and choices."""
+    options = {o.key: o for o in OPTIONS[section]}
+    for key in given:
+        if key not in options:
+            warnings.warn(f"no such option: [{section}] {key}", ConfigWarning, stacklevel=3)
+    out: dict[str, Any] = {}
+    for key, option in options.items():
+        value = given.get(key, option.default)
+        expected = type(option.default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not expected:
+            raise ConfigError(
+                f"[{where}] {key} must be {_type_name(expected)}, not {value!r}."
+            )
+        if option.choices and value not in option.choices:
+            raise ConfigError(f"[{where}] {key} must be one of {', '.join(option.choices)}, not {value!r}.")
+        out[key] = value
+    return out
+
+
+def _type_name(t: type) -> str:
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}[t]
+
+
+class ConfigWarning(UserWarning):
+    """An unknown key in the configuration file."""
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    lmtp: bool
+    max_message_size: int
+    separator: str
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    host: str
+    port: int
+    security: str
+    username: str
+    password_file: str
+    connections: int
+    personalize: bool
+    timeout: float
+    retry_days: float
+    helo: str
+
+    def password(self) -> str:
+        if not self.password_file:
+            return ""
+        try:
+            return Path(self.password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"[relay] password_file cannot be read: {exc.strerror}.") from exc
+
+
+@dataclass(frozen=True)
+class SubscriptionSettings:
+    confirm_days: float
+    confirm_limit: int
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    repo: str
+    posts: str
+    comments_dir: str
+    base_url: str
+    push: bool
+
+
+@dataclass(frozen=True)
+class ListSettings:
+    address: str
+    title: str
+    owner: str
+    language: str
+    moderation: str
+    authserv_id: str
+    templates: str
+
+    @property
+    def local(self) -> str:
+        return self.address.rsplit("@", 1)[0]
+
+    @property
+    def domain(self) -> str:
+        return self.address.rsplit("@", 1)[1]
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    mx: str
+    interval: int
+    failures: int
+    recoveries: int
+    roster: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings
+    smtp: SmtpSettings
+    relay: RelaySettings
+    subscriptions: SubscriptionSettings
+    site: SiteSettings
+    lists: tuple[ListSettings, ...]
+    watch: WatchSettings
+    source: Path | None = field(default=None, compare=False)
+
+    def list_for(self, address: str) -> ListSettings | None:
+        """The configured list whose address is `address` (case-insensitive)."""
+        wanted = address.lower()
+        for mlist in self.lists:
+            if mlist.address.lower() == wanted:
+                return mlist
+        return None
+
+
+def build_settings(data: dict[str, Any], source: Path | None = None) -> Settings:
+    """Settings from parsed TOML `data`, layered over the embedded defaults."""
+    for section in data:
+        if section not in OPTIONS:
+            warnings.warn(f"no such section: [{section}]", ConfigWarning, stacklevel=2)
+
+    def table(name: str) -> dict[str, Any]:
+        value = data.get(name, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{name}] must be a table.")
+        return _values(name, value, name)
+
+    raw_lists = data.get("lists", [{}])
+    if not isinstance(raw_lists, list) or not raw_lists:
+        raise ConfigError("[[lists]] must hold at least one list.")
+    lists = []
+    for index, entry in enumerate(raw_lists):
+        if not isinstance(entry, dict):
+            raise ConfigError("each [[lists]] entry must be a table.")
+        values = _values("lists", entry, f"lists {index + 1}")
+        values["address"] = values["address"].strip().lower()
+        _check_list_address(values["address"], index)
+        lists.append(ListSettings(**values))
+    if len({m.address for m in lists}) != len(lists):
+        raise ConfigError("two [[lists]] entries have the same address.")
+
+    smtp = SmtpSettings(**table("smtp"))
+    if len(smtp.separator) != 1 or smtp.separator.isalnum() or smtp.separator in "@. ":
+        raise ConfigError(f"[smtp] separator must be one punctuation character such as + or -, not {smtp.separator!r}.")
+    for mlist in lists:
+        if smtp.separator in mlist.local:
+            raise ConfigError(f"list address {mlist.address} contains the separator {smtp.separator!r}.")
+    relay = RelaySettings(**table("relay"))
+    if relay.connections < 1:
+        raise ConfigError("[relay] connections must be at least 1.")
+    subs = SubscriptionSettings(**table("subscriptions"))
+    if subs.confirm_limit < 1 or subs.confirm_days <= 0:
+        raise ConfigError("[subscriptions] confirm_limit and confirm_days must be positive.")
+    return Settings(
+        database=DatabaseSettings(**table("database")),
+        smtp=smtp,
+        relay=relay,
+        subscriptions=subs,
+        site=SiteSettings(**table("site")),
+        lists=tuple(lists),
+        watch=WatchSettings(**table("watch")),
+        source=source,
+    )
+
+
+def _check_list_address(address: str, index: int) -> None:
+    local, at, domain = address.partition("@")
+    if not at or not local or not domain or "@" in domain or " " in address:
+        raise ConfigError(f"[[lists]] entry {index + 1} has an invalid address {address!r}.")
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """Which file to read: --config, then $LISTBRIDGE_CONFIG, then ./listbridge.toml, else none."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    local = Path(DEFAULT_CONFIG_NAME)
+    return local if local.exists() else None
+
+
+def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
+    """Read the configuration file (if any) and return validated settings."""
+    path = config_path(explicit)
+    if path is None:
+        return build_settings({})
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist.") from None
+    except OSError as exc:
+        raise ConfigError(f"configuration file {path} cannot be read: {exc.strerror}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}.") from None
+    return build_settings(data, source=path)
+
+
+def render_default_config() -> str:
+    """A commented listbridge.toml with every option at its default (for `listbridge init`)."""
+    lines = ["# listbridge configuration. Every option is shown with its default value.", ""]
+    for section, options in OPTIONS.items():
+        lines.append(f"[[{section}]]" if section == "lists" else f"[{section}]")
+        for option in options:
+            note = option.help + (f" ({' | '.join(option.choices)})" if option.choices else "")
+            lines.append(f"# {note}")
+            lines.append(f"{option.key} = {_toml_value(option.default)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)

@@ -1,0 +1,148 @@
+"""One received message -> parse, route each recipient, act, commit. Shared by SMTP, LMTP and
+`deliver`; the caller answers only after this returns, so a 250 means the work is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from . import addresses, outbox
+from .config import Settings
+from .intake import Incoming, IntakeError, parse
+from .models import HeldMessage
+from .store import Database
+from .subscriptions import ListContext, Rejected, confirm, request, unsubscribe_with_token, within_reply_limit, send
+
+log = logging.getLogger(__name__)
+
+# sysexits.h
+EX_OK, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL = 0, 65, 67, 75
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer for one recipient, as an SMTP reply and as a sysexits code."""
+
+    line: str
+
+    @property
+    def code(self) -> int:
+        return int(self.line[:3])
+
+    @property
+    def exit_code(self) -> int:
+        if self.code < 400:
+            return EX_OK
+        if self.code < 500:
+            return EX_TEMPFAIL
+        return EX_NOUSER if self.line.startswith("550 5.1.1") else EX_DATAERR
+
+
+OK = Reply("250 2.0.0 OK: stored")
+UNKNOWN = Reply("550 5.1.1 No such list or address here")
+
+
+def check_recipient(settings: Settings, address: str) -> Reply | None:
+    """None when `address` is one of ours, else the refusal (never an open relay)."""
+    if addresses.route(address, [m.address for m in settings.lists], settings.smtp.separator) is None:
+        return UNKNOWN
+    return None
+
+
+def accept(db: Database, settings: Settings, raw: bytes, envelope_from: str, recipients: Sequence[str]) -> list[Reply]:
+    """Act on one message for each recipient; all the work is committed before returning."""
+    try:
+        incoming = parse(raw, envelope_from)
+    except IntakeError as exc:
+        log.warning("refused unparseable message from <%s>: %s", envelope_from, exc)
+        return [Reply(f"554 5.6.0 {exc}")] * len(recipients)
+    replies: list[Reply] = []
+    try:
+        with db.transaction() as session:
+            for rcpt in recipients:
+                replies.append(_act(session, settings, incoming, envelope_from, rcpt))
+    except SQLAlchemyError as exc:
+        log.error("database error, message from <%s> deferred: %s", envelope_from, exc)
+        return [Reply("451 4.3.0 Temporary storage failure, try again later")] * len(recipients)
+    return replies
+
+
+def _act(session: Session, settings: Settings, incoming: Incoming, envelope_from: str, rcpt: str) -> Reply:
+    recipient = addresses.route(rcpt, [m.address for m in settings.lists], settings.smtp.separator)
+    mlist = settings.list_for(recipient.list_address) if recipient else None
+    if recipient is None or mlist is None:
+        return UNKNOWN
+    ctx = ListContext(settings, mlist)
+    action = recipient.action
+    automated = incoming.is_automated(envelope_from, mlist.address)
+    try:
+        if action == addresses.POST:
+            _hold(session, mlist.address, incoming)
+            return OK
+        if action == addresses.OWNER:
+            return _forward_to_owner(session, ctx, incoming)
+        if action == addresses.UNSUBSCRIBE_TOKEN:
+            done = unsubscribe_with_token(session, ctx, recipient.token, goodbye=not automated)
+        elif automated:
+            # RFC 3834: never answer (nor act on) an automatic message; it is dropped on purpose.
+            done = f"ignored automatic message to {action}"
+        elif not incoming.sender:
+            return Reply("550 5.1.7 The message has no sender address to answer")
+        elif action in (addresses.SUBSCRIBE, addresses.UNSUBSCRIBE):
+            done = request(session, ctx, action, incoming.sender, incoming.display_name)
+        elif action == addresses.CONFIRM:
+            done = confirm(session, ctx, recipient.token)
+        elif action == addresses.HELP:
+            done = "help sent"
+            if within_reply_limit(session, ctx, incoming.sender.lower(), "help"):
+                send(session, ctx, "help", incoming.sender)
+            else:
+                done = "help not sent: reply limit reached"
+        else:  # pragma: no cover - route() only returns the actions above
+            return UNKNOWN
+    except Rejected as exc:
+        log.info("%s: %s", rcpt, exc.reply)
+        return Reply(exc.reply)
+    log.info("%s from <%s>: %s", rcpt, incoming.sender, done)
+    return OK
+
+
+def _hold(session: Session, list_address: str, incoming: Incoming) -> None:
+    """Mail to the bare list address is kept whole, for moderation."""
+    session.add(
+        HeldMessage(
+            list_address=list_address,
+            sender=incoming.sender,
+            display_name=incoming.display_name,
+            subject=incoming.subject,
+            message_id=incoming.message_id,
+            in_reply_to=incoming.in_reply_to,
+            auto_submitted=incoming.auto_submitted or incoming.bulk,
+            raw=incoming.raw,
+        )
+    )
+
+
+def _forward_to_owner(session: Session, ctx: ListContext, incoming: Incoming) -> Reply:
+    owner = ctx.mlist.owner
+    if not owner:
+        return Reply("550 5.1.1 This list has no owner address")
+    if ctx.mlist.address.lower() in (v.lower() for v in incoming.x_loop):
+        log.warning("dropped a looping message to the owner of %s", ctx.mlist.address)
+        return OK
+    # A null envelope sender: a bounce from the owner's side can never loop back here.
+    outbox.enqueue(
+        session,
+        list_address=ctx.mlist.address,
+        kind="owner",
+        envelope_from="",
+        body=f"X-Loop: {ctx.mlist.address}\r\n".encode() + incoming.raw,
+        recipients=[owner],
+        retry_days=ctx.settings.relay.retry_days,
+    )
+    return OK

@@ -1,0 +1,135 @@
+"""SQLAlchemy 2.0 typed models. The schema itself is built by the alembic migrations.
+
+Times are naive UTC everywhere, so SQLite and PostgreSQL behave the same.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+# Outbox recipient states.
+QUEUED = "queued"
+SENDING = "sending"
+SENT = "sent"
+FAILED = "failed"
+
+
+def utcnow() -> dt.datetime:
+    """The current time as naive UTC (the convention of every column here)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Subscriber(Base):
+    """A confirmed subscription of one address to one list."""
+
+    __tablename__ = "subscribers"
+    __table_args__ = (UniqueConstraint("list_address", "address", name="uq_subscribers_list_address"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    list_address: Mapped[str] = mapped_column(String(320))
+    address: Mapped[str] = mapped_column(String(320))
+    domain: Mapped[str] = mapped_column(String(255))
+    display_name: Mapped[str] = mapped_column(String(255), default="")
+    # The subscriber's own secret, used in List-Unsubscribe (bla+unsubscribe-TOKEN@D).
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    subscribed_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
+
+
+class Confirmation(Base):
+    """A pending subscribe or unsubscribe, waiting for a reply to bla+confirm-TOKEN@D."""
+
+    __tablename__ = "confirmations"
+    __table_args__ = (Index("ix_confirmations_address_created", "address", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    list_address: Mapped[str] = mapped_column(String(320))
+    address: Mapped[str] = mapped_column(String(320))
+    display_name: Mapped[str] = mapped_column(String(255), default="")
+    action: Mapped[str] = mapped_column(String(16))  # subscribe | unsubscribe
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime())
+    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
+
+
+class HeldMessage(Base):
+    """Mail to the bare list address, kept with its raw bytes until a moderator acts."""
+
+    __tablename__ = "held_messages"
+    __table_args__ = (Index("ix_held_messages_status", "status"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    list_address: Mapped[str] = mapped_column(String(320))
+    sender: Mapped[str] = mapped_column(String(320))
+    display_name: Mapped[str] = mapped_column(String(255), default="")
+    subject: Mapped[str] = mapped_column(Text, default="")
+    message_id: Mapped[str] = mapped_column(String(998), default="")
+    in_reply_to: Mapped[str] = mapped_column(String(998), default="")
+    auto_submitted: Mapped[bool] = mapped_column(Boolean, default=False)
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default="held")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class OutboxMessage(Base):
+    """One outgoing message, stored once whatever the number of recipients."""
+
+    __tablename__ = "outbox_messages"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    list_address: Mapped[str] = mapped_column(String(320))
+    kind: Mapped[str] = mapped_column(String(32))
+    envelope_from: Mapped[str] = mapped_column(String(320))
+    # A list mail: To and List-Unsubscribe are added at send time (per recipient, or batched).
+    fanout: Mapped[bool] = mapped_column(Boolean, default=False)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
+    # Temporary failures are retried until then.
+    give_up_at: Mapped[dt.datetime] = mapped_column(DateTime())
+
+
+class OutboxRecipient(Base):
+    """Delivery state of one message to one recipient."""
+
+    __tablename__ = "outbox_recipients"
+    __table_args__ = (
+        Index("ix_outbox_recipients_due", "state", "next_attempt_at"),
+        Index("ix_outbox_recipients_message", "message_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("outbox_messages.id", ondelete="CASCADE"))
+    address: Mapped[str] = mapped_column(String(320))
+    domain: Mapped[str] = mapped_column(String(255))
+    token: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
+    done_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class AutoReply(Base):
+    """Every reply sent on a request (confirmation, help, notice), to rate-limit them per address."""
+
+    __tablename__ = "auto_replies"
+    __table_args__ = (Index("ix_auto_replies_address_sent", "address", "sent_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    list_address: Mapped[str] = mapped_column(String(320))
+    address: Mapped[str] = mapped_column(String(320))
+    kind: Mapped[str] = mapped_column(String(32))
+    sent_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)

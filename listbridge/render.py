@@ -1,0 +1,39 @@
+"""jinja2 templates: the shipped ones, overridable per list from a folder of the site's own."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import jinja2
+
+from .config import ListSettings
+from .resources import shipped_path
+
+
+@lru_cache(maxsize=16)
+def environment(override: str = "") -> jinja2.Environment:
+    """Templates from `override` first, then the shipped ones (also reachable as "default:…")."""
+    shipped = jinja2.FileSystemLoader(str(shipped_path("templates")))
+    loaders: list[jinja2.BaseLoader] = []
+    if override:
+        loaders.append(jinja2.FileSystemLoader(override))
+    loaders += [shipped, jinja2.PrefixLoader({"default": shipped}, delimiter=":")]
+    return jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        autoescape=False,  # plain text and gemtext; escaping there is done by our own filters
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def render_mail(mlist: ListSettings, template_name: str, **context: object) -> tuple[str, str]:
+    """Render mail template `template_name` in the list's language: (subject, body).
+
+    A mail template starts with a `Subject:` line and a blank line, then the body.
+    """
+    template = environment(mlist.templates).get_template(f"mail/{mlist.language}/{template_name}.txt")
+    text = template.render(list=mlist, **context)
+    head, _, body = text.partition("\n\n")
+    if not head.startswith("Subject:"):
+        raise ValueError(f"template mail/{mlist.language}/{template_name}.txt must start with a Subject: line")
+    return head.removeprefix("Subject:").strip(), body.strip() + "\n"

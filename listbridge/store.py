@@ -1,0 +1,85 @@
+"""Database edge: engine, sessions, transactions and schema upgrades (alembic)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.orm import Session, sessionmaker
+
+from .resources import shipped_path
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets WAL, a busy timeout and durable commits."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # FULL: a 250 means the mail survives a power cut, not only a crash.
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+class Database:
+    """An engine and its session factory."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work is committed on success and rolled back on any error."""
+        with self.sessions() as session, session.begin():
+            yield session
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Apply the alembic migrations up to `revision`."""
+        with self.engine.begin() as connection:
+            command.upgrade(alembic_config(connection), revision)
+
+    def downgrade(self, revision: str) -> None:
+        with self.engine.begin() as connection:
+            command.downgrade(alembic_config(connection), revision)
+
+    def is_current(self) -> bool:
+        """True when the schema is at the newest migration."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        with self.engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_heads()
+        heads = ScriptDirectory.from_config(alembic_config(None)).get_heads()
+        return set(current) == set(heads)
+
+    def has_tables(self) -> bool:
+        return bool(inspect(self.engine).get_table_names())
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def alembic_config(connection: object | None) -> AlembicConfig:
+    """Alembic configuration pointing at the shipped migrations, bound to `connection`."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(migrations_path()))
+    config.attributes["connection"] = connection
+    return config
+
+
+def migrations_path() -> Path:
+    return shipped_path("migrations")

@@ -1,0 +1,226 @@
+"""Subscription rules: double opt-in, confirmation tokens, one-step unsubscribe, admin changes.
+
+Everything here works inside the caller's transaction; mail is only enqueued in the outbox.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from . import addresses, compose, outbox
+from .config import ListSettings, Settings
+from .models import AutoReply, Confirmation, Subscriber, utcnow
+from .render import render_mail
+
+
+class Rejected(Exception):
+    """A permanent refusal for one recipient; `reply` is the SMTP reply line."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+def new_token() -> str:
+    """128 random bits as 26 lower-case base32 characters (safe in a local part)."""
+    return base64.b32encode(secrets.token_bytes(16)).decode("ascii").rstrip("=").lower()
+
+
+def normalise(address: str) -> str:
+    """Addresses compare with the domain folded to lower case; the local part is kept as given
+    except for case, which real-world mailboxes ignore."""
+    local, domain = addresses.split_address(address)
+    return f"{local.lower()}@{domain}"
+
+
+@dataclass(frozen=True)
+class ListContext:
+    """The settings one action needs: the list, the address separator, retry and token rules."""
+
+    settings: Settings
+    mlist: ListSettings
+
+    def address(self, name: str) -> str:
+        return addresses.subaddress(self.mlist.address, name, self.settings.smtp.separator)
+
+    def common(self) -> dict[str, object]:
+        return {
+            "subscribe_address": self.address("subscribe"),
+            "unsubscribe_address": self.address("unsubscribe"),
+            "help_address": self.address("help"),
+            "owner_address": self.address("owner"),
+        }
+
+
+def send(
+    session: Session,
+    ctx: ListContext,
+    template: str,
+    to: str,
+    *,
+    sender: str | None = None,
+    reply_to: str | None = None,
+    auto_replied: bool = True,
+    **context: object,
+) -> None:
+    """Render a mail template and put it in the outbox for `to`."""
+    subject, body = render_mail(ctx.mlist, template, **{**ctx.common(), **context})
+    extra = {"Auto-Submitted": "auto-replied"} if auto_replied else {}
+    data = compose.build(
+        ctx.mlist,
+        ctx.settings.smtp.separator,
+        subject=subject,
+        body=body,
+        sender=sender or ctx.address("owner"),
+        to=to,
+        reply_to=reply_to,
+        extra=extra,
+    )
+    outbox.enqueue(
+        session,
+        list_address=ctx.mlist.address,
+        kind=template,
+        envelope_from=ctx.address("owner"),
+        body=data,
+        recipients=[to],
+        retry_days=ctx.settings.relay.retry_days,
+    )
+
+
+def within_reply_limit(session: Session, ctx: ListContext, address: str, kind: str) -> bool:
+    """Record one request reply to `address`; False when its 24-hour quota is spent."""
+    since = utcnow() - dt.timedelta(hours=24)
+    used = session.scalar(
+        select(func.count()).select_from(AutoReply).where(AutoReply.address == address, AutoReply.sent_at >= since)
+    )
+    if (used or 0) >= ctx.settings.subscriptions.confirm_limit:
+        return False
+    session.add(AutoReply(list_address=ctx.mlist.address, address=address, kind=kind))
+    return True
+
+
+def find_subscriber(session: Session, list_address: str, address: str) -> Subscriber | None:
+    return session.scalars(
+        select(Subscriber).where(Subscriber.list_address == list_address, Subscriber.address == address)
+    ).first()
+
+
+def request(session: Session, ctx: ListContext, action: str, address: str, name: str) -> str:
+    """`+subscribe` / `+unsubscribe`: ask the sender to confirm by replying. Returns what was done."""
+    address = normalise(address)
+    subscribed = find_subscriber(session, ctx.mlist.address, address) is not None
+    if action == addresses.SUBSCRIBE and subscribed:
+        template = "already_subscribed"
+    elif action == addresses.UNSUBSCRIBE and not subscribed:
+        template = "not_subscribed"
+    else:
+        template = f"confirm_{action}"
+    if not within_reply_limit(session, ctx, address, template):
+        return f"{template} not sent: reply limit reached for {address}"
+    if not template.startswith("confirm_"):
+        send(session, ctx, template, address)
+        return f"{template} sent to {address}"
+    token = new_token()
+    now = utcnow()
+    session.add(
+        Confirmation(
+            token=token,
+            list_address=ctx.mlist.address,
+            address=address,
+            display_name=name,
+            action=action,
+            created_at=now,
+            expires_at=now + dt.timedelta(days=ctx.settings.subscriptions.confirm_days),
+        )
+    )
+    confirm_address = ctx.address(f"confirm-{token}")
+    send(
+        session,
+        ctx,
+        template,
+        address,
+        sender=confirm_address,
+        reply_to=confirm_address,
+        name=name,
+        address=address,
+        confirm_address=confirm_address,
+        days=int(ctx.settings.subscriptions.confirm_days),
+    )
+    return f"confirmation of {action} sent to {address}"
+
+
+def confirm(session: Session, ctx: ListContext, token: str) -> str:
+    """A reply to `+confirm-TOKEN`: carry out the pending request (single use, expiring)."""
+    now = utcnow()
+    pending = session.scalars(
+        select(Confirmation)
+        .where(Confirmation.token == token, Confirmation.list_address == ctx.mlist.address)
+        .with_for_update()
+    ).first()
+    if pending is None or pending.used_at is not None or pending.expires_at < now:
+        raise Rejected("550 5.7.1 This confirmation is unknown, already used or expired; ask again.")
+    pending.used_at = now
+    if pending.action == addresses.SUBSCRIBE:
+        subscribe(session, ctx, pending.address, pending.display_name, welcome=True)
+        return f"{pending.address} subscribed"
+    if unsubscribe(session, ctx, pending.address, goodbye=True):
+        return f"{pending.address} unsubscribed"
+    return f"{pending.address} was not subscribed"
+
+
+def unsubscribe_with_token(session: Session, ctx: ListContext, token: str, goodbye: bool) -> str:
+    """`+unsubscribe-TOKEN`: one step, with the subscriber's own token."""
+    subscriber = session.scalars(
+        select(Subscriber).where(Subscriber.token == token, Subscriber.list_address == ctx.mlist.address)
+    ).first()
+    if subscriber is None:
+        raise Rejected("550 5.1.1 This unsubscribe address is unknown: you are probably unsubscribed already.")
+    unsubscribe(session, ctx, subscriber.address, goodbye=goodbye)
+    return f"{subscriber.address} unsubscribed"
+
+
+def subscribe(session: Session, ctx: ListContext, address: str, name: str = "", welcome: bool = False) -> bool:
+    """Add a confirmed subscriber. False when already subscribed."""
+    address = normalise(address)
+    if find_subscriber(session, ctx.mlist.address, address) is not None:
+        return False
+    subscriber = Subscriber(
+        list_address=ctx.mlist.address,
+        address=address,
+        domain=address.rpartition("@")[2],
+        display_name=name,
+        token=new_token(),
+        subscribed_at=utcnow(),
+    )
+    session.add(subscriber)
+    session.flush()
+    if welcome:
+        send(
+            session,
+            ctx,
+            "welcome",
+            address,
+            name=name,
+            address=address,
+            **{"unsubscribe_address": ctx.address(f"unsubscribe-{subscriber.token}")},
+        )
+    return True
+
+
+def unsubscribe(session: Session, ctx: ListContext, address: str, goodbye: bool = False) -> bool:
+    """Remove a subscriber. False when the address was not subscribed."""
+    address = normalise(address)
+    subscriber = find_subscriber(session, ctx.mlist.address, address)
+    if subscriber is None:
+        return False
+    name = subscriber.display_name
+    session.execute(delete(Subscriber).where(Subscriber.id == subscriber.id))
+    if goodbye:
+        send(session, ctx, "goodbye", address, name=name, address=address)
+    return True
