@@ -74,8 +74,10 @@ def enqueue_fanout(
         .order_by(Subscriber.domain, Subscriber.id)
     )
     columns = ["message_id", "address", "domain", "token", "state", "attempts", "next_attempt_at", "last_error"]
-    result = session.execute(insert(OutboxRecipient).from_select(columns, roster))
-    return message, result.rowcount
+    session.execute(insert(OutboxRecipient).from_select(columns, roster))
+    # rowcount of INSERT … SELECT is not reported by every driver (psycopg gives -1): count.
+    count = session.scalar(select(func.count()).select_from(OutboxRecipient).where(OutboxRecipient.message_id == message.id))
+    return message, count or 0
 
 
 def _message(
@@ -191,7 +193,7 @@ def release_stale(session: Session, lease: dt.timedelta, now: dt.datetime | None
         .where(OutboxRecipient.state == SENDING, OutboxRecipient.claimed_by.like(f"{host}:%"))
         .distinct()
     ).all()
-    dead = [o for o in owners if o and not _alive(int(o.rpartition(":")[2]))]
+    dead = [o for o in owners if o and not _alive(_pid(o))]
     if dead:
         stale += session.execute(
             update(OutboxRecipient)
@@ -200,6 +202,14 @@ def release_stale(session: Session, lease: dt.timedelta, now: dt.datetime | None
             .execution_options(synchronize_session=False)
         ).rowcount
     return stale
+
+
+def _pid(owner: str) -> int:
+    """The pid in a claim owner "host:pid[:worker]"."""
+    try:
+        return int(owner.split(":")[1])
+    except (IndexError, ValueError):
+        return os.getpid()  # unknown shape: leave it to the lease
 
 
 def _alive(pid: int) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from email.utils import formataddr, parseaddr
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Iterator
 
@@ -123,4 +123,13 @@ def export(app: App, list_address: str | None) -> None:
     with app.ready_db().transaction() as session:
         query = select(Subscriber).where(Subscriber.list_address == ctx.mlist.address).order_by(Subscriber.address)
         for s in session.scalars(query).yield_per(1000):
-            click.echo(formataddr((s.display_name, s.address)) if s.display_name else s.address)
+            click.echo(entry(s.display_name, s.address))
+
+
+def entry(name: str, address: str) -> str:
+    """`Name <addr>` in readable Unicode (not RFC 2047), quoted when the name needs it."""
+    if not name:
+        return address
+    if any(c in name for c in '()<>@,;:\\".[]'):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{address}>"

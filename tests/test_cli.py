@@ -1,0 +1,175 @@
+"""The maintainer CLI, driven with click's CliRunner against a real database and relay sink."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from listbridge.cli import cli
+from listbridge.config import build_settings
+
+from conftest import send, wait_for
+
+
+@pytest.fixture
+def config(tmp_path: Path, db_url: str, sink) -> Path:
+    path = tmp_path / "listbridge.toml"
+    path.write_text(
+        f"""
+[database]
+url = "{db_url}"
+[relay]
+host = "127.0.0.1"
+port = {sink.port}
+connections = 1
+[[lists]]
+address = "bla@bla.example.org"
+title = "bla"
+language = "fr"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def run(config: Path, *args: str, input: str | None = None):
+    result = CliRunner().invoke(cli, ["--config", str(config), *args], input=input, catch_exceptions=False)
+    return result
+
+
+def listed(config: Path) -> list[dict]:
+    result = run(config, "subscribers", "list", "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_add_list_remove(config):
+    result = run(config, "subscribers", "add", "Carole Durand <carole@example.net>", "bob@EXAMPLE.org")
+    assert result.exit_code == 0, result.output
+    assert [(s["address"], s["name"]) for s in listed(config)] == [
+        ("bob@example.org", ""),
+        ("carole@example.net", "Carole Durand"),
+    ]
+    assert "already subscribed: bob@example.org" in run(config, "subscribers", "add", "bob@example.org").output
+    result = run(config, "subscribers", "remove", "bob@example.org", "nobody@example.org")
+    assert "removed: bob@example.org" in result.output and "not subscribed: nobody@example.org" in result.output
+    assert [s["address"] for s in listed(config)] == ["carole@example.net"]
+
+
+def test_a_bad_address_changes_nothing(config):
+    result = run(config, "subscribers", "add", "good@example.org", "not an address")
+    assert result.exit_code != 0
+    assert "not an address" in result.output
+    assert listed(config) == []
+
+
+def test_import_file_and_export_round_trip(config, tmp_path):
+    source = tmp_path / "people.txt"
+    source.write_text("# readers\nann@example.org\nÉlodie Martin <elodie@example.fr>\n\nann@example.org\n", encoding="utf-8")
+    result = run(config, "subscribers", "import", str(source))
+    assert result.exit_code == 0, result.output
+    assert "2 added, 1 already subscribed" in result.output
+    exported = run(config, "subscribers", "export").output.splitlines()
+    assert exported == ["ann@example.org", "Élodie Martin <elodie@example.fr>"]
+    # The export is the import format: feeding it back adds nobody.
+    again = tmp_path / "again.txt"
+    again.write_text("\n".join(exported + ['"Dupont, Jean" <jean@example.fr>']), encoding="utf-8")
+    assert "1 added, 2 already subscribed" in run(config, "subscribers", "import", str(again)).output
+    assert '"Dupont, Jean" <jean@example.fr>' in run(config, "subscribers", "export").output
+
+
+def test_import_stops_on_a_bad_line_before_any_change(config, tmp_path):
+    source = tmp_path / "people.txt"
+    source.write_text("ann@example.org\nthis is no address\n", encoding="utf-8")
+    result = run(config, "subscribers", "import", str(source))
+    assert result.exit_code != 0
+    assert listed(config) == []
+
+
+def test_import_an_mlmmj_list(config, tmp_path):
+    mlmmj = tmp_path / "mlmmj" / "bla"
+    (mlmmj / "subscribers.d").mkdir(parents=True)
+    (mlmmj / "subscribers.d" / "a").write_text("ann@example.org\nalex@example.org\n")
+    (mlmmj / "subscribers.d" / "z").write_text("zoe@example.org\n")
+    result = run(config, "subscribers", "import", str(mlmmj))
+    assert result.exit_code == 0, result.output
+    assert sorted(s["address"] for s in listed(config)) == ["alex@example.org", "ann@example.org", "zoe@example.org"]
+    not_mlmmj = tmp_path / "empty"
+    not_mlmmj.mkdir()
+    assert run(config, "subscribers", "import", str(not_mlmmj)).exit_code != 0
+
+
+def test_queue_list_and_flush(config, sink, db_url):
+    settings = build_settings(tomllib.loads(config.read_text()))
+    from listbridge.store import Database
+    from listbridge.subscriptions import ListContext, request
+
+    db = Database(db_url)
+    db.upgrade()
+    with db.transaction() as session:
+        request(session, ListContext(settings, settings.lists[0]), "subscribe", "ann@example.org", "Ann")
+    queued = json.loads(run(config, "queue", "list", "--json").output)
+    assert [(q["kind"], q["queued"], q["sent"]) for q in queued] == [("confirm_subscribe", 1, 0)]
+    result = run(config, "queue", "flush")
+    assert result.exit_code == 0, result.output
+    assert "1 delivered or failed, 0 still queued" in result.output
+    assert json.loads(run(config, "queue", "list", "--json").output) == []
+    done = json.loads(run(config, "queue", "list", "--all", "--json").output)
+    assert done[0]["sent"] == 1
+    (received,) = sink.handler.to("ann@example.org")
+    assert "Confirmez" in received.message["Subject"]  # the list is French
+    db.dispose()
+
+
+def test_moderate_list_shows_held_posts(make_settings, tmp_path):
+    from listbridge.service import Service
+
+    settings = make_settings()
+    service = Service(settings)
+    service.start()
+    try:
+        send(settings.smtp.port, "bla@bla.example.org", subject="Comment les 3hg ont réparé le CHATONS ?")
+    finally:
+        service.stop()
+    config = tmp_path / "c.toml"
+    config.write_text(f'[database]\nurl = "{settings.database.url}"\n[[lists]]\naddress = "bla@bla.example.org"\n')
+    rows = json.loads(run(config, "moderate", "list", "--json").output)
+    assert [(r["sender"], r["name"], r["subject"]) for r in rows] == [
+        ("carole@example.net", "Carole", "Comment les 3hg ont réparé le CHATONS ?")
+    ]
+    assert rows[0]["message_id"].endswith("@example.net>")
+
+
+def test_init_writes_a_file_that_loads_back(tmp_path):
+    target = tmp_path / "listbridge.toml"
+    result = CliRunner().invoke(cli, ["init", str(target)])
+    assert result.exit_code == 0, result.output
+    settings = build_settings(tomllib.loads(target.read_text()))
+    assert settings == build_settings({})
+    again = CliRunner().invoke(cli, ["init", str(target)])
+    assert again.exit_code != 0 and "--force" in again.output
+
+
+def test_db_upgrade(config, db_url):
+    from listbridge.store import Database
+
+    result = run(config, "db", "upgrade")
+    assert result.exit_code == 0, result.output
+    assert Database(db_url).is_current()
+
+
+def test_several_lists_need_list_option(tmp_path, db_url):
+    config = tmp_path / "two.toml"
+    config.write_text(
+        f'[database]\nurl = "{db_url}"\n[[lists]]\naddress = "a@x.org"\n[[lists]]\naddress = "b@x.org"\n'
+    )
+    result = CliRunner().invoke(cli, ["--config", str(config), "subscribers", "add", "z@y.org"])
+    assert result.exit_code != 0 and "--list" in result.output
+    result = CliRunner().invoke(cli, ["--config", str(config), "subscribers", "add", "--list", "b@x.org", "z@y.org"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(CliRunner().invoke(cli, ["--config", str(config), "subscribers", "list", "--json"]).output)
+    assert [(r["list"], r["address"]) for r in rows] == [("b@x.org", "z@y.org")]
