@@ -1,9 +1,26 @@
-"""The site repository (git work tree): created on first use. Comment pages come with issue 3."""
+"""The site repository: write our pages, commit them with an explicit author, push.
+
+Only the files listbridge writes are staged, so a maintainer's uncommitted work in the same
+tree is left alone. A lock file serialises git work between processes. A failed push is not
+an error: the commit stays local and the next push() sends it.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import subprocess
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterable, Iterator
+
+log = logging.getLogger(__name__)
+
+
+class GitError(Exception):
+    """A git command failed; the message holds git's own words."""
 
 
 def ensure_repo(path: str | Path) -> Path:
@@ -13,3 +30,95 @@ def ensure_repo(path: str | Path) -> Path:
         repo.mkdir(parents=True, exist_ok=True)
         subprocess.run(["git", "init", "--quiet", str(repo)], check=True)
     return repo
+
+
+class SiteRepo:
+    """A git work tree that listbridge writes pages into, as `name <email>`."""
+
+    def __init__(self, path: str | Path, name: str, email: str) -> None:
+        self.path = ensure_repo(path)
+        self.name = name
+        self.email = email
+
+    def git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "GIT_AUTHOR_NAME": self.name,
+            "GIT_AUTHOR_EMAIL": self.email,
+            "GIT_COMMITTER_NAME": self.name,
+            "GIT_COMMITTER_EMAIL": self.email,
+            "GIT_TERMINAL_PROMPT": "0",
+        }
+        result = subprocess.run(
+            ["git", "-C", str(self.path), *args], env=env, capture_output=True, text=True, timeout=300
+        )
+        if check and result.returncode != 0:
+            raise GitError(f"git {args[0]} failed: {(result.stderr or result.stdout).strip()}")
+        return result
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the repository's listbridge lock (blocking) for a write-commit-push sequence."""
+        with open(self.path / ".git" / "listbridge.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def write(self, relpath: str, content: str) -> bool:
+        """Write a page atomically; False (and nothing written) when it is unchanged."""
+        target = self.path / relpath
+        data = content.encode("utf-8")
+        if target.exists() and target.read_bytes() == data:
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".listbridge-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(temp, target)
+        except BaseException:
+            os.unlink(temp)
+            raise
+        return True
+
+    def remove(self, relpath: str) -> bool:
+        target = self.path / relpath
+        if not target.exists():
+            return False
+        target.unlink()
+        return True
+
+    def commit(self, paths: Iterable[str], message: str) -> str | None:
+        """Commit exactly `paths` (added, changed or removed); None when nothing changed."""
+        paths = sorted(set(paths))
+        if not paths:
+            return None
+        self.git("add", "--all", "--", *paths)
+        if self.git("diff", "--cached", "--quiet", "--", *paths, check=False).returncode == 0:
+            return None
+        # A pathspec commits only our files, even when the maintainer has other changes staged.
+        self.git("commit", "--quiet", "--no-verify", "-m", message, "--", *paths)
+        return self.git("rev-parse", "HEAD").stdout.strip()
+
+    def push(self, remote: str = "origin") -> bool:
+        """Push the current branch; False (logged) when it fails, to be retried later."""
+        if not self.git("remote", check=False).stdout.split():
+            log.warning("site repo %s has no remote to push to", self.path)
+            return False
+        if self.git("rev-parse", "--verify", "--quiet", "HEAD", check=False).returncode != 0:
+            return True  # nothing committed yet
+        result = self.git("push", "--quiet", remote, "HEAD", check=False)
+        if result.returncode != 0:
+            log.warning("push of %s failed, will retry: %s", self.path, result.stderr.strip())
+            return False
+        return True
+
+    def unpushed(self, remote: str = "origin") -> int:
+        """How many local commits the remote's branch does not have (all of them if unknown)."""
+        branch = self.git("rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
+        known = self.git("rev-parse", "--verify", "--quiet", f"{remote}/{branch}", check=False)
+        spec = f"{remote}/{branch}..HEAD" if known.returncode == 0 else "HEAD"
+        count = self.git("rev-list", "--count", spec, check=False)
+        return int(count.stdout.strip() or 0) if count.returncode == 0 else 0

@@ -1,0 +1,96 @@
+"""The site repo: real git work trees and a real bare remote in temp dirs."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+
+from listbridge.site import SiteRepo
+
+
+def git(path: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True, text=True).stdout
+
+
+def test_commit_only_our_files_with_an_explicit_author(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no global git identity
+    monkeypatch.delenv("GIT_AUTHOR_NAME", raising=False)
+    repo = SiteRepo(tmp_path / "site", "listbridge", "bla@bla.example.org")
+    (repo.path / "draft.gmi").write_text("maintainer's work in progress\n")
+    assert repo.write("log/commentaires/a.gmi", "# A\n")
+    sha = repo.commit(["log/commentaires/a.gmi"], "Comment by Carole on A")
+    assert sha
+    assert git(repo.path, "log", "-1", "--format=%an <%ae>|%cn <%ce>|%s").strip() == (
+        "listbridge <bla@bla.example.org>|listbridge <bla@bla.example.org>|Comment by Carole on A"
+    )
+    assert git(repo.path, "show", "--name-only", "--format=", "HEAD").split() == ["log/commentaires/a.gmi"]
+    assert "?? draft.gmi" in git(repo.path, "status", "--porcelain")
+
+
+def test_unchanged_pages_make_no_commit(tmp_path: Path):
+    repo = SiteRepo(tmp_path / "site", "listbridge", "bla@x.org")
+    repo.write("a.gmi", "same\n")
+    first = repo.commit(["a.gmi"], "one")
+    assert repo.write("a.gmi", "same\n") is False
+    assert repo.commit(["a.gmi"], "two") is None
+    assert git(repo.path, "rev-parse", "HEAD").strip() == first
+
+
+def test_a_staged_change_of_the_maintainer_is_not_committed(tmp_path: Path):
+    repo = SiteRepo(tmp_path / "site", "listbridge", "bla@x.org")
+    (repo.path / "theirs.gmi").write_text("theirs\n")
+    git(repo.path, "add", "theirs.gmi")
+    repo.write("ours.gmi", "ours\n")
+    repo.commit(["ours.gmi"], "ours")
+    assert git(repo.path, "show", "--name-only", "--format=", "HEAD").split() == ["ours.gmi"]
+    assert "A  theirs.gmi" in git(repo.path, "status", "--porcelain")
+
+
+def test_removed_page_is_committed(tmp_path: Path):
+    repo = SiteRepo(tmp_path / "site", "listbridge", "bla@x.org")
+    repo.write("a.gmi", "a\n")
+    repo.commit(["a.gmi"], "add")
+    assert repo.remove("a.gmi")
+    assert repo.commit(["a.gmi"], "remove")
+    assert git(repo.path, "ls-files").split() == []
+
+
+def test_failed_push_is_retried_and_nothing_is_lost(tmp_path: Path):
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "--bare", "--quiet", str(remote)], check=True)
+    repo = SiteRepo(tmp_path / "site", "listbridge", "bla@x.org")
+    git(repo.path, "remote", "add", "origin", str(remote))
+    repo.write("a.gmi", "a\n")
+    repo.commit(["a.gmi"], "first")
+    assert repo.push()
+    assert repo.unpushed() == 0
+
+    remote.rename(tmp_path / "away.git")  # the remote is unreachable for a while
+    repo.write("b.gmi", "b\n")
+    repo.commit(["b.gmi"], "second")
+    assert repo.push() is False
+    assert repo.unpushed() == 1
+    (tmp_path / "away.git").rename(remote)
+    assert repo.push()
+    assert repo.unpushed() == 0
+    assert git(remote, "log", "--format=%s").split() == ["second", "first"]
+
+
+def test_lock_serialises_writers(tmp_path: Path):
+    repo = SiteRepo(tmp_path / "site", "listbridge", "bla@x.org")
+    order: list[str] = []
+    inside = threading.Event()
+
+    def other() -> None:
+        with SiteRepo(repo.path, "listbridge", "bla@x.org").lock():
+            order.append("other")
+
+    with repo.lock():
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(timeout=0.3)
+        order.append("first")
+        inside.set()
+    thread.join()
+    assert order == ["first", "other"]
