@@ -4,8 +4,12 @@
 Recipient(list_address='bla@example.org', action='confirm', token='abc')
 >>> route("BLA@Example.org", {"bla@example.org"})
 Recipient(list_address='bla@example.org', action='post', token='')
+>>> route("bla-unsubscribe-x7q@example.org", {"bla@example.org"}, separator="-")
+Recipient(list_address='bla@example.org', action='unsubscribe-token', token='x7q')
 >>> route("bla+nope@example.org", {"bla@example.org"}) is None
 True
+>>> split_address("<Carole@Example.NET>")
+('Carole', 'example.net')
 """
 
 from __future__ import annotations
@@ -35,6 +39,14 @@ TOKEN_SUBADDRESSES: dict[str, str] = {
 }
 # Tokens are lower-case base32 so that an MTA that folds case cannot break them.
 TOKEN_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
+# Case folding is ASCII only: str.lower() would fold e.g. KELVIN SIGN (U+212A) to "k", so a
+# non-ASCII look-alike would reach a list or carry a valid token.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def fold(text: str) -> str:
+    """ASCII-only lower case, the folding used for list names, sub-addresses and domains."""
+    return text.translate(_ASCII_LOWER)
 
 
 @dataclass(frozen=True)
@@ -50,7 +62,7 @@ def split_address(address: str) -> tuple[str, str]:
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         raise ValueError(f"not an address: {address!r}")
-    return local, domain.lower()
+    return local, fold(domain)
 
 
 def route(address: str, lists: Iterable[str], separator: str = "+") -> Recipient | None:
@@ -59,14 +71,14 @@ def route(address: str, lists: Iterable[str], separator: str = "+") -> Recipient
         local, domain = split_address(address)
     except ValueError:
         return None
-    known = {a.lower() for a in lists}
+    known = {fold(a) for a in lists}
     base, sep, sub = local.partition(separator)
-    list_address = f"{base.lower()}@{domain}"
+    list_address = f"{fold(base)}@{domain}"
     if list_address not in known:
         return None
     if not sep:
         return Recipient(list_address, POST)
-    sub = sub.lower()
+    sub = fold(sub)
     action = SUBADDRESSES.get(sub)
     if action:
         return Recipient(list_address, action)

@@ -6,6 +6,7 @@ raise ConfigError with one clear sentence. Settings are passed explicitly, never
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 import warnings
@@ -14,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_ENV = "LISTBRIDGE_CONFIG"
+# The separator must be allowed unquoted in a local part (RFC 5322 atext, letters and digits
+# excepted, and "." which may not start, end or repeat there).
+SEPARATORS = "!#$%&'*+-/=?^_`{|}~"
 DEFAULT_CONFIG_NAME = "listbridge.toml"
 
 
@@ -27,6 +31,8 @@ class Option:
     default: Any
     help: str
     choices: tuple[str, ...] = ()
+    minimum: float | None = None  # numbers only
+    maximum: float | None = None
 
 
 # The table of every option: section -> options. `[[lists]]` entries use the "lists" section.
@@ -36,26 +42,26 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
     ),
     "smtp": (
         Option("host", "127.0.0.1", "address listbridge listens on"),
-        Option("port", 8025, "port listbridge listens on"),
+        Option("port", 8025, "port listbridge listens on", minimum=1, maximum=65535),
         Option("lmtp", False, "speak LMTP instead of SMTP"),
-        Option("max_message_size", 1048576, "larger messages are refused with 552"),
+        Option("max_message_size", 1048576, "larger messages are refused with 552", minimum=1),
         Option("separator", "+", "separator between the list name and its sub-address"),
     ),
     "relay": (
         Option("host", "127.0.0.1", "SMTP relay that delivers outgoing mail"),
-        Option("port", 25, "relay port"),
+        Option("port", 25, "relay port", minimum=1, maximum=65535),
         Option("security", "none", "transport security to the relay", ("none", "starttls", "ssl")),
         Option("username", "", "AUTH user name (empty: no AUTH)"),
         Option("password_file", "", "file holding the AUTH password"),
-        Option("connections", 4, "parallel SMTP sessions to the relay"),
+        Option("connections", 4, "parallel SMTP sessions to the relay", minimum=1),
         Option("personalize", True, "one message per recipient, with its own unsubscribe token"),
-        Option("timeout", 30.0, "seconds before a relay operation times out"),
-        Option("retry_days", 5.0, "how long a temporary failure is retried before giving up"),
+        Option("timeout", 30.0, "seconds before a relay operation times out", minimum=0.001),
+        Option("retry_days", 5.0, "how long a temporary failure is retried before giving up", minimum=0),
         Option("helo", "", "name announced in EHLO (empty: this host's name)"),
     ),
     "subscriptions": (
-        Option("confirm_days", 7.0, "days a confirmation token stays valid"),
-        Option("confirm_limit", 3, "confirmation mails per address per 24 hours"),
+        Option("confirm_days", 7.0, "days a confirmation token stays valid", minimum=0.001),
+        Option("confirm_limit", 3, "confirmation mails per address per 24 hours", minimum=1),
     ),
     "site": (
         Option("repo", "site", "git work tree of the site; created if missing"),
@@ -75,9 +81,9 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
     ),
     "watch": (
         Option("mx", "localhost:25", "the home MX to probe, HOST:PORT"),
-        Option("interval", 60, "seconds between probes"),
-        Option("failures", 3, "consecutive failures before an outage is declared"),
-        Option("recoveries", 2, "consecutive successes before it is resolved"),
+        Option("interval", 60, "seconds between probes", minimum=1),
+        Option("failures", 3, "consecutive failures before an outage is declared", minimum=1),
+        Option("recoveries", 2, "consecutive successes before it is resolved", minimum=1),
         Option("roster", "roster.sqlite3", "roster snapshot used by the watcher"),
     ),
 }
@@ -101,6 +107,12 @@ def _values(section: str, given: dict[str, Any], where: str) -> dict[str, Any]:
             )
         if option.choices and value not in option.choices:
             raise ConfigError(f"[{where}] {key} must be one of {', '.join(option.choices)}, not {value!r}.")
+        if expected is float and not math.isfinite(value):
+            raise ConfigError(f"[{where}] {key} must be a finite number, not {value!r}.")
+        if option.minimum is not None and value < option.minimum:
+            raise ConfigError(f"[{where}] {key} must be at least {option.minimum:g}, not {value!r}.")
+        if option.maximum is not None and value > option.maximum:
+            raise ConfigError(f"[{where}] {key} must be at most {option.maximum:g}, not {value!r}.")
         out[key] = value
     return out
 
@@ -214,9 +226,13 @@ class Settings:
 
 def build_settings(data: dict[str, Any], source: Path | None = None) -> Settings:
     """Settings from parsed TOML `data`, layered over the embedded defaults."""
-    for section in data:
-        if section not in OPTIONS:
-            warnings.warn(f"no such section: [{section}]", ConfigWarning, stacklevel=2)
+    for section, value in data.items():
+        if section in OPTIONS:
+            continue
+        for key in value if isinstance(value, dict) else ():
+            warnings.warn(f"no such option: [{section}] {key}", ConfigWarning, stacklevel=2)
+        if not isinstance(value, dict):
+            warnings.warn(f"no such option: {section}", ConfigWarning, stacklevel=2)
 
     def table(name: str) -> dict[str, Any]:
         value = data.get(name, {})
@@ -234,38 +250,54 @@ def build_settings(data: dict[str, Any], source: Path | None = None) -> Settings
         values = _values("lists", entry, f"lists {index + 1}")
         values["address"] = values["address"].strip().lower()
         _check_list_address(values["address"], index)
+        if values["owner"] and not _is_address(values["owner"]):
+            raise ConfigError(f"[[lists]] entry {index + 1} has an invalid owner address {values['owner']!r}.")
         lists.append(ListSettings(**values))
     if len({m.address for m in lists}) != len(lists):
         raise ConfigError("two [[lists]] entries have the same address.")
 
     smtp = SmtpSettings(**table("smtp"))
-    if len(smtp.separator) != 1 or smtp.separator.isalnum() or smtp.separator in "@. ":
+    if len(smtp.separator) != 1 or smtp.separator not in SEPARATORS:
         raise ConfigError(f"[smtp] separator must be one punctuation character such as + or -, not {smtp.separator!r}.")
     for mlist in lists:
         if smtp.separator in mlist.local:
             raise ConfigError(f"list address {mlist.address} contains the separator {smtp.separator!r}.")
     relay = RelaySettings(**table("relay"))
-    if relay.connections < 1:
-        raise ConfigError("[relay] connections must be at least 1.")
     subs = SubscriptionSettings(**table("subscriptions"))
-    if subs.confirm_limit < 1 or subs.confirm_days <= 0:
-        raise ConfigError("[subscriptions] confirm_limit and confirm_days must be positive.")
+    database = DatabaseSettings(**table("database"))
+    if not database.url.strip():
+        raise ConfigError("[database] url must not be empty.")
+    watch = WatchSettings(**table("watch"))
+    host, colon, port = watch.mx.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"[watch] mx must be HOST:PORT, not {watch.mx!r}.")
     return Settings(
-        database=DatabaseSettings(**table("database")),
+        database=database,
         smtp=smtp,
         relay=relay,
         subscriptions=subs,
         site=SiteSettings(**table("site")),
         lists=tuple(lists),
-        watch=WatchSettings(**table("watch")),
+        watch=watch,
         source=source,
     )
 
 
 def _check_list_address(address: str, index: int) -> None:
-    local, at, domain = address.partition("@")
-    if not at or not local or not domain or "@" in domain or " " in address:
+    if not _is_address(address):
         raise ConfigError(f"[[lists]] entry {index + 1} has an invalid address {address!r}.")
+
+
+def _is_address(address: str) -> bool:
+    """local@domain, with no space, control character, quote or bracket anywhere."""
+    local, at, domain = address.partition("@")
+    bad = set(' "<>()[],;:\\@')
+    return bool(
+        at and local and domain
+        and not (bad & set(local + domain))
+        and address.isprintable()
+        and not domain.startswith(".") and not domain.endswith(".")
+    )
 
 
 def config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
@@ -288,6 +320,8 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"configuration file {path} does not exist.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"configuration file {path} is not UTF-8 text.") from None
     except OSError as exc:
         raise ConfigError(f"configuration file {path} cannot be read: {exc.strerror}.") from None
     except tomllib.TOMLDecodeError as exc:

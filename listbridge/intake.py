@@ -1,14 +1,33 @@
-"""Raw message bytes -> Incoming: the fields listbridge acts on, decoded to proper Unicode."""
+"""Raw message bytes -> Incoming: the fields listbridge acts on, decoded to proper Unicode.
+
+mail-parser reads the MIME structure and the body. The few headers listbridge acts on are read
+from the raw header values instead, because mail-parser decodes RFC 2047 words *before* it
+splits addresses: an encoded CR/LF, comma or colon in a display name then loses the sender.
+Here the address list is split first and only the display name is decoded, leniently (encoded
+words inside quotes, unknown charsets and 8-bit headers are common in the field).
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email.utils
-from email.header import decode_header, make_header
+import re
+import secrets
 from dataclasses import dataclass
+from email import quoprimime
 
 import mailparser
 
-from .sanitize import html_to_text, one_line
+from .sanitize import clean_text, html_to_text, one_line
+
+# RFC 2047 encoded word; the encoded text is printable ASCII without "?".
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([qQbB])\?([!->@-~]*)\?=")
+_MSG_ID = re.compile(r"<[^<>\s]{1,996}>")
+_ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[^\s@<>()\[\],;:\"\\]+")
+_COMMENT = re.compile(r"\([^()]*\)")
+# References longer than this keep the first id (the thread root) and the newest ones.
+MAX_REFERENCES = 100
 
 
 class IntakeError(Exception):
@@ -30,73 +49,213 @@ class Incoming:
     raw: bytes
 
     def is_automated(self, envelope_sender: str, loop_marker: str) -> bool:
-        """True when no automatic reply may go to this message (RFC 3834 and loop rules)."""
-        return (
-            not envelope_sender
-            or self.auto_submitted
-            or self.bulk
-            or loop_marker.lower() in (value.lower() for value in self.x_loop)
-        )
+        """True when no automatic reply may go to this message (RFC 3834 and loop rules).
+
+        A null envelope sender is "", "<>" or MAILER-DAEMON: Postfix's pipe transport hands the
+        null sender over as MAILER-DAEMON."""
+        return _is_null_sender(envelope_sender) or self.auto_submitted or self.bulk or self.carries_loop(loop_marker)
+
+    def carries_loop(self, marker: str) -> bool:
+        """True when an X-Loop header names `marker` (case, spaces and <> ignored)."""
+        marker = _loop_value(marker)
+        return bool(marker) and marker in (_loop_value(value) for value in self.x_loop)
 
 
 def parse(raw: bytes, envelope_sender: str = "") -> Incoming:
     """Parse one message. Raises IntakeError when nothing usable can be read."""
     try:
         mail = mailparser.parse_from_bytes(raw)
-        headers = mail.headers
+        items = [(str(name).lower(), _header_text(value)) for name, value in mail.message.raw_items()]
+        text = _text(mail)
     except Exception as exc:  # mail-parser raises many kinds on hostile input
         raise IntakeError(f"message cannot be parsed ({type(exc).__name__})") from exc
-    if not headers:
+    if not items:
         raise IntakeError("message has no header")
 
-    display_name, sender = _first_address(mail.from_)
+    def values(name: str) -> list[str]:
+        return [value for key, value in items if key == name]
+
+    def first(name: str) -> str:
+        found = values(name)
+        return found[0] if found else ""
+
+    display_name, sender = _first_address(first("from"))
     if not sender:
-        sender = envelope_sender
-    auto = one_line(str(headers.get("Auto-Submitted", "no"))).split(";")[0].strip().lower()
-    precedence = one_line(str(headers.get("Precedence", ""))).lower()
+        sender = _valid_address(envelope_sender)
     return Incoming(
         sender=sender,
         display_name=display_name,
-        subject=one_line(str(mail.subject or "")),
-        message_id=one_line(str(mail.message_id or "")),
-        in_reply_to=one_line(str(headers.get("In-Reply-To", ""))),
-        references=tuple(one_line(str(headers.get("References", ""))).split()),
-        auto_submitted=auto not in ("", "no"),
-        bulk=precedence in ("bulk", "junk", "list"),
-        x_loop=tuple(one_line(v) for v in _all_values(mail, "X-Loop")),
-        text=_text(mail),
+        subject=one_line(decode_words(first("subject"))),
+        message_id=_first_id(first("message-id")),
+        in_reply_to=_first_id(first("in-reply-to")),
+        references=_references(first("references")),
+        auto_submitted=any(_keyword(v) not in ("", "no") for v in values("auto-submitted")),
+        bulk=any(_keyword(v) in ("bulk", "junk", "list") for v in values("precedence")),
+        x_loop=tuple(one_line(v) for v in values("x-loop")),
+        text=text,
         raw=raw,
     )
 
 
-def _first_address(value: object) -> tuple[str, str]:
-    """(display name, address) of the first From entry, cleaned; ('', '') when there is none."""
-    if isinstance(value, list) and value:
-        name, address = value[0]
-    elif isinstance(value, str) and value:
-        name, address = email.utils.parseaddr(value)
-    else:
+def decode_words(value: str) -> str:
+    """Decode RFC 2047 encoded words anywhere in `value` (also inside quotes, where they are
+    invalid yet common). Whitespace between adjacent encoded words is dropped; a word that
+    cannot be decoded is kept as it is; unknown charsets fall back to UTF-8, then windows-1252.
+
+    >>> decode_words('=?iso-8859-1?q?Ren=E9?= =?utf-8?b?TMOp?= "=?utf-8?q?caf=C3=A9?="')
+    'RenéLé "café"'
+    """
+    out: list[str] = []
+    pending = bytearray()
+    pending_charset = ""
+    position = 0
+    after_word = False
+
+    def flush() -> None:
+        nonlocal pending
+        if pending:
+            out.append(_decode_bytes(bytes(pending), pending_charset))
+            pending = bytearray()
+
+    for match in _ENCODED_WORD.finditer(value):
+        gap = value[position : match.start()]
+        position = match.end()
+        if gap.strip() or not after_word:
+            flush()
+            out.append(gap)
+        charset = match.group(1).split("*", 1)[0].lower()  # RFC 2231 language suffix
+        data = _word_bytes(match.group(2), match.group(3))
+        if data is None:
+            flush()
+            out.append(match.group(0))
+            after_word = False
+            continue
+        if charset != pending_charset:
+            flush()
+        pending += data  # words of one charset are joined first: a character may be split
+        pending_charset = charset
+        after_word = True
+    flush()
+    out.append(value[position:])
+    return "".join(out)
+
+
+def _word_bytes(encoding: str, text: str) -> bytes | None:
+    if encoding in "qQ":
+        return quoprimime.header_decode(text).encode("latin-1")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _decode_bytes(data: bytes, charset: str) -> str:
+    """`data` in its declared charset, else guessed."""
+    try:
+        return data.decode(charset)
+    except (LookupError, UnicodeError, ValueError, TypeError):
+        return _guess(data)
+
+
+def _guess(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", "replace")
+
+
+def _header_text(value: object) -> str:
+    """A raw header value as text: 8-bit bytes (kept by the parser as surrogate escapes) are
+    read as UTF-8, else windows-1252; folding is undone."""
+    text = str(value)
+    try:
+        text = _guess(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # lone surrogates that did not come from bytes
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return re.sub(r"\r?\n(?=[ \t])|\r(?=[ \t])", "", text)
+
+
+def _first_address(value: str) -> tuple[str, str]:
+    """(display name, address) of the first From mailbox with a usable address; the name of
+    the first mailbox when none has one; ('', '') when the header is empty."""
+    if not value:
         return "", ""
-    name = str(name)
-    if "=?" in name:  # encoded words inside quotes: invalid, yet common
-        try:
-            name = str(make_header(decode_header(name)))
-        except (ValueError, LookupError, UnicodeError):
-            pass
-    address = one_line(str(address), 320)
-    if "@" not in address or " " in address:
-        address = ""
-    return one_line(name, 255), address
+    # Encoded words are hidden behind atoms while the list is split, so that what they decode
+    # to (a comma, a colon, "<", CR/LF) cannot change the structure.
+    words: list[str] = []
+    nonce = secrets.token_hex(4)
+
+    def hide(match: re.Match[str]) -> str:
+        words.append(match.group(0))
+        return f"ew{len(words) - 1}x{nonce}"
+
+    def show(text: str) -> str:
+        return re.sub(rf"ew(\d+)x{nonce}", lambda m: words[int(m.group(1))], text)
+
+    hidden = _ENCODED_WORD.sub(hide, one_line(value, 100_000))
+    mailboxes = [(show(name), show(address)) for name, address in email.utils.getaddresses([hidden])]
+    if not mailboxes:
+        return "", ""
+    for name, address in mailboxes:
+        valid = _valid_address(address)
+        if valid:
+            return _display_name(name), valid
+    return _display_name(mailboxes[0][0]), ""
 
 
-def _all_values(mail: mailparser.MailParser, name: str) -> list[str]:
-    return [str(v) for v in (mail.message.get_all(name) or [])]
+def _display_name(name: str) -> str:
+    return one_line(decode_words(name), 255).strip('"').strip()
+
+
+def _valid_address(address: str) -> str:
+    """`address` when it looks like local@domain and fits in 320 characters, else '' (never
+    cut: a cut address is somebody else's)."""
+    address = one_line(address, 10_000).strip("<>")
+    return address if len(address) <= 320 and _ADDRESS.fullmatch(address) else ""
+
+
+def _first_id(value: str) -> str:
+    """The first <msg-id> of a header (comments and noise around it dropped)."""
+    match = _MSG_ID.search(value)
+    return match.group(0) if match else one_line(value)
+
+
+def _references(value: str) -> tuple[str, ...]:
+    ids = _MSG_ID.findall(value)
+    if len(ids) > MAX_REFERENCES:
+        ids = ids[:1] + ids[-(MAX_REFERENCES - 1) :]
+    return tuple(ids)
+
+
+def _keyword(value: str) -> str:
+    """The keyword of Auto-Submitted or Precedence: parameters and comments dropped."""
+    return _COMMENT.sub(" ", one_line(value)).split(";")[0].strip().lower()
+
+
+def _is_null_sender(address: str) -> bool:
+    address = one_line(address).strip("<> ")
+    return not address or address.partition("@")[0].lower() == "mailer-daemon"
+
+
+def _loop_value(value: str) -> str:
+    return one_line(value).strip("<> ").lower()
 
 
 def _text(mail: mailparser.MailParser) -> str:
     """The text body: text/plain preferred, else HTML turned into text."""
     if mail.text_plain:
-        return "\n".join(part.replace("\r\n", "\n") for part in mail.text_plain).strip()
-    if mail.text_html:
-        return html_to_text("\n".join(mail.text_html))
-    return ""
+        text = "\n".join(mail.text_plain)
+    elif mail.text_html:
+        text = html_to_text("\n".join(mail.text_html))
+    else:
+        text = _unstructured(mail)
+    return clean_text(text).strip()
+
+
+def _unstructured(mail: mailparser.MailParser) -> str:
+    """Text of a body mail-parser gave up on: a multipart without boundary, a bare body."""
+    payload = mail.message.get_payload(decode=True)
+    if not isinstance(payload, bytes) or mail.message.get_content_maintype() not in ("text", "multipart"):
+        return ""
+    text = _decode_bytes(payload, mail.message.get_content_charset() or "utf-8")
+    return html_to_text(text) if mail.message.get_content_subtype() == "html" else text
