@@ -62,12 +62,17 @@ def accept(db: Database, settings: Settings, raw: bytes, envelope_from: str, rec
         log.warning("refused unparseable message from <%s>: %s", envelope_from, exc)
         return [Reply(f"554 5.6.0 {exc}")] * len(recipients)
     replies: list[Reply] = []
+    done: dict[object, Reply] = {}  # a recipient given twice is acted on once
     try:
         with db.transaction() as session:
             for rcpt in recipients:
-                replies.append(_act(session, settings, incoming, envelope_from, rcpt))
+                key = addresses.route(rcpt, [m.address for m in settings.lists], settings.smtp.separator) or rcpt
+                if key not in done:
+                    done[key] = _act(session, settings, incoming, envelope_from, rcpt)
+                replies.append(done[key])
     except SQLAlchemyError as exc:
-        log.error("database error, message from <%s> deferred: %s", envelope_from, exc)
+        reason = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines() or [type(exc).__name__]
+        log.error("database error, message from <%s> deferred: %s", envelope_from, reason[0])
         return [Reply("451 4.3.0 Temporary storage failure, try again later")] * len(recipients)
     return replies
 
@@ -91,7 +96,7 @@ def _act(session: Session, settings: Settings, incoming: Incoming, envelope_from
         elif automated:
             # RFC 3834: never answer (nor act on) an automatic message; it is dropped on purpose.
             done = f"ignored automatic message to {action}"
-        elif not incoming.sender:
+        elif not _answerable(incoming.sender):
             return Reply("550 5.1.7 The message has no sender address to answer")
         elif action in (addresses.SUBSCRIBE, addresses.UNSUBSCRIBE):
             done = request(session, ctx, action, incoming.sender, incoming.display_name)
@@ -110,6 +115,15 @@ def _act(session: Session, settings: Settings, incoming: Incoming, envelope_from
         return Reply(exc.reply)
     log.info("%s from <%s>: %s", rcpt, incoming.sender, done)
     return OK
+
+
+def _answerable(sender: str) -> bool:
+    """True when `sender` is an address a reply can go to (From, or a bare envelope sender)."""
+    try:
+        addresses.split_address(sender)
+    except ValueError:
+        return False
+    return " " not in sender
 
 
 def _hold(session: Session, list_address: str, incoming: Incoming) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import signal
 import threading
+import time
 
 from . import delivery, outbox
 from .config import Settings
@@ -15,6 +17,10 @@ from .store import Database
 log = logging.getLogger(__name__)
 
 CLAIM_LEASE = dt.timedelta(minutes=10)
+
+
+class ListenError(Exception):
+    """The SMTP/LMTP socket cannot be opened; the text is one sentence for the admin."""
 
 
 class Service:
@@ -35,7 +41,12 @@ class Service:
             released = outbox.release_stale(session, CLAIM_LEASE)
         if released:
             log.info("queued again %d deliveries left in flight by a stopped process", released)
-        self.controller.start()
+        try:
+            self.controller.start()
+        except OSError as exc:  # port taken, address not local, no permission
+            s = self.settings.smtp
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ListenError(f"cannot listen on {s.host}:{s.port}: {reason}.") from exc
         self.threads = delivery.run_workers(self.db, self.settings, self.stopping, self.wakeup)
         janitor = threading.Thread(target=self._janitor, name="janitor", daemon=True)
         janitor.start()
@@ -55,8 +66,11 @@ class Service:
         self.controller.stop()
         self.stopping.set()
         self.wakeup.set()
+        # One deadline for all: a worker stuck on a silent relay must not hold up the others'
+        # shutdown one by one. Whatever it had claimed is queued again by the next start.
+        deadline = time.monotonic() + self.settings.relay.timeout + 5
         for thread in self.threads:
-            thread.join(timeout=self.settings.relay.timeout + 5)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.db.dispose()
 
     def run(self) -> None:

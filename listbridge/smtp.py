@@ -17,6 +17,8 @@ from .store import Database
 
 log = logging.getLogger(__name__)
 
+TEMPORARY_FAILURE = dispatch.Reply("451 4.3.0 Internal error, try again later")
+
 
 class ListHandler:
     """aiosmtpd handler for the configured lists."""
@@ -37,10 +39,17 @@ class ListHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
-        # Database work stays off the event loop.
-        replies = await asyncio.to_thread(
-            dispatch.accept, self.db, self.settings, raw, envelope.mail_from or "", list(envelope.rcpt_tos)
-        )
+        recipients = list(envelope.rcpt_tos)
+        try:
+            # Database work stays off the event loop.
+            replies = await asyncio.to_thread(
+                dispatch.accept, self.db, self.settings, raw, envelope_sender(envelope), recipients
+            )
+        except Exception:
+            # A bug or a broken template: keep the mail at the MTA. Not handle_exception's single
+            # line: LMTP needs one reply per recipient to stay in step.
+            log.exception("unexpected error while storing a message from <%s>", envelope.mail_from)
+            replies = [TEMPORARY_FAILURE] * len(recipients)
         if self.wakeup is not None:
             self.wakeup.set()
         if isinstance(server, LMTP):
@@ -49,7 +58,13 @@ class ListHandler:
 
     async def handle_exception(self, error: Exception) -> str:
         log.exception("unexpected error while receiving", exc_info=error)
-        return "451 4.3.0 Internal error, try again later"
+        return TEMPORARY_FAILURE.line
+
+
+def envelope_sender(envelope: Envelope) -> str:
+    """MAIL FROM as an address; "" for the null sender, which aiosmtpd keeps as "<>"."""
+    sender = (envelope.mail_from or "").strip()
+    return "" if sender in ("<>", "") else sender.removeprefix("<").removesuffix(">")
 
 
 def _one_reply(replies: list[dispatch.Reply]) -> str:

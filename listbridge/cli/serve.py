@@ -1,6 +1,8 @@
 """`listbridge serve`."""
 
-from ..service import Service
+import click
+
+from ..service import ListenError, Service
 from ..site import ensure_repo
 from . import App, cli, pass_app
 
@@ -9,5 +11,9 @@ from . import App, cli, pass_app
 @pass_app
 def serve(app: App) -> None:
     """Receive mail over SMTP (or LMTP) and deliver the outbox, until SIGTERM/SIGINT."""
-    ensure_repo(app.settings.site.repo)
-    Service(app.settings, app.db).run()
+    settings = app.settings
+    ensure_repo(settings.site.repo)
+    try:
+        Service(settings, app.db).run()
+    except ListenError as exc:
+        raise click.ClickException(str(exc)) from exc
