@@ -146,7 +146,7 @@ def _forward_to_owner(session: Session, ctx: ListContext, incoming: Incoming) ->
     owner = ctx.mlist.owner
     if not owner:
         return Reply("550 5.1.1 This list has no owner address")
-    if ctx.mlist.address.lower() in (v.lower() for v in incoming.x_loop):
+    if incoming.carries_loop(ctx.mlist.address):
         log.warning("dropped a looping message to the owner of %s", ctx.mlist.address)
         return OK
     # A null envelope sender: a bounce from the owner's side can never loop back here.

@@ -91,7 +91,11 @@ def main() -> None:
         click.echo(f"listbridge: error: {exc}", err=True)
         sys.exit(1)
     except OperationalError as exc:
-        click.echo(f"listbridge: error: the database cannot be used: {exc.orig}", err=True)
+        reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+        click.echo(f"listbridge: error: the database cannot be used: {reason}", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"listbridge: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}.", err=True)
         sys.exit(1)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
