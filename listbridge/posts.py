@@ -1,0 +1,100 @@
+"""The site's posts, read from the repo, so that a comment's subject can find its post.
+
+Reads files only (no writes, no git). Every post is keyed by the slug of its file name and by
+the slug of its first `# ` heading; both keys point to the same `Post`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import date as Date
+from pathlib import Path
+
+from listbridge.slugs import slugify, subject_key
+
+SUFFIXES = (".gmi", ".md")
+SKIPPED_NAMES = frozenset({"index.gmi", "index.md"})
+DATE_LINES = 10
+"""How many first lines of a post are searched for a date when the file name has none."""
+
+_DATE = re.compile(r"(?<!\d)(\d{4})-(\d{2})-(\d{2})(?!\d)")
+
+
+@dataclass(frozen=True)
+class Post:
+    slug: str  # the file name stem as written, e.g. "Comment-les-3hg-ont-réparé-le-CHATONS"
+    title: str  # the first "# " heading, else the stem
+    path: str  # relative to the repo, with '/', e.g. "log/Comment-les-3hg-ont-réparé-le-CHATONS.gmi"
+    date: str | None  # "YYYY-MM-DD" from the file name or the first lines, else None
+
+
+def find_date(text: str) -> str | None:
+    """The first valid YYYY-MM-DD date in `text`, or None."""
+    for match in _DATE.finditer(text):
+        try:
+            return Date(*(int(part) for part in match.groups())).isoformat()
+        except ValueError:
+            continue
+    return None
+
+
+def first_heading(lines: list[str]) -> str:
+    """The text of the first `# ` heading outside preformatted blocks, or ''."""
+    preformatted = False
+    for line in lines:
+        if line.startswith("```"):
+            preformatted = not preformatted
+        elif not preformatted and line.startswith("# ") and line[2:].strip():
+            return line[2:].strip()
+    return ""
+
+
+def read_post(repo: Path, file: Path) -> Post:
+    """One post from its file (undecodable bytes are replaced, never fatal)."""
+    lines = file.read_text(encoding="utf-8", errors="replace").splitlines()
+    title = first_heading(lines)
+    date = find_date(file.stem) or find_date("\n".join(lines[:DATE_LINES]))
+    return Post(slug=file.stem, title=title or file.stem, path=file.relative_to(repo).as_posix(), date=date)
+
+
+def _post_files(repo: Path, posts_dir: str, comments_dir: str) -> list[Path]:
+    """The post files under `posts_dir`, sorted; hidden entries, the comments and index pages
+    skipped; symlinked directories not followed."""
+    top = repo / posts_dir
+    skipped = (repo / comments_dir).resolve()
+    found: list[Path] = []
+    for root, dirs, files in os.walk(top):
+        here = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != skipped)
+        found.extend(
+            here / name
+            for name in files
+            if name.endswith(SUFFIXES) and name not in SKIPPED_NAMES and not name.startswith(".")
+        )
+    return sorted(found)
+
+
+def scan_posts(repo: Path, posts_dir: str, comments_dir: str) -> dict[str, Post]:
+    """Every post under `repo/posts_dir`, keyed by slugify(stem) and slugify(title).
+
+    On a clash the file-name key wins over a title key, then the first path in sorted order.
+    """
+    posts = [read_post(repo, file) for file in _post_files(repo, posts_dir, comments_dir)]
+    by_key: dict[str, Post] = {}
+    for post in posts:
+        key = slugify(post.slug)
+        if key:
+            by_key.setdefault(key, post)
+    for post in posts:
+        key = slugify(post.title)
+        if key:
+            by_key.setdefault(key, post)
+    return by_key
+
+
+def find_post(posts: dict[str, Post], subject: str) -> Post | None:
+    """The post a comment's subject points at, or None."""
+    key = subject_key(subject)
+    return posts.get(key) if key else None
