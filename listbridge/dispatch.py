@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from . import addresses, outbox
 from .config import Settings
 from .intake import Incoming, IntakeError, parse
-from .models import HeldMessage
+from .models import Comment
 from .store import Database
 from .subscriptions import ListContext, Rejected, confirm, request, unsubscribe_with_token, within_reply_limit, send
 
@@ -129,7 +129,7 @@ def _answerable(sender: str) -> bool:
 def _hold(session: Session, list_address: str, incoming: Incoming) -> None:
     """Mail to the bare list address is kept whole, for moderation."""
     session.add(
-        HeldMessage(
+        Comment(
             list_address=list_address,
             sender=incoming.sender,
             display_name=incoming.display_name,

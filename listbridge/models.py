@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import true, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets 64-bit ids.
 Id = BigInteger().with_variant(Integer(), "sqlite")
+
+# Comment states.
+HELD = "held"
+APPROVED = "approved"
+REJECTED = "rejected"
+REMOVED = "removed"
 
 # Outbox recipient states.
 QUEUED = "queued"
@@ -62,11 +68,16 @@ class Confirmation(Base):
     used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
 
 
-class HeldMessage(Base):
-    """Mail to the bare list address, kept with its raw bytes until a moderator acts."""
+class Comment(Base):
+    """Mail to the bare list address: kept whole, attached to a post, moderated, published."""
 
-    __tablename__ = "held_messages"
-    __table_args__ = (Index("ix_held_messages_status", "status"),)
+    __tablename__ = "comments"
+    __table_args__ = (
+        Index("ix_comments_status", "status"),
+        Index("ix_comments_post", "list_address", "post_slug", "status"),
+        Index("ix_comments_sender", "sender"),
+        Index("ix_comments_unpublished", "published"),
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     list_address: Mapped[str] = mapped_column(String(320))
@@ -77,9 +88,33 @@ class HeldMessage(Base):
     in_reply_to: Mapped[str] = mapped_column(String(998), default="")
     auto_submitted: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
-    status: Mapped[str] = mapped_column(String(16), default="held")
+    status: Mapped[str] = mapped_column(String(16), default=HELD)  # held | approved | rejected | removed
     reason: Mapped[str] = mapped_column(Text, default="")
+    # The post it belongs to: None until attached (by threading, subject, or the moderator).
+    post_slug: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    post_title: Mapped[str] = mapped_column(Text, default="", server_default="")
+    post_path: Mapped[str] = mapped_column(String(1000), default="", server_default="")
+    text: Mapped[str] = mapped_column(Text, default="", server_default="")  # cleaned, as it will be published
+    attachments: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
+    decided_by: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    # False while the site repo does not show the comment's current state yet.
+    published: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     raw: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ModerationEvent(Base):
+    """Who did what to which comment, and when."""
+
+    __tablename__ = "moderation_events"
+    __table_args__ = (Index("ix_moderation_events_comment", "comment_id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    comment_id: Mapped[int | None] = mapped_column(Id, nullable=True)
+    action: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(255))
+    at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
+    detail: Mapped[str] = mapped_column(Text, default="")
 
 
 class OutboxMessage(Base):
@@ -97,6 +132,9 @@ class OutboxMessage(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
     # Temporary failures are retried until then.
     give_up_at: Mapped[dt.datetime] = mapped_column(DateTime())
+    # Our Message-ID header, and the post a broadcast belongs to: replies thread back to it.
+    header_message_id: Mapped[str] = mapped_column(String(998), default="", server_default="", index=True)
+    post_slug: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 class OutboxRecipient(Base):

@@ -6,6 +6,7 @@ from functools import lru_cache
 
 import jinja2
 
+from . import gemtext
 from .config import ListSettings
 from .resources import shipped_path
 
@@ -18,12 +19,20 @@ def environment(override: str = "") -> jinja2.Environment:
     if override:
         loaders.append(jinja2.FileSystemLoader(override))
     loaders += [shipped, jinja2.PrefixLoader({"default": shipped}, delimiter=":")]
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),
-        autoescape=False,  # plain text and gemtext; escaping there is done by our own filters
+        # XML is escaped by jinja; mail text needs nothing; gemtext is made safe by the
+        # inline/block/link helpers, since gemtext has no escape character.
+        autoescape=jinja2.select_autoescape(enabled_extensions=("xml",), default_for_string=False, default=False),
         keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
     )
+    env.filters["inline"] = gemtext.inline
+    env.filters["block"] = gemtext.block
+    env.globals["link"] = gemtext.link
+    return env
 
 
 def render_mail(mlist: ListSettings, template_name: str, **context: object) -> tuple[str, str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from listbridge.models import SENDING, SENT, Confirmation, HeldMessage, OutboxRecipient
+from listbridge.models import SENDING, SENT, Confirmation, Comment, OutboxRecipient
 from listbridge.store import Database
 
 from conftest import free_port, wait_for
@@ -168,7 +168,7 @@ def test_sigkill_mid_burst_loses_nothing(tmp_path, db_url, sink, tarpit):
         server = Server(config, port, log)
 
         with db.transaction() as session:
-            held = set(session.scalars(select(HeldMessage.message_id)))
+            held = set(session.scalars(select(Comment.message_id)))
             confirmations = set(session.scalars(select(Confirmation.address)))
         assert set(burst.posts) - held == set()
         assert set(burst.subscribers) - confirmations == set()
@@ -176,7 +176,7 @@ def test_sigkill_mid_burst_loses_nothing(tmp_path, db_url, sink, tarpit):
         # The restarted server answers and stores.
         post(port, LIST, "dave@example.net", "after restart", "<after-restart@example.net>")
         with db.transaction() as session:
-            assert session.scalars(select(HeldMessage.id).where(HeldMessage.message_id == "<after-restart@example.net>")).one()
+            assert session.scalars(select(Comment.id).where(Comment.message_id == "<after-restart@example.net>")).one()
 
         def delivered() -> bool:
             with db.transaction() as session:

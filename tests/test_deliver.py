@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from listbridge.models import Confirmation, HeldMessage, OutboxRecipient
+from listbridge.models import Confirmation, Comment, OutboxRecipient
 
 from conftest import free_port
 
@@ -62,7 +62,7 @@ def test_post_is_stored_and_exits_0(config, db, tmp_path):
     result = deliver(config, raw, LIST, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     with db.transaction() as session:
-        held = session.scalars(select(HeldMessage).where(HeldMessage.message_id == mid)).one()
+        held = session.scalars(select(Comment).where(Comment.message_id == mid)).one()
         assert (held.sender, held.subject, held.raw) == ("carole@example.net", "Comment-sur-un-billet", raw)
 
 
@@ -80,14 +80,14 @@ def test_unknown_recipient_exits_67(config, db, rcpt):
     result = deliver(config, raw, LIST, rcpt)
     assert result.returncode == 67, result.stderr
     assert rcpt in assert_one_clean_line(result.stderr)
-    assert count(db, HeldMessage) == 0  # nothing kept for the known one either: the MTA bounces it whole
+    assert count(db, Comment) == 0  # nothing kept for the known one either: the MTA bounces it whole
 
 
 def test_unparseable_message_exits_65(config, db):
     result = deliver(config, b"no header at all, only text\n", LIST)
     assert result.returncode == 65, result.stderr
     assert "554" in result.stderr.decode()
-    assert count(db, HeldMessage) == 0
+    assert count(db, Comment) == 0
 
 
 def test_message_over_the_size_limit_exits_65(tmp_path, db):
@@ -124,7 +124,7 @@ def test_database_unavailable_exits_75_with_one_line(tmp_path, url):
 
 def test_database_error_while_storing_exits_75(config, db):
     with db.engine.begin() as conn:
-        conn.execute(text("DROP TABLE held_messages"))
+        conn.execute(text("DROP TABLE comments"))
     _, raw = message()
     result = deliver(config, raw, "bla+subscribe@bla.example.org", LIST)
     assert result.returncode == 75, result.stderr

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select, text, update
 
 from listbridge.cli import cli
-from listbridge.models import AutoReply, Confirmation, HeldMessage, OutboxMessage, OutboxRecipient, Subscriber
+from listbridge.models import AutoReply, Confirmation, Comment, OutboxMessage, OutboxRecipient, Subscriber
 from listbridge.service import Service
 
 from conftest import send, wait_for
@@ -79,7 +79,7 @@ def test_rcpt_not_ours_is_refused(service, rcpt):
     replies, data = transaction(service.settings.smtp.port, [rcpt], raw_message())
     assert replies[0][0] == 550, replies
     assert data is None
-    assert count(service.db, HeldMessage) == 0
+    assert count(service.db, Comment) == 0
 
 
 def test_several_recipients_in_one_smtp_transaction(service, sink):
@@ -87,7 +87,7 @@ def test_several_recipients_in_one_smtp_transaction(service, sink):
     replies, data = transaction(port, [LIST, "nolist@bla.example.org", SUBSCRIBE, HELP], raw_message(subject="many"))
     assert [c for c, _ in replies] == [250, 550, 250, 250]
     assert data[0] == 250
-    assert count(service.db, HeldMessage, HeldMessage.subject == "many") == 1
+    assert count(service.db, Comment, Comment.subject == "many") == 1
     assert count(service.db, Confirmation, Confirmation.address == "carole@example.net") == 1
     got = wait_for(lambda: len(sink.handler.to("carole@example.net")) >= 2 and sink.handler.to("carole@example.net"))
     assert sorted("Help" in r.message["Subject"] for r in got) == [False, True]
@@ -111,7 +111,7 @@ def test_message_over_size_limit_gets_552(make_settings):
             client.rcpt(LIST)
             code, _ = client.data(big)
         assert code == 552
-        assert count(svc.db, HeldMessage) == 0
+        assert count(svc.db, Comment) == 0
         ensure_live(port)
 
 
@@ -122,10 +122,10 @@ def test_unparseable_message_is_refused_with_a_reason(service, garbage):
     assert 550 <= code < 600, (code, msg)
     assert not msg.startswith("Error: ("), msg  # not aiosmtpd's generic text
     assert len(msg) > 10
-    assert count(service.db, HeldMessage) == 0
+    assert count(service.db, Comment) == 0
     ensure_live(port)
     send(port, LIST, subject="after garbage")
-    assert count(service.db, HeldMessage, HeldMessage.subject == "after garbage") == 1
+    assert count(service.db, Comment, Comment.subject == "after garbage") == 1
 
 
 def test_long_line_is_accepted(service):
@@ -133,7 +133,7 @@ def test_long_line_is_accepted(service):
     _, (code, msg) = transaction(service.settings.smtp.port, [LIST], raw_message(subject="long", body=body))
     assert code == 250, msg
     with service.db.transaction() as session:
-        held = session.scalars(select(HeldMessage).where(HeldMessage.subject == "long")).one()
+        held = session.scalars(select(Comment).where(Comment.subject == "long")).one()
         assert body.encode() in held.raw
 
 
@@ -144,7 +144,7 @@ def test_huge_headers_are_accepted(service):
     extra = f"References:{refs}\r\n{many}{one_line}"
     _, (code, msg) = transaction(service.settings.smtp.port, [LIST], raw_message(subject="big headers", extra=extra))
     assert code == 250, msg
-    assert count(service.db, HeldMessage, HeldMessage.subject == "big headers") == 1
+    assert count(service.db, Comment, Comment.subject == "big headers") == 1
 
 
 # --- 451 on a database failure, nothing half-written -------------------------------------------
@@ -152,7 +152,7 @@ def test_huge_headers_are_accepted(service):
 def test_database_error_gives_451_and_writes_nothing(service):
     port = service.settings.smtp.port
     with service.db.engine.begin() as conn:
-        conn.execute(text("DROP TABLE held_messages"))
+        conn.execute(text("DROP TABLE comments"))
     # +subscribe is acted on first (confirmation, reply, outbox), then the post fails.
     replies, (code, msg) = transaction(port, [SUBSCRIBE, LIST], raw_message(subject="db down"))
     assert [c for c, _ in replies] == [250, 250]
@@ -179,7 +179,7 @@ def test_lmtp_replies_once_per_recipient(make_settings, sink):
             assert client.noop()[0] == 250  # the session is still in step
         finally:
             client.quit()
-        assert count(svc.db, HeldMessage, HeldMessage.subject == "lmtp") == 1
+        assert count(svc.db, Comment, Comment.subject == "lmtp") == 1
 
 
 # --- no automatic reply to automatic mail -------------------------------------------------------
@@ -294,7 +294,7 @@ def test_request_without_any_sender_address_is_refused_not_deferred(service):
 def test_same_recipient_twice_is_acted_on_once(service):
     replies, (code, _) = transaction(service.settings.smtp.port, [LIST, "BLA@Bla.Example.org"], raw_message(subject="twice"))
     assert [c for c, _ in replies] == [250, 250] and code == 250
-    assert count(service.db, HeldMessage, HeldMessage.subject == "twice") == 1
+    assert count(service.db, Comment, Comment.subject == "twice") == 1
 
 
 def test_lmtp_stays_in_step_when_a_template_is_broken(make_settings, tmp_path):
@@ -315,4 +315,4 @@ def test_lmtp_stays_in_step_when_a_template_is_broken(make_settings, tmp_path):
             assert client.noop()[0] == 250
         finally:
             client.quit()
-        assert count(svc.db, HeldMessage) == 0  # all or nothing
+        assert count(svc.db, Comment) == 0  # all or nothing

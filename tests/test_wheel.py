@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, inspect, text
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = {"subscribers", "confirmations", "held_messages", "outbox_messages", "outbox_recipients", "auto_replies", "alembic_version"}
+TABLES = {"subscribers", "confirmations", "comments", "outbox_messages", "outbox_recipients", "auto_replies", "alembic_version"}
 
 RENDER = """
 import listbridge, listbridge.render, listbridge.resources

@@ -3,7 +3,7 @@
 import click
 from sqlalchemy import select
 
-from ..models import HeldMessage
+from ..models import Comment
 from . import App, cli, pass_app
 from .output import emit
 
@@ -30,6 +30,6 @@ def list_(app: App, as_json: bool) -> None:
                 "message_id": m.message_id,
                 "status": m.status,
             }
-            for m in session.scalars(select(HeldMessage).where(HeldMessage.status == "held").order_by(HeldMessage.id))
+            for m in session.scalars(select(Comment).where(Comment.status == "held").order_by(Comment.id))
         ]
     emit(rows, as_json, ["id", "sender", "name", "subject", "received", "message_id"])

@@ -1,0 +1,121 @@
+"""The comment archive as files: one page per post, the index, the Atom feed. Pure rendering;
+the caller reads the database and writes the site repo.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from .config import ListSettings, SiteSettings
+from .render import environment
+
+# Characters XML 1.0 forbids even when escaped.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+FEED_ENTRIES = 50
+
+
+@dataclass(frozen=True)
+class PublishedComment:
+    id: int
+    author: str  # display name; "" is shown as Anonymous
+    date: dt.datetime
+    text: str
+    attachments: int = 0
+    removed: bool = False  # replaced by a removal note (`forget`)
+
+
+@dataclass(frozen=True)
+class PostSummary:
+    slug: str
+    title: str
+    path: str  # the post's own page, relative to the repo root ("" when unknown)
+    last: dt.datetime  # date of its newest published comment
+    count: int
+
+
+def page_path(site: SiteSettings, slug: str) -> str:
+    """Where a post's comment page lives in the repo."""
+    return f"{site.comments_dir.strip('/')}/{slug}.gmi"
+
+
+def index_path(site: SiteSettings) -> str:
+    return f"{site.comments_dir.strip('/')}/index.gmi"
+
+
+def feed_path(site: SiteSettings) -> str:
+    return f"{site.comments_dir.strip('/')}/atom.xml"
+
+
+def _url(site: SiteSettings, relpath: str) -> str:
+    return site.base_url.rstrip("/") + "/" + quote(relpath)
+
+
+def post_page(mlist: ListSettings, site: SiteSettings, post: PostSummary, comments: list[PublishedComment]) -> str:
+    """`<comments_dir>/<slug>.gmi`: every published comment of one post, oldest first."""
+    template = environment(mlist.templates).get_template(f"archive/{mlist.language}/post.gmi")
+    return template.render(
+        list=mlist,
+        post=_PostView(post, "/" + quote(post.path) if post.path else "/", ""),
+        comments=sorted(comments, key=lambda c: (c.date, c.id)),
+        index_url="index.gmi",
+        mailto=f"mailto:{mlist.address}?subject={quote(post.slug)}",
+    )
+
+
+def index_page(mlist: ListSettings, site: SiteSettings, posts: list[PostSummary]) -> str:
+    """`<comments_dir>/index.gmi`: posts with comments, newest first, as Gemini feed lines."""
+    template = environment(mlist.templates).get_template(f"archive/{mlist.language}/index.gmi")
+    ordered = sorted(posts, key=lambda p: (p.last, p.slug), reverse=True)
+    views = [_PostView(p, "", quote(f"{p.slug}.gmi")) for p in ordered]
+    return template.render(list=mlist, posts=views)
+
+
+def atom_feed(
+    mlist: ListSettings, site: SiteSettings, latest: list[tuple[PostSummary, PublishedComment]]
+) -> str:
+    """`<comments_dir>/atom.xml`: the latest published comments, newest first."""
+    template = environment(mlist.templates).get_template(f"archive/{mlist.language}/atom.xml")
+    latest = sorted(latest, key=lambda pc: (pc[1].date, pc[1].id), reverse=True)[:FEED_ENTRIES]
+    entries = [
+        {
+            "id": f"{_url(site, page_path(site, post.slug))}#comment-{c.id}",
+            "url": _url(site, page_path(site, post.slug)),
+            "title": _xml(post.title),
+            "author": _xml(c.author),
+            "updated": _stamp(c.date),
+            "text": _xml("" if c.removed else c.text),
+        }
+        for post, c in latest
+    ]
+    updated = entries[0]["updated"] if entries else _stamp(dt.datetime(1970, 1, 1))
+    return template.render(
+        list=mlist,
+        entries=entries,
+        updated=updated,
+        feed_id=_url(site, feed_path(site)),
+        feed_url=_url(site, feed_path(site)),
+        index_url=_url(site, index_path(site)),
+    )
+
+
+@dataclass(frozen=True)
+class _PostView:
+    """A post as the templates see it: its summary plus the URLs they link to."""
+
+    summary: PostSummary
+    url: str
+    page: str
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.summary, name)
+
+
+def _xml(text: str) -> str:
+    return _NOT_XML.sub("", text)
+
+
+def _stamp(when: dt.datetime) -> str:
+    return when.replace(microsecond=0).isoformat() + "Z"
