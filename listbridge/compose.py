@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from email.message import EmailMessage
@@ -43,23 +44,31 @@ def build(
     to: str | None = None,
     reply_to: str | None = None,
     extra: dict[str, str] | None = None,
+    sender_name: str | None = None,
+    message_id: str | None = None,
 ) -> bytes:
     """A complete message as CRLF bytes. `to=None` leaves To and List-Unsubscribe to the sender
     worker (a list mail, personalised at send time)."""
     msg = EmailMessage(policy=SMTP)
-    msg["From"] = formataddr((mlist.title, sender))
+    msg["From"] = formataddr((mlist.title if sender_name is None else sender_name, sender))
     if to is not None:
         msg["To"] = to
         msg["List-Unsubscribe"] = f"<mailto:{subaddress(mlist.address, 'unsubscribe', separator)}>"
     msg["Subject"] = subject
     msg["Date"] = formatdate(localtime=False, usegmt=True)
-    msg["Message-ID"] = new_message_id(mlist.domain)
+    msg["Message-ID"] = message_id or new_message_id(mlist.domain)
     if reply_to:
         msg["Reply-To"] = reply_to
     for name, value in {**list_headers(mlist, separator), **(extra or {})}.items():
         msg[name] = value
     msg.set_content(body, cte="quoted-printable" if not body.isascii() else "7bit")
     return msg.as_bytes()
+
+
+def thread_root(mlist: ListSettings, slug: str) -> str:
+    """A stable Message-ID standing for a post: every broadcast about it replies to this one,
+    so mail clients gather a post's comments in one thread."""
+    return f"<post.{hashlib.sha256(slug.encode()).hexdigest()[:20]}@{mlist.domain}>"
 
 
 def personal_headers(address: str, unsubscribe: str) -> bytes:

@@ -78,6 +78,10 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("moderation", "first-post", "which comments are held", ("all", "first-post", "none")),
         Option("authserv_id", "", "trusted authserv-id in Authentication-Results"),
         Option("templates", "", "folder whose templates override the shipped ones"),
+        Option("allow", (), "addresses or @domains whose comments are never held"),
+        Option("deny", (), "addresses or @domains whose comments are always rejected"),
+        Option("max_comment_chars", 20000, "longer comments are held for the moderator", minimum=1),
+        Option("keep_from", False, "broadcast with the commenter's own From (not DMARC-safe)"),
     ),
     "watch": (
         Option("mx", "localhost:25", "the home MX to probe, HOST:PORT"),
@@ -101,6 +105,8 @@ def _values(section: str, given: dict[str, Any], where: str) -> dict[str, Any]:
         expected = type(option.default)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if expected is tuple and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = tuple(v.strip().lower() for v in value)
         if type(value) is not expected:
             raise ConfigError(
                 f"[{where}] {key} must be {_type_name(expected)}, not {value!r}."
@@ -118,7 +124,7 @@ def _values(section: str, given: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _type_name(t: type) -> str:
-    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}[t]
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string", tuple: "a list of strings"}[t]
 
 
 class ConfigWarning(UserWarning):
@@ -185,6 +191,10 @@ class ListSettings:
     moderation: str
     authserv_id: str
     templates: str
+    allow: tuple[str, ...]
+    deny: tuple[str, ...]
+    max_comment_chars: int
+    keep_from: bool
 
     @property
     def local(self) -> str:
@@ -343,6 +353,8 @@ def render_default_config() -> str:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

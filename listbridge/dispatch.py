@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from . import addresses, outbox
+from . import addresses, comments, outbox
 from .config import Settings
 from .intake import Incoming, IntakeError, parse
-from .models import Comment
+from .posts import Post, scan_posts
 from .store import Database
 from .subscriptions import ListContext, Rejected, confirm, request, unsubscribe_with_token, within_reply_limit, send
 
@@ -54,8 +55,17 @@ def check_recipient(settings: Settings, address: str) -> Reply | None:
     return None
 
 
-def accept(db: Database, settings: Settings, raw: bytes, envelope_from: str, recipients: Sequence[str]) -> list[Reply]:
-    """Act on one message for each recipient; all the work is committed before returning."""
+def accept(
+    db: Database,
+    settings: Settings,
+    raw: bytes,
+    envelope_from: str,
+    recipients: Sequence[str],
+    posts: Callable[[], dict[str, Post]] | None = None,
+) -> list[Reply]:
+    """Act on one message for each recipient; all the work is committed before returning.
+    `posts` gives the site's posts (to attach comments); by default the site is scanned."""
+    posts = posts or (lambda: site_posts(settings))
     try:
         incoming = parse(raw, envelope_from)
     except IntakeError as exc:
@@ -68,7 +78,7 @@ def accept(db: Database, settings: Settings, raw: bytes, envelope_from: str, rec
             for rcpt in recipients:
                 key = addresses.route(rcpt, [m.address for m in settings.lists], settings.smtp.separator) or rcpt
                 if key not in done:
-                    done[key] = _act(session, settings, incoming, envelope_from, rcpt)
+                    done[key] = _act(session, settings, incoming, envelope_from, rcpt, posts)
                 replies.append(done[key])
     except SQLAlchemyError as exc:
         reason = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines() or [type(exc).__name__]
@@ -77,7 +87,19 @@ def accept(db: Database, settings: Settings, raw: bytes, envelope_from: str, rec
     return replies
 
 
-def _act(session: Session, settings: Settings, incoming: Incoming, envelope_from: str, rcpt: str) -> Reply:
+def site_posts(settings: Settings) -> dict[str, Post]:
+    """The posts of the site repo, to attach comments to."""
+    return scan_posts(Path(settings.site.repo), settings.site.posts, settings.site.comments_dir)
+
+
+def _act(
+    session: Session,
+    settings: Settings,
+    incoming: Incoming,
+    envelope_from: str,
+    rcpt: str,
+    posts: Callable[[], dict[str, Post]],
+) -> Reply:
     recipient = addresses.route(rcpt, [m.address for m in settings.lists], settings.smtp.separator)
     mlist = settings.list_for(recipient.list_address) if recipient else None
     if recipient is None or mlist is None:
@@ -87,7 +109,9 @@ def _act(session: Session, settings: Settings, incoming: Incoming, envelope_from
     automated = incoming.is_automated(envelope_from, mlist.address)
     try:
         if action == addresses.POST:
-            _hold(session, mlist.address, incoming)
+            comment = comments.receive(session, ctx, incoming, posts(), automated)
+            log.info("comment %d from <%s> on %s: %s %s", comment.id, incoming.sender, comment.post_slug,
+                     comment.status, comment.reason)
             return OK
         if action == addresses.OWNER:
             return _forward_to_owner(session, ctx, incoming)
@@ -124,22 +148,6 @@ def _answerable(sender: str) -> bool:
     except ValueError:
         return False
     return " " not in sender
-
-
-def _hold(session: Session, list_address: str, incoming: Incoming) -> None:
-    """Mail to the bare list address is kept whole, for moderation."""
-    session.add(
-        Comment(
-            list_address=list_address,
-            sender=incoming.sender,
-            display_name=incoming.display_name,
-            subject=incoming.subject,
-            message_id=incoming.message_id,
-            in_reply_to=incoming.in_reply_to,
-            auto_submitted=incoming.auto_submitted or incoming.bulk,
-            raw=incoming.raw,
-        )
-    )
 
 
 def _forward_to_owner(session: Session, ctx: ListContext, incoming: Incoming) -> Reply:

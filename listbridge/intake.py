@@ -47,6 +47,8 @@ class Incoming:
     x_loop: tuple[str, ...]
     text: str
     raw: bytes
+    authentication_results: tuple[str, ...] = ()
+    attachments: int = 0  # parts that are not the text (not published)
 
     def is_automated(self, envelope_sender: str, loop_marker: str) -> bool:
         """True when no automatic reply may go to this message (RFC 3834 and loop rules).
@@ -67,6 +69,7 @@ def parse(raw: bytes, envelope_sender: str = "") -> Incoming:
         mail = mailparser.parse_from_bytes(raw)
         items = [(str(name).lower(), _header_text(value)) for name, value in mail.message.raw_items()]
         text = _text(mail)
+        attachments = len(mail.attachments)
     except Exception as exc:  # mail-parser raises many kinds on hostile input
         raise IntakeError(f"message cannot be parsed ({type(exc).__name__})") from exc
     if not items:
@@ -94,6 +97,8 @@ def parse(raw: bytes, envelope_sender: str = "") -> Incoming:
         x_loop=tuple(one_line(v) for v in values("x-loop")),
         text=text,
         raw=raw,
+        authentication_results=tuple(one_line(v, 4000) for v in values("authentication-results")),
+        attachments=attachments,
     )
 
 

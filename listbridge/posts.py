@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 from dataclasses import dataclass
 from datetime import date as Date
 from pathlib import Path
@@ -98,3 +100,20 @@ def find_post(posts: dict[str, Post], subject: str) -> Post | None:
     """The post a comment's subject points at, or None."""
     key = subject_key(subject)
     return posts.get(key) if key else None
+
+
+class PostCache:
+    """scan_posts() remembered for `ttl` seconds, so a burst of comments scans the site once."""
+
+    def __init__(self, repo: Path, posts_dir: str, comments_dir: str, ttl: float = 30.0) -> None:
+        self.repo, self.posts_dir, self.comments_dir, self.ttl = repo, posts_dir, comments_dir, ttl
+        self._posts: dict[str, Post] = {}
+        self._at = float("-inf")
+        self._lock = threading.Lock()
+
+    def get(self) -> dict[str, Post]:
+        with self._lock:
+            if time.monotonic() - self._at > self.ttl:
+                self._posts = scan_posts(self.repo, self.posts_dir, self.comments_dir)
+                self._at = time.monotonic()
+            return self._posts

@@ -7,9 +7,11 @@ import logging
 import os
 import signal
 import threading
+from pathlib import Path
 import time
 
-from . import delivery, outbox
+from . import delivery, outbox, publish
+from .posts import PostCache
 from .config import Settings
 from .smtp import ListController, ListHandler
 from .store import Database
@@ -17,6 +19,7 @@ from .store import Database
 log = logging.getLogger(__name__)
 
 CLAIM_LEASE = dt.timedelta(minutes=10)
+PUBLISH_EVERY = 30.0  # seconds; an intake that stores an approval wakes it at once
 
 
 class ListenError(Exception):
@@ -31,7 +34,11 @@ class Service:
         self.db = db or Database(settings.database.url)
         self.stopping = threading.Event()
         self.wakeup = threading.Event()
-        self.controller = ListController(ListHandler(self.db, settings, self.wakeup), settings)
+        site = settings.site
+        self.posts = PostCache(Path(site.repo), site.posts, site.comments_dir)
+        self.published = threading.Event()  # set when an approval waits to be rendered
+        handler = ListHandler(self.db, settings, self.wakeup, self.posts.get, on_stored=self.published.set)
+        self.controller = ListController(handler, settings)
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -48,11 +55,24 @@ class Service:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ListenError(f"cannot listen on {s.host}:{s.port}: {reason}.") from exc
         self.threads = delivery.run_workers(self.db, self.settings, self.stopping, self.wakeup)
-        janitor = threading.Thread(target=self._janitor, name="janitor", daemon=True)
-        janitor.start()
-        self.threads.append(janitor)
+        for target, name in ((self._janitor, "janitor"), (self._publisher, "publisher")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self.threads.append(thread)
         s = self.settings.smtp
         log.info("listening on %s:%d (%s)", s.host, s.port, "LMTP" if s.lmtp else "SMTP")
+
+    def _publisher(self) -> None:
+        """Render and commit approved comments (and retry pushes) a few seconds after intake."""
+        while not self.stopping.is_set():
+            self.published.wait(PUBLISH_EVERY)
+            self.published.clear()
+            if self.stopping.is_set():
+                return
+            try:
+                publish.publish_pending(self.db, self.settings)
+            except Exception:
+                log.exception("could not publish to the site repo; will retry")
 
     def _janitor(self) -> None:
         while not self.stopping.wait(60):
@@ -66,6 +86,7 @@ class Service:
         self.controller.stop()
         self.stopping.set()
         self.wakeup.set()
+        self.published.set()
         # One deadline for all: a worker stuck on a silent relay must not hold up the others'
         # shutdown one by one. Whatever it had claimed is queued again by the next start.
         deadline = time.monotonic() + self.settings.relay.timeout + 5

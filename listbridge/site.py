@@ -95,11 +95,18 @@ class SiteRepo:
         paths = sorted(set(paths))
         if not paths:
             return None
-        self.git("add", "--all", "--", *paths)
-        if self.git("diff", "--cached", "--quiet", "--", *paths, check=False).returncode == 0:
+        present = [p for p in paths if (self.path / p).exists()]
+        gone = [p for p in paths if p not in present]
+        if present:
+            self.git("add", "--", *present)
+        if gone:
+            self.git("rm", "--cached", "--quiet", "--ignore-unmatch", "--", *gone)
+        staged = self.git("diff", "--cached", "--name-only", "-z", "--", *paths).stdout.split("\0")
+        staged = [p for p in staged if p]
+        if not staged:
             return None
         # A pathspec commits only our files, even when the maintainer has other changes staged.
-        self.git("commit", "--quiet", "--no-verify", "-m", message, "--", *paths)
+        self.git("commit", "--quiet", "--no-verify", "-m", message, "--", *staged)
         return self.git("rev-parse", "HEAD").stdout.strip()
 
     def push(self, remote: str = "origin") -> bool:

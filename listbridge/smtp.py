@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
@@ -13,6 +13,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from . import dispatch
 from .config import Settings
+from .posts import Post
 from .store import Database
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,16 @@ TEMPORARY_FAILURE = dispatch.Reply("451 4.3.0 Internal error, try again later")
 class ListHandler:
     """aiosmtpd handler for the configured lists."""
 
-    def __init__(self, db: Database, settings: Settings, wakeup: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        wakeup: threading.Event | None = None,
+        posts: Callable[[], dict[str, Post]] | None = None,
+        on_stored: Callable[[], None] | None = None,
+    ) -> None:
+        self.posts = posts
+        self.on_stored = on_stored
         self.db = db
         self.settings = settings
         self.wakeup = wakeup
@@ -43,7 +53,7 @@ class ListHandler:
         try:
             # Database work stays off the event loop.
             replies = await asyncio.to_thread(
-                dispatch.accept, self.db, self.settings, raw, envelope_sender(envelope), recipients
+                dispatch.accept, self.db, self.settings, raw, envelope_sender(envelope), recipients, self.posts
             )
         except Exception:
             # A bug or a broken template: keep the mail at the MTA. Not handle_exception's single
@@ -51,7 +61,9 @@ class ListHandler:
             log.exception("unexpected error while storing a message from <%s>", envelope.mail_from)
             replies = [TEMPORARY_FAILURE] * len(recipients)
         if self.wakeup is not None:
-            self.wakeup.set()
+            self.wakeup.set()  # the outbox may have new mail
+        if self.on_stored is not None:
+            self.on_stored()  # an auto-approved comment may wait for the site
         if isinstance(server, LMTP):
             return "\r\n".join(r.line for r in replies)  # one reply per recipient
         return _one_reply(replies)

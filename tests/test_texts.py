@@ -14,6 +14,8 @@ CONTEXT = dict(
     name="Zoé", address="zoe@example.org", confirm_address="bla+confirm-x@d", days=7,
     subscribe_address="bla+subscribe@d", unsubscribe_address="bla+unsubscribe@d",
     help_address="bla+help@d", owner_address="bla+owner@d",
+    post_title="Comment les 3hg ont réparé le CHATONS", text="Bravo !", author="Carole", attachments=2,
+    page_url="gemini://d/log/commentaires/x.gmi", subject="Re: x", reason="hors sujet",
 )
 
 

@@ -101,4 +101,4 @@ def main() -> None:
         sys.exit(exc.exit_code)
 
 
-from . import db, deliver, init, moderate, queue, serve, subscribers  # noqa: E402,F401  (registers commands)
+from . import archive, db, deliver, forget, init, moderate, queue, serve, snippet, subscribers  # noqa: E402,F401  (registers commands)

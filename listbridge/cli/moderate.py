@@ -1,35 +1,168 @@
-"""`listbridge moderate list`: the held messages (approval and rejection come with issue 3)."""
+"""`listbridge moderate [list|show ID|approve ID…|reject ID…]`; no argument: interactive."""
+
+from __future__ import annotations
 
 import click
 from sqlalchemy import select
 
-from ..models import Comment
+from .. import comments, publish
+from ..dispatch import site_posts
+from ..models import HELD, Comment
+from ..posts import Post
+from ..slugs import slugify
+from ..subscriptions import ListContext
 from . import App, cli, pass_app
 from .output import emit
 
 
-@cli.group(invoke_without_command=False)
-def moderate() -> None:
-    """Messages held for moderation."""
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def moderate(ctx: click.Context) -> None:
+    """Comments held for moderation (no command: go through them one by one)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(interactive)
+
+
+def _row(c: Comment) -> dict[str, object]:
+    return {
+        "id": c.id,
+        "list": c.list_address,
+        "post": c.post_slug or "",
+        "name": c.display_name,
+        "sender": c.sender,
+        "subject": c.subject,
+        "received": c.received_at.isoformat(timespec="seconds"),
+        "status": c.status,
+        "reason": c.reason,
+        "message_id": c.message_id,
+    }
 
 
 @moderate.command("list")
+@click.option("--all", "everything", is_flag=True, help="also approved and rejected comments")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @pass_app
-def list_(app: App, as_json: bool) -> None:
-    """Held messages: id, sender, name, subject, received, Message-ID."""
+def list_(app: App, everything: bool, as_json: bool) -> None:
+    """Held comments: id, post, author, subject, received, status, reason, Message-ID."""
+    query = select(Comment).order_by(Comment.id)
+    if not everything:
+        query = query.where(Comment.status == HELD)
     with app.ready_db().transaction() as session:
-        rows = [
-            {
-                "id": m.id,
-                "list": m.list_address,
-                "sender": m.sender,
-                "name": m.display_name,
-                "subject": m.subject,
-                "received": m.received_at.isoformat(timespec="seconds"),
-                "message_id": m.message_id,
-                "status": m.status,
-            }
-            for m in session.scalars(select(Comment).where(Comment.status == "held").order_by(Comment.id))
-        ]
-    emit(rows, as_json, ["id", "sender", "name", "subject", "received", "message_id"])
+        rows = [_row(c) for c in session.scalars(query)]
+    emit(rows, as_json, ["id", "post", "name", "subject", "received", "status", "reason", "message_id"])
+
+
+def _load(session, ids: tuple[int, ...]) -> list[Comment]:  # type: ignore[no-untyped-def]
+    found = {c.id: c for c in session.scalars(select(Comment).where(Comment.id.in_(ids)))}
+    missing = [str(i) for i in ids if i not in found]
+    if missing:
+        raise click.ClickException(f"no comment with id {', '.join(missing)}.")
+    return [found[i] for i in ids]
+
+
+def _show(c: Comment) -> str:
+    lines = [
+        f"#{c.id} {c.status}{f' ({c.reason})' if c.reason else ''}",
+        f"From:     {c.display_name} <{c.sender}>" if c.display_name else f"From:     {c.sender}",
+        f"Subject:  {c.subject}",
+        f"Post:     {c.post_slug or '(none)'}",
+        f"Received: {c.received_at.isoformat(timespec='seconds')}",
+        "",
+        c.text,
+    ]
+    if c.attachments:
+        lines.append(f"\n({c.attachments} attachment(s) not published)")
+    return "\n".join(lines)
+
+
+@moderate.command()
+@click.argument("comment_id", type=int)
+@pass_app
+def show(app: App, comment_id: int) -> None:
+    """The comment's text as it will be published."""
+    with app.ready_db().transaction() as session:
+        click.echo(_show(_load(session, (comment_id,))[0]))
+
+
+def _post(app: App, slug: str | None) -> Post | None:
+    if slug is None:
+        return None
+    post = site_posts(app.settings).get(slugify(slug))
+    if post is None:
+        raise click.ClickException(f"no post {slug!r} under {app.settings.site.repo}/{app.settings.site.posts}.")
+    return post
+
+
+@moderate.command()
+@click.argument("ids", nargs=-1, type=int, required=True)
+@click.option("--post", "slug", metavar="SLUG", help="attach the comments to this post first")
+@pass_app
+def approve(app: App, ids: tuple[int, ...], slug: str | None) -> None:
+    """Publish comments on the site and send them to the subscribers."""
+    post = _post(app, slug)
+    db = app.ready_db()
+    try:
+        with db.transaction() as session:
+            for c in _load(session, ids):
+                comments.approve(session, _ctx(app, c), c, comments.actor(), post)
+    except ValueError as exc:  # nothing was approved: the transaction rolled back
+        raise click.ClickException(str(exc)) from None
+    for sha in publish.publish_pending(db, app.settings):
+        click.echo(f"site commit {sha[:10]}")
+    click.echo(f"approved: {' '.join(map(str, ids))}")
+
+
+@moderate.command()
+@click.argument("ids", nargs=-1, type=int, required=True)
+@click.option("--reason", default="", help="why (kept in the log, and told to the author with --notify)")
+@click.option("--notify", is_flag=True, help="tell the author (never for an automatic message)")
+@pass_app
+def reject(app: App, ids: tuple[int, ...], reason: str, notify: bool) -> None:
+    """Refuse comments (a published one is taken off the site)."""
+    db = app.ready_db()
+    with db.transaction() as session:
+        for c in _load(session, ids):
+            told = comments.reject(session, _ctx(app, c), c, comments.actor(), reason, notify)
+            click.echo(f"rejected: {c.id}{' (author told)' if told else ''}")
+    publish.publish_pending(db, app.settings)
+
+
+def _ctx(app: App, c: Comment) -> ListContext:
+    mlist = app.settings.list_for(c.list_address)
+    if mlist is None:
+        raise click.ClickException(f"comment {c.id} belongs to {c.list_address}, which is not configured any more.")
+    return ListContext(app.settings, mlist)
+
+
+@moderate.command(hidden=True)
+@pass_app
+def interactive(app: App) -> None:
+    """One held comment at a time: [a]pprove, [r]eject, [s]kip, [q]uit."""
+    db = app.ready_db()
+    with db.transaction() as session:
+        ids = list(session.scalars(select(Comment.id).where(Comment.status == HELD).order_by(Comment.id)))
+    if not ids:
+        click.echo("Nothing is waiting for moderation.")
+        return
+    for n, comment_id in enumerate(ids, 1):
+        with db.transaction() as session:
+            c = _load(session, (comment_id,))[0]
+            if c.status != HELD:
+                continue  # someone else decided meanwhile
+            click.echo(f"\n[{n}/{len(ids)}] " + _show(c))
+            choice = click.prompt("[a]pprove, [r]eject, [s]kip, [q]uit", type=click.Choice(["a", "r", "s", "q"]),
+                                  show_choices=False)
+            if choice == "q":
+                break
+            if choice == "a":
+                slug = None if c.post_slug else click.prompt("No post matched: attach to which post (slug)")
+                try:
+                    comments.approve(session, _ctx(app, c), c, comments.actor(), _post(app, slug))
+                except (ValueError, click.ClickException) as exc:
+                    click.echo(f"not approved: {exc}")
+                    continue
+            elif choice == "r":
+                reason = click.prompt("Reason (empty: none)", default="", show_default=False)
+                comments.reject(session, _ctx(app, c), c, comments.actor(), reason,
+                                notify=click.confirm("Tell the author?", default=False))
+    publish.publish_pending(db, app.settings)

@@ -1,0 +1,37 @@
+"""`listbridge archive rebuild|push`."""
+
+import click
+
+from .. import publish
+from ..models import APPROVED, Comment
+from . import App, cli, pass_app
+from .output import progress
+
+
+@cli.group()
+def archive() -> None:
+    """The comment archive in the site repo."""
+
+
+@archive.command()
+@pass_app
+def rebuild(app: App) -> None:
+    """Render every page from the database; commit only if something differs."""
+    db = app.ready_db()
+    with db.transaction() as session:
+        total = session.query(Comment.post_slug).filter(Comment.status == APPROVED).distinct().count()
+    with progress("rendering posts", total) as tick:
+        commits = publish.rebuild(db, app.settings, progress=tick)
+    click.echo(f"site commit {commits[0][:10]}" if commits else "archive unchanged: nothing to commit")
+
+
+@archive.command()
+@pass_app
+def push(app: App) -> None:
+    """Push the site repo's commits that have not reached the remote yet."""
+    repo = publish.repo_for(app.settings, app.settings.lists[0])
+    waiting = repo.unpushed()
+    with repo.lock():
+        if not repo.push():
+            raise click.ClickException(f"push failed; {waiting} commit(s) stay local and will be retried.")
+    click.echo(f"pushed {waiting} commit(s)")

@@ -1,0 +1,32 @@
+"""`listbridge snippet POST`: the footer a post carries, in the list's language."""
+
+import click
+
+from ..dispatch import site_posts
+from ..render import environment
+from ..slugs import slugify
+from . import App, cli, pass_app
+
+
+@cli.command()
+@click.argument("post")
+@click.option("--list", "list_address", metavar="ADDR", help="which list (needed when several are configured)")
+@pass_app
+def snippet(app: App, post: str, list_address: str | None) -> None:
+    """Print the comment/subscribe links to paste at the end of POST (a slug or a title)."""
+    mlist = app.settings.list_for(app.list_address(list_address))
+    assert mlist is not None
+    found = site_posts(app.settings).get(slugify(post))
+    slug = found.slug if found else post.strip().replace(" ", "-")
+    template = environment(mlist.templates).get_template(f"archive/{mlist.language}/snippet.gmi")
+    click.echo(
+        template.render(
+            list=mlist,
+            slug=slug,
+            separator=app.settings.smtp.separator,
+            archive="/" + app.settings.site.comments_dir.strip("/") + "/",
+        ),
+        nl=False,
+    )
+    if found is None:
+        click.echo(f"note: no post {post!r} found under {app.settings.site.posts}/; the subject may not match.", err=True)

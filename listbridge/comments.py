@@ -1,0 +1,233 @@
+"""Comments: attach to a post, apply the list's moderation policy, approve, reject, broadcast.
+
+Works inside the caller's transaction; pages are rendered later by publish.py, mail goes
+through the outbox.
+"""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from . import authresults, commenttext, compose, outbox
+from .archive import page_path
+from .intake import Incoming
+from .models import APPROVED, HELD, REJECTED, Comment, ModerationEvent, OutboxMessage, utcnow
+from .posts import Post, find_post
+from .render import render_mail
+from .subscriptions import ListContext, send
+
+NO_POST = "no matching post"
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: str
+    reason: str = ""
+
+
+def matches(sender: str, patterns: tuple[str, ...]) -> bool:
+    """`sender` is one of `patterns`: a whole address, or `@domain` (subdomains included)."""
+    sender = sender.lower()
+    domain = sender.rpartition("@")[2]
+    for pattern in patterns:
+        if pattern.startswith("@"):
+            if domain == pattern[1:] or domain.endswith("." + pattern[1:]):
+                return True
+        elif sender == pattern:
+            return True
+    return False
+
+
+def decide(
+    *,
+    policy: str,
+    sender: str,
+    allow: tuple[str, ...],
+    deny: tuple[str, ...],
+    known_sender: bool,
+    authenticated: bool,
+    automated: bool,
+    too_long: bool,
+    attached: bool,
+) -> Decision:
+    """The moderation policy, as a pure function. Nothing passes on a From header alone:
+    the allow list and `first-post` both need a DKIM/DMARC pass seen by our own MTA."""
+    if matches(sender, deny):
+        return Decision(REJECTED, "sender is on the deny list")
+    if automated:
+        return Decision(HELD, "automatic message")
+    if too_long:
+        return Decision(HELD, "too long")
+    if not attached:
+        return Decision(HELD, NO_POST)
+    if policy == "none":
+        return Decision(APPROVED)
+    if policy == "first-post" or matches(sender, allow):
+        if not authenticated:
+            return Decision(HELD, "sender not authenticated (no DKIM/DMARC pass)")
+        if known_sender or matches(sender, allow):
+            return Decision(APPROVED)
+        return Decision(HELD, "first post")
+    return Decision(HELD, "every comment is moderated")
+
+
+def attach(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[str, Post]) -> Post | None:
+    """The post a comment belongs to: a reply to one of our broadcasts stays on its post;
+    otherwise the subject is matched against the site's posts."""
+    ids = [i for i in (incoming.in_reply_to, *incoming.references) if i]
+    if ids:
+        threaded = session.execute(
+            select(OutboxMessage.post_slug)
+            .where(OutboxMessage.header_message_id.in_(ids), OutboxMessage.post_slug.is_not(None))
+            .order_by(OutboxMessage.id.desc())
+            .limit(1)
+        ).scalar()
+        if threaded:
+            post = next((p for p in posts.values() if p.slug == threaded), None)
+            if post is not None:
+                return post
+            known = session.execute(
+                select(Comment.post_title, Comment.post_path).where(Comment.post_slug == threaded).limit(1)
+            ).first()
+            return Post(threaded, known[0] if known else threaded, known[1] if known else "", None)
+    return find_post(posts, incoming.subject)
+
+
+def receive(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[str, Post], automated: bool) -> Comment:
+    """Store a comment sent to the bare list address, held or approved per the list's policy."""
+    mlist = ctx.mlist
+    post = attach(session, ctx, incoming, posts)
+    text = commenttext.clean(incoming.text)
+    known = bool(incoming.sender) and session.scalar(
+        select(
+            exists().where(
+                Comment.list_address == mlist.address, Comment.sender == incoming.sender.lower(), Comment.status == APPROVED
+            )
+        )
+    )
+    decision = decide(
+        policy=mlist.moderation,
+        sender=incoming.sender,
+        allow=mlist.allow,
+        deny=mlist.deny,
+        known_sender=bool(known),
+        authenticated=authresults.passes(incoming.authentication_results, mlist.authserv_id, incoming.sender),
+        automated=automated,
+        too_long=len(text) > mlist.max_comment_chars,
+        attached=post is not None,
+    )
+    comment = Comment(
+        list_address=mlist.address,
+        sender=incoming.sender.lower(),
+        display_name=incoming.display_name,
+        subject=incoming.subject,
+        message_id=incoming.message_id,
+        in_reply_to=incoming.in_reply_to,
+        auto_submitted=automated,
+        received_at=utcnow(),
+        status=HELD,
+        reason=decision.reason,
+        post_slug=post.slug if post else None,
+        post_title=post.title if post else "",
+        post_path=post.path if post else "",
+        text=text,
+        attachments=incoming.attachments,
+        published=True,
+        raw=incoming.raw,
+    )
+    session.add(comment)
+    session.flush()
+    if decision.status == APPROVED:
+        approve(session, ctx, comment, actor="policy")
+    elif decision.status == REJECTED:
+        _decide(session, comment, REJECTED, "policy", decision.reason)
+    return comment
+
+
+def actor() -> str:
+    """Who runs the command, for the moderation log."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _decide(session: Session, comment: Comment, status: str, by: str, detail: str = "") -> None:
+    comment.status = status
+    comment.decided_at = utcnow()
+    comment.decided_by = by
+    session.add(ModerationEvent(comment_id=comment.id, action=status, actor=by, at=comment.decided_at, detail=detail))
+
+
+def approve(session: Session, ctx: ListContext, comment: Comment, actor: str, post: Post | None = None) -> None:
+    """Publish (on the next render) and broadcast one comment. Raises ValueError when it has no post."""
+    if post is not None:
+        comment.post_slug, comment.post_title, comment.post_path = post.slug, post.title, post.path
+    if not comment.post_slug:
+        raise ValueError(f"comment {comment.id} is not attached to a post: give one with --post SLUG.")
+    if comment.status == APPROVED:
+        return
+    _decide(session, comment, APPROVED, actor, f"post {comment.post_slug}")
+    comment.published = False
+    broadcast(session, ctx, comment)
+
+
+def reject(session: Session, ctx: ListContext, comment: Comment, actor: str, reason: str = "", notify: bool = False) -> bool:
+    """Reject a comment; with `notify`, tell its author (never an automatic message). True if told."""
+    was_public = comment.status == APPROVED
+    _decide(session, comment, REJECTED, actor, reason)
+    comment.reason = reason or comment.reason
+    if was_public:
+        comment.published = False  # its page must drop it
+    if notify and comment.sender and not comment.auto_submitted:
+        send(session, ctx, "rejected", comment.sender, name=comment.display_name, subject=comment.subject, reason=reason)
+        return True
+    return False
+
+
+def broadcast(session: Session, ctx: ListContext, comment: Comment) -> None:
+    """Put an approved comment in the outbox for every subscriber, threaded by post."""
+    mlist, settings = ctx.mlist, ctx.settings
+    page_url = settings.site.base_url.rstrip("/") + "/" + quote(page_path(settings.site, comment.post_slug or ""))
+    subject, body = render_mail(
+        mlist,
+        "comment",
+        **ctx.common(),
+        post_title=comment.post_title or comment.post_slug,
+        text=comment.text,
+        author=comment.display_name,
+        attachments=comment.attachments,
+        page_url=page_url,
+    )
+    root = compose.thread_root(mlist, comment.post_slug or "")
+    message_id = compose.new_message_id(mlist.domain)
+    if mlist.keep_from and comment.sender:
+        sender, name = comment.sender, comment.display_name
+    else:  # DMARC-safe: the list's own address, the author's name
+        sender, name = mlist.address, f"{comment.display_name or comment.sender.partition('@')[0]} via {mlist.title}"
+    data = compose.build(
+        mlist,
+        settings.smtp.separator,
+        subject=subject,
+        body=body,
+        sender=sender,
+        sender_name=name,
+        reply_to=mlist.address,
+        message_id=message_id,
+        extra={"In-Reply-To": root, "References": root},
+    )
+    message, _ = outbox.enqueue_fanout(
+        session,
+        list_address=mlist.address,
+        kind="comment",
+        envelope_from=ctx.address("owner"),
+        body=data,
+        retry_days=settings.relay.retry_days,
+    )
+    message.header_message_id = message_id
+    message.post_slug = comment.post_slug
