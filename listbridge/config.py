@@ -89,6 +89,9 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("failures", 3, "consecutive failures before an outage is declared", minimum=1),
         Option("recoveries", 2, "consecutive successes before it is resolved", minimum=1),
         Option("roster", "roster.sqlite3", "roster snapshot used by the watcher"),
+        Option("timeout", 10.0, "seconds each probe step may take", minimum=0.1),
+        Option("starttls", False, "also require STARTTLS to be offered and to work"),
+        Option("roster_max_age", 48.0, "hours after which an old roster is reported", minimum=0.1),
     ),
 }
 
@@ -212,6 +215,9 @@ class WatchSettings:
     failures: int
     recoveries: int
     roster: str
+    timeout: float
+    starttls: bool
+    roster_max_age: float
 
 
 @dataclass(frozen=True)

@@ -171,3 +171,68 @@ class AutoReply(Base):
     address: Mapped[str] = mapped_column(String(320))
     kind: Mapped[str] = mapped_column(String(32))
     sent_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
+
+
+# Incident statuses (as on Statuspage).
+INVESTIGATING = "investigating"
+IDENTIFIED = "identified"
+MONITORING = "monitoring"
+RESOLVED = "resolved"
+INCIDENT_STATUSES = (INVESTIGATING, IDENTIFIED, MONITORING, RESOLVED)
+
+
+class Incident(Base):
+    """An outage: what broke, its status, when it should be back."""
+
+    __tablename__ = "incidents"
+    __table_args__ = (Index("ix_incidents_status", "status"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    nature: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=INVESTIGATING)
+    automatic: Mapped[bool] = mapped_column(Boolean, default=False)  # opened by the MX watcher
+    eta: Mapped[str] = mapped_column(Text, default="")
+    opened_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
+
+
+class IncidentUpdate(Base):
+    """One change of an incident; each one is announced once."""
+
+    __tablename__ = "incident_updates"
+    __table_args__ = (Index("ix_incident_updates_incident", "incident_id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16))  # opened | updated | resolved
+    status: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text, default="")
+    eta: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(255), default="")
+
+
+class ProbeStatus(Base):
+    """The watcher's view of the MX (one row), kept so a restart neither repeats nor forgets."""
+
+    __tablename__ = "probe_status"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(8), default="up")
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    successes: Mapped[int] = mapped_column(Integer, default=0)
+    last_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
+    last_ok: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class RosterImport(Base):
+    """Each roster snapshot read by the watcher; the export time is the home's heartbeat."""
+
+    __tablename__ = "roster_imports"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    exported_at: Mapped[dt.datetime] = mapped_column(DateTime())
+    imported_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
+    subscribers: Mapped[int] = mapped_column(Integer, default=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ CONTEXT = dict(
     help_address="bla+help@d", owner_address="bla+owner@d",
     post_title="Comment les 3hg ont réparé le CHATONS", text="Bravo !", author="Carole", attachments=2,
     page_url="gemini://d/log/commentaires/x.gmi", subject="Re: x", reason="hors sujet",
+    nature="power cut", status="identified", eta="tonight", message="ISP on site",
+    opened_at=dt.datetime(2026, 11, 26, 9, 0), automatic=True, status_url="gemini://d/status.gmi",
 )
 
 

@@ -101,4 +101,4 @@ def main() -> None:
         sys.exit(exc.exit_code)
 
 
-from . import archive, db, deliver, forget, init, moderate, queue, serve, snippet, subscribers  # noqa: E402,F401  (registers commands)
+from . import archive, db, deliver, forget, init, moderate, outage, queue, roster, serve, snippet, subscribers, watch  # noqa: E402,F401  (registers commands)

@@ -1,0 +1,111 @@
+"""`listbridge outage declare|update|resolve|status`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .. import outage
+from ..comments import actor
+from ..models import INCIDENT_STATUSES, ProbeStatus, RESOLVED
+from ..watch import publish_status_safely, roster_age
+from . import App, cli, pass_app
+
+OPEN_STATUSES = [s for s in INCIDENT_STATUSES if s != RESOLVED]
+
+
+@cli.group("outage")
+def outage_group() -> None:
+    """Tell subscribers about an outage (also done by `watch` when the MX stops answering)."""
+
+
+def _act(app: App, what, page_message: str) -> None:  # type: ignore[no-untyped-def]
+    db = app.ready_db()
+    try:
+        with db.transaction() as session:
+            incident = what(session)
+            summary = f"#{incident.id} {incident.status}: {incident.nature}"
+    except outage.OutageError as exc:
+        raise click.ClickException(str(exc)) from None
+    publish_status_safely(db, app.settings, page_message.format(summary=summary))
+    click.echo(summary)
+    click.echo("notices queued; `serve` or `watch` delivers them (or `listbridge queue flush`).")
+
+
+@outage_group.command()
+@click.option("--nature", required=True, help="what broke, in a few words")
+@click.option("--eta", default="", help="when it should be back (free text)")
+@click.option("--status", type=click.Choice(OPEN_STATUSES), default="investigating", show_default=True)
+@pass_app
+def declare(app: App, nature: str, eta: str, status: str) -> None:
+    """Open an outage (planned or known), even while the MX still answers."""
+    _act(app, lambda s: outage.declare(s, app.settings, nature, eta, status, actor()), "Outage: {summary}")
+
+
+@outage_group.command()
+@click.option("--message", default="", help="the news")
+@click.option("--eta", default=None, help="new expected time of return")
+@click.option("--status", type=click.Choice(OPEN_STATUSES), default=None)
+@pass_app
+def update(app: App, message: str, eta: str | None, status: str | None) -> None:
+    """Add news to the open outage."""
+    _act(app, lambda s: outage.update(s, app.settings, message, eta, status, actor()), "Outage update: {summary}")
+
+
+@outage_group.command()
+@click.option("--message", default="", help="a last word")
+@pass_app
+def resolve(app: App, message: str) -> None:
+    """Close the open outage and send the "back to normal" notice."""
+    _act(app, lambda s: outage.resolve(s, app.settings, message, actor()), "Resolved: {summary}")
+
+
+@outage_group.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@pass_app
+def status(app: App, as_json: bool) -> None:
+    """The open outage, the MX as the watcher sees it, and the roster's age."""
+    db = app.ready_db()
+    with db.transaction() as session:
+        incident = outage.current(session)
+        changes = outage.updates(session, incident) if incident else []
+        probe = session.get(ProbeStatus, 1)
+        data: dict[str, object] = {
+            "outage": None if incident is None else {
+                "id": incident.id, "nature": incident.nature, "status": incident.status, "eta": incident.eta,
+                "automatic": incident.automatic, "opened_at": incident.opened_at.isoformat(timespec="seconds"),
+                "updates": [{"at": u.at.isoformat(timespec="seconds"), "kind": u.kind, "status": u.status,
+                             "message": u.message, "eta": u.eta, "by": u.actor} for u in changes],
+            },
+            "mx": None if probe is None else {
+                "state": probe.state, "failures": probe.failures, "successes": probe.successes,
+                "last_probe": probe.last_at.isoformat(timespec="seconds") if probe.last_at else None,
+                "last_result": probe.last_detail,
+            },
+        }
+    exported, too_old = roster_age(app.settings, db)
+    data["roster"] = {"exported_at": exported.isoformat(timespec="seconds") if exported else None, "stale": too_old}
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+    o = data["outage"]
+    if o is None:
+        click.echo("No outage is open.")
+    else:
+        assert isinstance(o, dict)
+        click.echo(f"Outage #{o['id']} ({o['status']}) since {o['opened_at']} UTC: {o['nature']}")
+        click.echo(f"Expected back: {o['eta'] or 'unknown'}")
+        for u in o["updates"]:
+            click.echo(f"  {u['at']} {u['kind']} ({u['status']}) {u['message']}".rstrip())
+    if data["mx"]:
+        mx = data["mx"]
+        assert isinstance(mx, dict)
+        click.echo(f"MX {app.settings.watch.mx}: {mx['state']} (last probe {mx['last_probe']}: {mx['last_result']})")
+    if exported is None:
+        click.echo("Roster: none imported yet (run `listbridge roster export` at home and copy it here).")
+    elif too_old:
+        click.echo(f"Roster: WARNING, exported {exported.isoformat(timespec='seconds')} UTC, older than "
+                   f"{app.settings.watch.roster_max_age:g} h: is home exporting it?")
+    else:
+        click.echo(f"Roster: exported {exported.isoformat(timespec='seconds')} UTC")

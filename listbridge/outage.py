@@ -1,0 +1,174 @@
+"""Incidents: declare, update, resolve; one notice per change to every subscriber and owner;
+the status page and its feed in the site repo.
+
+Each change and its notices are written in one transaction, so a crash or a restart can
+neither lose a notice nor send it twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from urllib.parse import quote
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from . import compose, outbox
+from .config import Settings
+from .models import INVESTIGATING, RESOLVED, Incident, IncidentUpdate, utcnow
+from .render import environment, render_mail
+from .site import SiteRepo
+from .subscriptions import ListContext
+
+AUTOMATIC_NATURE = {
+    "en": "the mail server does not answer",
+    "fr": "le serveur de courrier ne répond pas",
+}
+
+
+class OutageError(Exception):
+    """A maintainer's request that cannot be carried out; one sentence for the CLI."""
+
+
+def current(session: Session) -> Incident | None:
+    """The open incident, if any (there is at most one)."""
+    return session.scalars(
+        select(Incident).where(Incident.status != RESOLVED).order_by(Incident.id.desc()).limit(1)
+    ).first()
+
+
+def updates(session: Session, incident: Incident) -> list[IncidentUpdate]:
+    return list(
+        session.scalars(select(IncidentUpdate).where(IncidentUpdate.incident_id == incident.id).order_by(IncidentUpdate.id))
+    )
+
+
+def declare(
+    session: Session, settings: Settings, nature: str, eta: str = "", status: str = INVESTIGATING,
+    actor: str = "", automatic: bool = False,
+) -> Incident:
+    """Open an incident and announce it."""
+    if current(session) is not None:
+        raise OutageError("an outage is already open: use `outage update` or `outage resolve`.")
+    if not nature.strip():
+        raise OutageError("say what broke with --nature.")
+    if status == RESOLVED:
+        raise OutageError("a new outage cannot start resolved.")
+    incident = Incident(nature=nature.strip(), status=status, automatic=automatic, eta=eta.strip(), opened_at=utcnow())
+    session.add(incident)
+    session.flush()
+    _change(session, settings, incident, "opened", status, "", eta.strip(), actor)
+    return incident
+
+
+def update(session: Session, settings: Settings, message: str, eta: str | None = None, status: str | None = None,
+           actor: str = "") -> Incident:
+    """Add news to the open incident and announce it."""
+    incident = current(session)
+    if incident is None:
+        raise OutageError("no outage is open: use `outage declare`.")
+    if status == RESOLVED:
+        raise OutageError("use `outage resolve` to close the outage.")
+    if not message.strip() and eta is None and status is None:
+        raise OutageError("give at least one of --message, --eta or --status.")
+    incident.status = status or incident.status
+    incident.eta = incident.eta if eta is None else eta.strip()
+    _change(session, settings, incident, "updated", incident.status, message.strip(), incident.eta, actor)
+    return incident
+
+
+def resolve(session: Session, settings: Settings, message: str = "", actor: str = "",
+            automatic_only: bool = False) -> Incident | None:
+    """Close the open incident and announce it. With `automatic_only` (the MX came back),
+    an outage a maintainer declared is left to the maintainer."""
+    incident = current(session)
+    if incident is None:
+        if automatic_only:
+            return None
+        raise OutageError("no outage is open.")
+    if automatic_only and not incident.automatic:
+        return None
+    incident.status, incident.resolved_at = RESOLVED, utcnow()
+    _change(session, settings, incident, "resolved", RESOLVED, message.strip(), "", actor)
+    return incident
+
+
+def _change(session: Session, settings: Settings, incident: Incident, kind: str, status: str, message: str,
+            eta: str, actor: str) -> None:
+    change = IncidentUpdate(incident_id=incident.id, at=utcnow(), kind=kind, status=status, message=message,
+                            eta=eta, actor=actor)
+    session.add(change)
+    session.flush()
+    notify(session, settings, incident, change)
+
+
+def status_url(settings: Settings) -> str:
+    return settings.site.base_url.rstrip("/") + "/status.gmi"
+
+
+def notify(session: Session, settings: Settings, incident: Incident, change: IncidentUpdate) -> int:
+    """One notice per subscriber of every list (own List-Unsubscribe), and one per owner."""
+    total = 0
+    for mlist in settings.lists:
+        ctx = ListContext(settings, mlist)
+        subject, body = render_mail(
+            mlist, f"outage_{change.kind}", **ctx.common(),
+            nature=incident.nature, status=change.status, eta=change.eta, message=change.message,
+            opened_at=incident.opened_at, automatic=incident.automatic, status_url=status_url(settings),
+        )
+        common = dict(subject=subject, body=body, sender=ctx.address("owner"),
+                      extra={"Auto-Submitted": "auto-generated", "Precedence": "bulk"})
+        _, count = outbox.enqueue_fanout(
+            session, list_address=mlist.address, kind=f"outage-{change.kind}", envelope_from=ctx.address("owner"),
+            body=compose.build(mlist, settings.smtp.separator, **common), retry_days=settings.relay.retry_days,
+        )
+        total += count
+        if mlist.owner:
+            outbox.enqueue(
+                session, list_address=mlist.address, kind=f"outage-{change.kind}-owner",
+                envelope_from=ctx.address("owner"),
+                body=compose.build(mlist, settings.smtp.separator, to=mlist.owner, **common),
+                recipients=[mlist.owner], retry_days=settings.relay.retry_days,
+            )
+    return total
+
+
+def render_status(session: Session, settings: Settings) -> dict[str, str]:
+    """status.gmi, one page per incident under status/, and status.xml (Atom)."""
+    mlist = settings.lists[0]
+    env = environment(mlist.templates)
+    incidents = list(session.scalars(select(Incident).order_by(Incident.opened_at.desc(), Incident.id.desc())))
+    history = [(i, updates(session, i)) for i in incidents]
+    open_now = next(((i, u) for i, u in history if i.status != RESOLVED), None)
+    base = settings.site.base_url.rstrip("/")
+    pages = {
+        "status.gmi": env.get_template(f"status/{mlist.language}/status.gmi").render(
+            list=mlist, current=open_now, history=history),
+        "status.xml": env.get_template(f"status/{mlist.language}/status.xml").render(
+            list=mlist, history=history, base=base, updated=_stamp(max(
+                (u[-1].at for _, u in history if u), default=dt.datetime(1970, 1, 1)))),
+    }
+    for incident, changes in history:
+        pages[f"status/{incident.id}.gmi"] = env.get_template(f"status/{mlist.language}/incident.gmi").render(
+            list=mlist, incident=incident, updates=changes)
+    return pages
+
+
+def publish_status(session: Session, settings: Settings, message: str) -> str | None:
+    """Write the status pages into the site repo and commit (and push) them."""
+    pages = render_status(session, settings)
+    repo = SiteRepo(settings.site.repo, "listbridge", settings.lists[0].address)
+    with repo.lock():
+        changed = [path for path, content in pages.items() if repo.write(path, content)]
+        sha = repo.commit(changed, message)
+        if settings.site.push and (sha or repo.unpushed()):
+            repo.push()
+    return sha
+
+
+def _stamp(when: dt.datetime) -> str:
+    return when.replace(microsecond=0).isoformat() + "Z"
+
+
+def incident_url(settings: Settings, incident: Incident) -> str:
+    return settings.site.base_url.rstrip("/") + "/" + quote(f"status/{incident.id}.gmi")

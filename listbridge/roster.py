@@ -1,0 +1,129 @@
+"""The roster snapshot: confirmed subscribers, with their names and own unsubscribe tokens,
+copied from the home instance to the watcher so it can reach everyone while home is down.
+
+The snapshot is a small SQLite file, written atomically (temp file, fsync, rename). Its
+export time doubles as a heartbeat of the home instance.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from .models import RosterImport, Subscriber, utcnow
+
+FORMAT = "listbridge-roster-1"
+_BATCH = 5000
+
+
+class RosterError(Exception):
+    """The snapshot is missing, unreadable or not a listbridge roster."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    exported_at: dt.datetime
+    subscribers: int
+    lists: tuple[str, ...]
+
+
+def export(session: Session, path: str | Path) -> Snapshot:
+    """Write every confirmed subscriber to `path`, atomically; streams, whatever the size."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".roster-", suffix=".tmp")
+    os.close(fd)
+    exported_at = utcnow().replace(microsecond=0)
+    count, lists = 0, set()
+    try:
+        out = sqlite3.connect(temp)
+        out.executescript(
+            "PRAGMA journal_mode=DELETE;"
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "CREATE TABLE subscribers (list_address TEXT NOT NULL, address TEXT NOT NULL,"
+            " display_name TEXT NOT NULL, token TEXT NOT NULL, subscribed_at TEXT NOT NULL);"
+        )
+        rows = session.execute(
+            select(Subscriber.list_address, Subscriber.address, Subscriber.display_name, Subscriber.token,
+                   Subscriber.subscribed_at).order_by(Subscriber.id).execution_options(yield_per=_BATCH)
+        )
+        for chunk in rows.partitions(_BATCH):
+            out.executemany(
+                "INSERT INTO subscribers VALUES (?, ?, ?, ?, ?)",
+                [(r[0], r[1], r[2], r[3], r[4].isoformat()) for r in chunk],
+            )
+            count += len(chunk)
+            lists.update(r[0] for r in chunk)
+        out.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [("format", FORMAT), ("exported_at", exported_at.isoformat()), ("subscribers", str(count))],
+        )
+        out.commit()
+        out.close()
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+    return Snapshot(exported_at, count, tuple(sorted(lists)))
+
+
+def read_meta(path: str | Path) -> Snapshot:
+    """The snapshot's export time and size, without loading it."""
+    conn = _open(path)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+        lists = tuple(r[0] for r in conn.execute("SELECT DISTINCT list_address FROM subscribers ORDER BY 1"))
+    except sqlite3.Error as exc:
+        raise RosterError(f"{path} is not a listbridge roster ({exc}).") from None
+    finally:
+        conn.close()
+    if meta.get("format") != FORMAT:
+        raise RosterError(f"{path} is not a listbridge roster (format {meta.get('format')!r}).")
+    return Snapshot(dt.datetime.fromisoformat(meta["exported_at"]), int(meta["subscribers"]), lists)
+
+
+def import_(session: Session, path: str | Path) -> Snapshot:
+    """Replace the subscribers of the snapshot's lists with its content, in one transaction."""
+    snapshot = read_meta(path)
+    conn = _open(path)
+    try:
+        session.execute(delete(Subscriber).where(Subscriber.list_address.in_(snapshot.lists)))
+        cursor = conn.execute("SELECT list_address, address, display_name, token, subscribed_at FROM subscribers")
+        while chunk := cursor.fetchmany(_BATCH):
+            session.execute(
+                insert(Subscriber),
+                [
+                    {"list_address": la, "address": a, "domain": a.rpartition("@")[2], "display_name": n,
+                     "token": t, "subscribed_at": dt.datetime.fromisoformat(s)}
+                    for la, a, n, t, s in chunk
+                ],
+            )
+    finally:
+        conn.close()
+    session.add(RosterImport(source=str(path), exported_at=snapshot.exported_at, subscribers=snapshot.subscribers))
+    return snapshot
+
+
+def last_import(session: Session) -> RosterImport | None:
+    return session.scalars(select(RosterImport).order_by(RosterImport.id.desc()).limit(1)).first()
+
+
+def _open(path: str | Path) -> sqlite3.Connection:
+    if not Path(path).is_file():
+        raise RosterError(f"roster {path} does not exist.")
+    return sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)

@@ -1,0 +1,136 @@
+"""`listbridge watch`: probe the home MX, open and resolve incidents, deliver the notices.
+
+Runs on another machine than home, with its own database, a roster snapshot and a relay
+that does not go through home. The probe state is stored, so a restart of the watcher
+neither repeats a notice nor forgets an outage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import delivery, outbox, outage, roster
+from .config import Settings
+from .models import ProbeStatus, utcnow
+from .probe import DOWN, UP, ProbeResult, ProbeState, next_state, probe
+from .store import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What one probe found and did."""
+
+    mx: str
+    ok: bool
+    step: str
+    detail: str
+    seconds: float
+    state: str
+    failures: int
+    successes: int
+    event: str | None  # "down" or "up" when the state flipped
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class Watcher:
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self._roster_mtime: float | None = None
+
+    def refresh_roster(self) -> None:
+        """Import the roster snapshot when it changed on disk (each export is a heartbeat)."""
+        path = Path(self.settings.watch.roster)
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return
+        if mtime == self._roster_mtime:
+            return
+        try:
+            with self.db.transaction() as session:
+                snapshot = roster.import_(session, path)
+            log.info("roster imported: %d subscribers, exported %s", snapshot.subscribers, snapshot.exported_at)
+        except roster.RosterError as exc:
+            log.error("%s", exc)
+        self._roster_mtime = mtime
+
+    def tick(self, result: ProbeResult | None = None) -> Tick:
+        """Probe once (or take `result`), fold it into the stored state, act on a flip."""
+        self.refresh_roster()
+        w = self.settings.watch
+        result = result or probe(w.mx, timeout=w.timeout, starttls=w.starttls)
+        with self.db.transaction() as session:
+            row = session.get(ProbeStatus, 1, with_for_update=True)
+            if row is None:
+                row = ProbeStatus(id=1, state=UP, failures=0, successes=0)
+                session.add(row)
+            state, event = next_state(ProbeState(row.state, row.failures, row.successes), result.ok,
+                                      w.failures, w.recoveries)
+            row.state, row.failures, row.successes = state.state, state.failures, state.successes
+            row.last_at, row.last_ok, row.last_detail = utcnow(), result.ok, f"{result.step}: {result.detail}"
+            language = self.settings.lists[0].language
+            page_message = ""
+            if event == DOWN and outage.current(session) is None:
+                nature = outage.AUTOMATIC_NATURE.get(language, outage.AUTOMATIC_NATURE["en"])
+                outage.declare(session, self.settings, nature, actor="watch", automatic=True)
+                page_message = f"Outage: {nature}"
+            elif event == UP:
+                incident = outage.resolve(session, self.settings, actor="watch", automatic_only=True)
+                if incident is not None:
+                    page_message = f"Resolved: {incident.nature}"
+        if event:
+            log.warning("MX %s is %s (%s: %s)", w.mx, event, result.step, result.detail)
+        if page_message:  # after the commit: the notices are safe even if git fails
+            publish_status_safely(self.db, self.settings, page_message)
+        return Tick(w.mx, result.ok, result.step, result.detail, result.seconds, state.state,
+                    state.failures, state.successes, event)
+
+    def run(self, stop: threading.Event) -> None:
+        """Probe every `[watch] interval` seconds and deliver the outbox until `stop` is set."""
+        wakeup = threading.Event()
+        with self.db.transaction() as session:
+            outbox.release_stale(session, dt.timedelta(minutes=10))
+        workers = delivery.run_workers(self.db, self.settings, stop, wakeup)
+        try:
+            while not stop.is_set():
+                started = utcnow()
+                try:
+                    if self.tick().event:
+                        wakeup.set()  # notices are waiting
+                except Exception:
+                    log.exception("probe cycle failed; trying again next interval")
+                elapsed = (utcnow() - started).total_seconds()
+                stop.wait(max(0.0, self.settings.watch.interval - elapsed))
+        finally:
+            stop.set()
+            wakeup.set()
+            for thread in workers:
+                thread.join(timeout=self.settings.relay.timeout + 5)
+
+
+def publish_status_safely(db: Database, settings: Settings, message: str) -> None:
+    """Commit the status page; a git failure is logged, the next change writes it again."""
+    try:
+        with db.transaction() as session:
+            outage.publish_status(session, settings, message)
+    except Exception:
+        log.exception("could not write the status page")
+
+
+def roster_age(settings: Settings, db: Database) -> tuple[dt.datetime | None, bool]:
+    """When the newest imported roster was exported, and whether that is too old."""
+    with db.transaction() as session:
+        last = roster.last_import(session)
+    if last is None:
+        return None, True
+    too_old = utcnow() - last.exported_at > dt.timedelta(hours=settings.watch.roster_max_age)
+    return last.exported_at, too_old
