@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import threading
 from collections import OrderedDict
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Callable, Iterable, Iterator
@@ -27,7 +28,25 @@ from .store import Database
 log = logging.getLogger(__name__)
 
 CLAIM_BATCH = 100  # also the most that a crash can send twice, per worker
+BATCHED_CLAIM_BATCH = 1000  # batched mode: ten full transactions per claim
 BATCH_RECIPIENTS = 100  # recipients per transaction in batched mode
+
+_sqlite_locks: dict[str, threading.Lock] = {}
+_sqlite_locks_guard = threading.Lock()
+
+
+def claim_batch(personalize: bool) -> int:
+    """Rows claimed at once by a worker (also the most a crash can send twice)."""
+    return CLAIM_BATCH if personalize else BATCHED_CLAIM_BATCH
+
+
+def _writer_lock(db: Database) -> AbstractContextManager[object]:
+    """SQLite has one writer at a time: workers of one process queue on a lock rather than in
+    SQLite's busy handler, whose sleeps (up to 100 ms) would idle them. PostgreSQL: no lock."""
+    if not db.url.startswith("sqlite"):
+        return nullcontext()
+    with _sqlite_locks_guard:
+        return _sqlite_locks.setdefault(db.url, threading.Lock())
 
 
 @dataclass(frozen=True)
@@ -67,31 +86,56 @@ class Worker:
         self.settings = settings
         self.owner = f"{outbox.worker_id()}:{name}"
         self.relay = RelayClient(settings.relay)
+        self.writer = _writer_lock(db)
         self._cache: OrderedDict[int, Prepared] = OrderedDict()
+        self._unrecorded: tuple[list[outbox.Outcome], dict[int, dt.datetime]] | None = None
 
-    def run_once(self) -> int:
-        """Claim and deliver one batch; the number of recipients handled (0: nothing due)."""
-        with self.db.transaction() as session:
-            claimed = outbox.claim(session, self.owner, CLAIM_BATCH)
+    def run_once(self, defer_record: bool = False) -> int:
+        """Claim and deliver one batch; the number of recipients handled (0: nothing due).
+
+        With `defer_record`, the outcomes are recorded in the transaction of the next claim
+        (or by flush_outcomes()): one commit per batch instead of two. Either way the rows stay
+        'sending' until recorded, so a crash in between resends at most this batch.
+        """
+        personalize = self.settings.relay.personalize
+        if not self._unrecorded:
+            # Woken for every received message: an idle worker must not take the write lock.
+            with self.db.transaction() as session:
+                if not outbox.any_due(session):
+                    return 0
+        with self.writer, self.db.transaction() as session:
+            if self._unrecorded:
+                outbox.record(session, *self._unrecorded)
+            claimed = outbox.claim(session, self.owner, claim_batch(personalize))
+        self._unrecorded = None
         if not claimed:
             return 0
         messages = self._messages({c.message_id for c in claimed})
+        groups = list(transactions(claimed, messages, personalize))
         outcomes: list[outbox.Outcome] = []
-        down = ""
-        for rows in transactions(claimed, messages, self.settings.relay.personalize):
-            if not down:
-                try:
-                    outcomes += self._send(rows, messages[rows[0].message_id])
-                    continue
-                except RelayError as exc:
-                    log.warning("%s", exc)
-                    down = str(exc)  # the rest of the batch waits for the next attempt
-            outcomes += [outbox.Outcome(r, 421, down) for r in rows]
-        with self.db.transaction() as session:
-            outbox.record(session, outcomes, {mid: m.give_up_at for mid, m in messages.items()})
+        done = 0
+        try:
+            for replies in self.relay.send_many(self._envelope(rows, messages[rows[0].message_id]) for rows in groups):
+                outcomes += map(outbox.Outcome, groups[done], *zip(*replies))
+                done += 1
+        except RelayError as exc:
+            log.warning("%s", exc)
+            # The rest of the batch (fate unknown if already written) waits for the next attempt.
+            outcomes += [outbox.Outcome(r, 421, str(exc)) for rows in groups[done:] for r in rows]
+        self._unrecorded = (outcomes, {mid: m.give_up_at for mid, m in messages.items()})
+        if not defer_record:
+            self.flush_outcomes()
         return len(claimed)
 
-    def _send(self, rows: list[outbox.Claimed], message: Prepared) -> list[outbox.Outcome]:
+    def flush_outcomes(self) -> None:
+        """Record the outcomes of the last batch if run_once() deferred them."""
+        if self._unrecorded:
+            with self.writer, self.db.transaction() as session:
+                outbox.record(session, *self._unrecorded)
+            self._unrecorded = None
+
+    def _envelope(self, rows: list[outbox.Claimed], message: Prepared) -> tuple[str, list[str], bytes]:
+        """The SMTP transaction for rows of one message: personalised headers when a list mail."""
         data = message.data
         if message.fanout:
             separator = self.settings.smtp.separator
@@ -100,8 +144,7 @@ class Worker:
                 data = personal_headers(rows[0].address, unsubscribe) + data
             else:
                 data = personal_headers(message.list_address, subaddress(message.list_address, "unsubscribe", separator)) + data
-        replies = self.relay.send(message.envelope_from, [r.address for r in rows], data)
-        return [outbox.Outcome(r, code, text) for r, (code, text) in zip(rows, replies)]
+        return message.envelope_from, [r.address for r in rows], data
 
     def _messages(self, ids: set[int]) -> dict[int, Prepared]:
         missing = [i for i in ids if i not in self._cache]
@@ -109,12 +152,19 @@ class Worker:
             with self.db.transaction() as session:
                 for m in session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(missing))):
                     self._cache[m.id] = Prepared(m.list_address, m.envelope_from, m.fanout, m.give_up_at, prepare(m.body))
-            while len(self._cache) > 32:
-                self._cache.popitem(last=False)
-        return {i: self._cache[i] for i in ids}
+        wanted = {i: self._cache[i] for i in ids}
+        while len(self._cache) > 32:
+            self._cache.popitem(last=False)
+        return wanted
 
     def close(self) -> None:
-        self.relay.close()
+        """Record what is still unrecorded, then leave the relay."""
+        try:
+            self.flush_outcomes()
+        except Exception:  # the rows stay claimed: queued again after the lease, as after a crash
+            log.exception("could not record the last delivered batch")
+        finally:
+            self.relay.close()
 
 
 def run_workers(
@@ -131,7 +181,7 @@ def run_workers(
         try:
             while not stop.is_set():
                 try:
-                    done = worker.run_once()
+                    done = worker.run_once(defer_record=True)
                 except Exception:  # a worker must survive a database hiccup; the rows stay claimed
                     log.exception("delivery batch failed; it will be retried after the claim lease")
                     done = 0

@@ -10,13 +10,15 @@ process died, is queued again: delivery is at-least-once, bounded by one batch.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
-from sqlalchemy import case, func, insert, literal, select, update
+from sqlalchemy import BigInteger, any_, bindparam, case, func, insert, literal, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement, Update
 
 from .models import FAILED, QUEUED, SENDING, SENT, OutboxMessage, OutboxRecipient, Subscriber, utcnow
 
@@ -98,8 +100,9 @@ def _message(
     return message
 
 
-@dataclass(frozen=True)
-class Claimed:
+class Claimed(NamedTuple):
+    """One claimed recipient row (a tuple: claims of thousands of rows stay cheap)."""
+
     id: int
     message_id: int
     address: str
@@ -108,35 +111,73 @@ class Claimed:
     attempts: int
 
 
-def claim(session: Session, owner: str, limit: int, now: dt.datetime | None = None) -> list[Claimed]:
-    """Mark up to `limit` due rows as being sent by `owner` and return them, in id order."""
-    now = now or utcnow()
+_R = OutboxRecipient
+_CLAIMED_COLUMNS = (_R.id, _R.message_id, _R.address, _R.domain, _R.token, _R.attempts)
+
+
+# Statements are built once, with bind parameters: a claim costs no SQL construction.
+def _mark_sending(*order: ColumnElement[object]) -> Update:
+    """UPDATE marking the first due rows (in `order`) as claimed by :owner at :now."""
     due = (
-        select(OutboxRecipient.id)
-        .where(OutboxRecipient.state == QUEUED, OutboxRecipient.next_attempt_at <= now)
-        .order_by(OutboxRecipient.id)
-        .limit(limit)
+        select(_R.id)
+        .where(_R.state == QUEUED, _R.next_attempt_at <= bindparam("now"))
+        .order_by(*order)
+        .limit(bindparam("limit"))
         .with_for_update(skip_locked=True)
     )
-    rows = session.execute(
-        update(OutboxRecipient)
-        .where(OutboxRecipient.id.in_(due.scalar_subquery()))
-        .values(state=SENDING, claimed_by=owner, claimed_at=now)
-        .returning(
-            OutboxRecipient.id,
-            OutboxRecipient.message_id,
-            OutboxRecipient.address,
-            OutboxRecipient.domain,
-            OutboxRecipient.token,
-            OutboxRecipient.attempts,
-        )
-        .execution_options(synchronize_session=False)
-    ).all()
-    return sorted((Claimed(*row) for row in rows), key=lambda c: c.id)
+    return (
+        update(_R)
+        .where(_R.id.in_(due.scalar_subquery()))
+        .values(state=SENDING, claimed_by=bindparam("owner"), claimed_at=bindparam("now"))
+    )
 
 
-@dataclass(frozen=True)
-class Outcome:
+# The order of ix_outbox_recipients_due, so no claim sorts the whole queue; a fan-out's rows
+# (one next_attempt_at) then come in insertion order, which is domain order. SQLite's index
+# ends with the rowid (the id); PostgreSQL's ends with the row's place in the heap (insertion
+# order for a fresh fan-out), and ordering by id too would sort every due row at each claim.
+_MARK_SENDING_SQLITE = _mark_sending(_R.next_attempt_at, _R.id)
+_MARK_SENDING = _mark_sending(_R.next_attempt_at)
+
+# pysqlite releases the GIL around every row it steps through, while the other workers wait
+# for the database: on SQLite the claimed rows come back as one JSON value, found through the
+# due index (state 'sending', this owner, this claim's time).
+_SQLITE_CLAIMED = select(func.json_group_array(func.json_array(*_CLAIMED_COLUMNS))).where(
+    _R.state == SENDING, _R.claimed_by == bindparam("owner"), _R.claimed_at == bindparam("now")
+)
+_MARK_SENT_VALUES = {"state": SENT, "done_at": bindparam("now"), "claimed_by": None, "claimed_at": None, "last_error": ""}
+# A batch of ids as one parameter: a JSON array on SQLite, an array on PostgreSQL.
+_SQLITE_MARK_SENT = (
+    update(_R)
+    .where(_R.id.in_(select(func.json_each(bindparam("ids")).table_valued("value").c.value)))
+    .values(_MARK_SENT_VALUES)
+)
+_MARK_SENT = update(_R).where(_R.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))).values(_MARK_SENT_VALUES)
+
+
+_ANY_DUE = select(_R.id).where(_R.state == QUEUED, _R.next_attempt_at <= bindparam("now")).limit(1)
+
+
+def any_due(session: Session, now: dt.datetime | None = None) -> bool:
+    """Whether a claim would find anything: a read, which on SQLite blocks no writer."""
+    return session.connection().execute(_ANY_DUE, {"now": now or utcnow()}).first() is not None
+
+
+def claim(session: Session, owner: str, limit: int, now: dt.datetime | None = None) -> list[Claimed]:
+    """Mark up to `limit` due rows (the longest due first) as being sent by `owner` and return
+    them, in id order. One owner never claims twice at the same `now` (a worker records a
+    batch before claiming the next; time moves on between its claims)."""
+    params = {"now": now or utcnow(), "owner": owner, "limit": limit}
+    connection = session.connection()  # Core, not ORM: thousands of plain tuples
+    if connection.dialect.name == "sqlite":
+        connection.execute(_MARK_SENDING_SQLITE, params)
+        rows: Iterable[Sequence[object]] = json.loads(connection.execute(_SQLITE_CLAIMED, params).scalar_one())
+    else:
+        rows = connection.execute(_MARK_SENDING.returning(*_CLAIMED_COLUMNS), params).all()
+    return sorted(map(Claimed._make, rows))
+
+
+class Outcome(NamedTuple):
     """What the relay said for one recipient: code 250-ish, 4xx (retry) or 5xx (permanent)."""
 
     recipient: Claimed
@@ -149,12 +190,11 @@ def record(session: Session, outcomes: Sequence[Outcome], give_up_at: dict[int, 
     now = utcnow()
     sent = [o.recipient.id for o in outcomes if 200 <= o.code < 300]
     if sent:
-        session.execute(
-            update(OutboxRecipient)
-            .where(OutboxRecipient.id.in_(sent))
-            .values(state=SENT, done_at=now, claimed_by=None, claimed_at=None, last_error="")
-            .execution_options(synchronize_session=False)
-        )
+        connection = session.connection()
+        if connection.dialect.name == "sqlite":
+            connection.execute(_SQLITE_MARK_SENT, {"ids": json.dumps(sent), "now": now})
+        else:
+            connection.execute(_MARK_SENT, {"ids": sent, "now": now})
     others = []
     for outcome in outcomes:
         if 200 <= outcome.code < 300:

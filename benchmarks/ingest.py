@@ -1,0 +1,142 @@
+"""Ingest benchmark: messages/s accepted over SMTP by listbridge's real handler, against the
+same machine's aiosmtpd Controller with a handler that does nothing.
+
+    python benchmarks/ingest.py                      # 2,000 messages, 4 clients, SQLite
+    python benchmarks/ingest.py --messages 4000 --database-url postgresql+psycopg://…
+
+Each client is its own process (so clients do not compete with the server for its GIL) and
+reuses one connection. Mail to the bare list address is stored as a held message, committed
+before the 250 (SQLite synchronous=FULL, as shipped); the run is repeated with
+synchronous=NORMAL to show what durability costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import smtplib
+import tempfile
+import time
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+from typing import Any, Callable
+
+from aiosmtpd.controller import Controller
+from sqlalchemy import event, func, select
+
+from common import LIST, free_port, fresh_database, make_settings
+
+from listbridge.models import Comment
+from listbridge.service import Service
+from listbridge.store import Database
+
+BODY = "Merci pour ce billet, et pour le récit de la panne.\n" * 30
+
+
+def message(client: int, n: int) -> bytes:
+    """One realistic comment (~1.5 kB) to the bare list address."""
+    msg = EmailMessage()
+    msg["From"] = f"Reader {client} <reader{client}@example.net>"
+    msg["To"] = LIST
+    msg["Subject"] = "Re: Comment les 3hg ont réparé le CHATONS"
+    msg["Message-ID"] = f"<{client}.{n}.{time.time_ns()}@example.net>"
+    msg.set_content(BODY)
+    return msg.as_bytes(policy=SMTP)
+
+
+def client(port: int, index: int, count: int, start: Any, done: Any) -> None:
+    """Send `count` messages over one connection once `start` is set; report via `done`."""
+    messages = [message(index, n) for n in range(count)]
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+        smtp.ehlo()
+        start.wait()
+        refused = 0
+        for data in messages:
+            try:
+                smtp.sendmail(f"reader{index}@example.net", [LIST], data)
+            except smtplib.SMTPException:
+                refused += 1
+    done.put(refused)
+
+
+def measure(port: int, clients: int, total: int) -> tuple[float, int]:
+    """Seconds for `clients` processes to send `total` messages; and how many were refused."""
+    ctx = mp.get_context("fork")
+    start, done = ctx.Event(), ctx.Queue()
+    per = total // clients
+    procs = [ctx.Process(target=client, args=(port, i, per, start, done)) for i in range(clients)]
+    for p in procs:
+        p.start()
+    time.sleep(0.5)  # let every client connect and build its messages
+    t0 = time.perf_counter()
+    start.set()
+    refused = sum(done.get(timeout=600) for _ in procs)
+    elapsed = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    return elapsed, refused
+
+
+class NullHandler:
+    """Accepts everything, stores nothing."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return "250 OK"
+
+
+def run_null(clients: int, total: int) -> float:
+    """Messages/s accepted by a do-nothing aiosmtpd Controller."""
+    port = free_port()
+    controller = Controller(NullHandler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        elapsed, refused = measure(port, clients, total)
+    finally:
+        controller.stop()
+    assert refused == 0, f"the null handler refused {refused} messages"
+    return total / elapsed
+
+
+def run_listbridge(url: str | None, workdir: Path, clients: int, total: int, synchronous: str) -> float:
+    """Messages/s accepted (and committed) by listbridge's Service."""
+    url = fresh_database(url, workdir)
+    db = Database(url)
+    if url.startswith("sqlite") and synchronous != "FULL":
+        tweak: Callable[[Any, Any], None] = lambda conn, _record: conn.execute(f"PRAGMA synchronous={synchronous}")
+        event.listen(db.engine, "connect", tweak)  # runs after the store's own pragmas
+    # The relay is never used here: held messages send nothing.
+    service = Service(make_settings(url, free_port()), db=db)
+    service.start()
+    try:
+        elapsed, refused = measure(service.settings.smtp.port, clients, total)
+        with db.transaction() as session:
+            held = session.scalar(select(func.count()).select_from(Comment))
+    finally:
+        service.stop()
+    assert refused == 0 and held == total, f"refused {refused}, held {held} of {total}"
+    return total / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=2000, help="messages in all (default 2,000)")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent SMTP clients (default 4)")
+    parser.add_argument("--database-url", default="", help="e.g. postgresql+psycopg://postgres@127.0.0.1/lb_b")
+    args = parser.parse_args()
+    total = args.messages - args.messages % args.clients
+    null = run_null(args.clients, total)
+    print(f"aiosmtpd null handler      {null:8,.0f} messages/s", flush=True)
+    with tempfile.TemporaryDirectory(prefix="listbridge-ingest-") as tmp:
+        if args.database_url:
+            lb = run_listbridge(args.database_url, Path(tmp), args.clients, total, "FULL")
+            print(f"listbridge (PostgreSQL)    {lb:8,.0f} messages/s  ratio {lb / null:.0%}", flush=True)
+            return
+        lb = run_listbridge(None, Path(tmp), args.clients, total, "FULL")
+        print(f"listbridge (SQLite FULL)   {lb:8,.0f} messages/s  ratio {lb / null:.0%}", flush=True)
+        normal = run_listbridge(None, Path(tmp), args.clients, total, "NORMAL")
+        print(f"listbridge (SQLite NORMAL) {normal:8,.0f} messages/s  ratio {normal / null:.0%}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
