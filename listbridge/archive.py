@@ -7,8 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote
 
+from . import gemtext
 from .config import ListSettings, SiteSettings
 from .render import environment
 
@@ -70,7 +72,9 @@ def index_page(mlist: ListSettings, site: SiteSettings, posts: list[PostSummary]
     template = environment(mlist.templates).get_template(f"archive/{mlist.language}/index.gmi")
     ordered = sorted(posts, key=lambda p: (p.last, p.slug), reverse=True)
     views = [_PostView(p, "", quote(f"{p.slug}.gmi")) for p in ordered]
-    return template.render(list=mlist, posts=views)
+    # One line per post: between two renders only the touched posts' lines change, so the
+    # (pure) link() of every other line is remembered rather than computed again.
+    return template.render(list=mlist, posts=views, link=_cached_link)
 
 
 def atom_feed(
@@ -99,6 +103,11 @@ def atom_feed(
         feed_url=_url(site, feed_path(site)),
         index_url=_url(site, index_path(site)),
     )
+
+
+@lru_cache(maxsize=1 << 16)
+def _cached_link(url: str, label: str) -> str:
+    return gemtext.link(url, label)
 
 
 @dataclass(frozen=True)

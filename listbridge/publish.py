@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Iterable
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 
 from . import archive
 from .archive import PostSummary, PublishedComment
@@ -40,22 +40,66 @@ def _comments(session, list_address: str, slug: str) -> list[PublishedComment]: 
     return [PublishedComment(i, name, when, text, n, status == REMOVED) for i, name, when, text, n, status in rows]
 
 
+def _all_comments(session, list_address: str) -> dict[str, list[PublishedComment]]:  # type: ignore[no-untyped-def]
+    """_comments() of every post, in one query."""
+    rows = session.execute(
+        select(Comment.post_slug, Comment.id, Comment.display_name, Comment.received_at, Comment.text,
+               Comment.attachments, Comment.status)
+        .where(Comment.list_address == list_address, Comment.post_slug.is_not(None), Comment.status.in_(SHOWN))
+        .order_by(Comment.received_at, Comment.id)
+    )
+    by_post: dict[str, list[PublishedComment]] = defaultdict(list)
+    for slug, i, name, when, text, n, status in rows:
+        by_post[slug].append(PublishedComment(i, name, when, text, n, status == REMOVED))
+    return by_post
+
+
 def _summaries(session, list_address: str) -> dict[str, PostSummary]:  # type: ignore[no-untyped-def]
-    """One line per post with shown comments (an aggregate: cheap whatever the archive size)."""
+    """One line per post with shown comments (one aggregate query over the shown comments)."""
+    return _summaries_and_newest(session, list_address)[0]
+
+
+def _summaries_and_newest(session, list_address: str) -> tuple[dict[str, PostSummary], dict[str, object]]:  # type: ignore[no-untyped-def]
+    """The post summaries, and the date of each post's newest *approved* comment (same scan)."""
     rows = session.execute(
         select(Comment.post_slug, func.max(Comment.post_title), func.max(Comment.post_path),
-               func.max(Comment.received_at), func.count())
+               func.max(Comment.received_at), func.count(),
+               func.max(case((Comment.status == APPROVED, Comment.received_at))))
         .where(Comment.list_address == list_address, Comment.status.in_(SHOWN), Comment.post_slug.is_not(None))
         .group_by(Comment.post_slug)
     )
-    return {slug: PostSummary(slug, title or slug, path or "", last, count) for slug, title, path, last, count in rows}
+    posts, newest = {}, {}
+    for slug, title, path, last, count, approved in rows:
+        posts[slug] = PostSummary(slug, title or slug, path or "", last, count)
+        if approved is not None:
+            newest[slug] = approved
+    return posts, newest
 
 
-def _latest(session, list_address: str, posts: dict[str, PostSummary]) -> list[tuple[PostSummary, PublishedComment]]:  # type: ignore[no-untyped-def]
+def _feed_candidates(newest: dict[str, object]) -> list[str]:
+    """The posts that can hold one of the FEED_ENTRIES newest approved comments: those whose
+    newest approved comment is at least as new as the FEED_ENTRIES-th newest post's. A comment
+    of any other post is older than FEED_ENTRIES comments (one per such post), so the feed
+    query only reads these posts' comments instead of sorting the whole archive."""
+    if len(newest) <= archive.FEED_ENTRIES:
+        return list(newest)
+    threshold = sorted(newest.values(), reverse=True)[archive.FEED_ENTRIES - 1]  # type: ignore[type-var]
+    return [slug for slug, when in newest.items() if when >= threshold]  # type: ignore[operator]
+
+
+def _latest(  # type: ignore[no-untyped-def]
+    session, list_address: str, posts: dict[str, PostSummary], candidates: Iterable[str] | None = None
+) -> list[tuple[PostSummary, PublishedComment]]:
+    """The feed's comments, newest first; `candidates` (see _feed_candidates) narrows the read."""
+    where = [Comment.list_address == list_address, Comment.status == APPROVED]
+    if candidates is None:
+        where.append(Comment.post_slug.is_not(None))
+    else:  # IN alone (no IS NOT NULL range) so SQLite looks each post up in ix_comments_post
+        where.append(Comment.post_slug.in_(sorted(candidates)))
     rows = session.execute(
         select(Comment.id, Comment.post_slug, Comment.display_name, Comment.received_at, Comment.text,
                Comment.attachments, Comment.status)
-        .where(Comment.list_address == list_address, Comment.status == APPROVED, Comment.post_slug.is_not(None))
+        .where(*where)
         .order_by(Comment.received_at.desc(), Comment.id.desc())
         .limit(archive.FEED_ENTRIES)
     )
@@ -73,33 +117,51 @@ def render_list(
     None to delete}. Also the slugs rendered."""
     pages: dict[str, str | None] = {}
     with db.transaction() as session:
-        posts = _summaries(session, mlist.address)
+        posts, newest = _summaries_and_newest(session, mlist.address)
         wanted = sorted(posts) if slugs is None else sorted(set(slugs))
+        # Every post (rebuild): one query for all the comments rather than one per post.
+        everything = _all_comments(session, mlist.address) if slugs is None else None
         for slug in wanted:
             path = archive.page_path(settings.site, slug)
             if slug in posts:
-                pages[path] = archive.post_page(mlist, settings.site, posts[slug], _comments(session, mlist.address, slug))
+                shown = everything.get(slug, []) if everything is not None else _comments(session, mlist.address, slug)
+                pages[path] = archive.post_page(mlist, settings.site, posts[slug], shown)
             else:
                 pages[path] = None  # no comment left on that post
         pages[archive.index_path(settings.site)] = archive.index_page(mlist, settings.site, list(posts.values()))
-        pages[archive.feed_path(settings.site)] = archive.atom_feed(mlist, settings.site, _latest(session, mlist.address, posts))
+        pages[archive.feed_path(settings.site)] = archive.atom_feed(
+            mlist, settings.site, _latest(session, mlist.address, posts, _feed_candidates(newest))
+        )
     return pages, wanted
 
 
 def write_and_commit(repo: SiteRepo, pages: dict[str, str | None], message: str, push: bool) -> str | None:
-    """Write pages under the repo lock and commit them; push when asked. The commit id or None."""
-    with repo.lock():
-        changed = []
-        for path, content in pages.items():
-            if content is None:
-                if repo.remove(path):
-                    changed.append(path)
-            elif repo.write(path, content):
+    """Write pages and commit them; push when asked. The commit id or None.
+    The caller holds repo.lock() from rendering to here, so an older render never overwrites
+    a newer page."""
+    changed = []
+    for path, content in pages.items():
+        if content is None:
+            if repo.remove(path):
                 changed.append(path)
-        sha = repo.commit(changed, message)
-        if push and (sha or repo.unpushed()):
-            repo.push()
+        elif repo.write(path, content):
+            changed.append(path)
+    sha = repo.commit(changed, message)
+    if push and (sha or repo.unpushed()):
+        repo.push()
     return sha
+
+
+def _render_and_commit(
+    db: Database, settings: Settings, mlist: ListSettings, slugs: Iterable[str] | None, message: str,
+    extra: Callable[[dict[str, str | None], list[str]], None] | None = None,
+) -> str | None:
+    repo = repo_for(settings, mlist)
+    with repo.lock():
+        pages, rendered = render_list(db, settings, mlist, slugs)
+        if extra is not None:
+            extra(pages, rendered)
+        return write_and_commit(repo, pages, message, settings.site.push)
 
 
 def publish_pending(db: Database, settings: Settings) -> list[str]:
@@ -123,8 +185,7 @@ def publish_pending(db: Database, settings: Settings) -> list[str]:
         if mlist is None:
             continue
         slugs = {c.post_slug for c in changes if c.post_slug}
-        pages, _ = render_list(db, settings, mlist, slugs)
-        sha = write_and_commit(repo_for(settings, mlist), pages, commit_message(changes), settings.site.push)
+        sha = _render_and_commit(db, settings, mlist, slugs, commit_message(changes))
         with db.transaction() as session:
             session.execute(
                 update(Comment).where(Comment.id.in_([c.id for c in changes])).values(published=True)
@@ -143,8 +204,7 @@ def republish(db: Database, settings: Settings, touched: dict[str, set[str]], me
         mlist = settings.list_for(list_address)
         if mlist is None:
             continue
-        pages, _ = render_list(db, settings, mlist, slugs)
-        sha = write_and_commit(repo_for(settings, mlist), pages, message, settings.site.push)
+        sha = _render_and_commit(db, settings, mlist, slugs, message)
         if sha:
             commits.append(sha)
     return commits
@@ -153,17 +213,19 @@ def republish(db: Database, settings: Settings, touched: dict[str, set[str]], me
 def rebuild(db: Database, settings: Settings, progress: Callable[[int], None] | None = None) -> list[str]:
     """Render the whole archive from the database; commit only what differs."""
     commits = []
-    for mlist in settings.lists:
-        pages, slugs = render_list(db, settings, mlist, None)
+    folder = Path(settings.site.repo) / settings.site.comments_dir
+
+    def drop_stale(pages: dict[str, str | None], slugs: list[str]) -> None:
         if progress:
             progress(len(slugs))
-        folder = Path(settings.site.repo) / settings.site.comments_dir
         ours = {archive.page_path(settings.site, s) for s in slugs} | {archive.index_path(settings.site)}
         for stale in sorted(folder.glob("*.gmi")) if folder.is_dir() else []:
             relative = stale.relative_to(settings.site.repo).as_posix()
             if relative not in ours:
                 pages[relative] = None
-        sha = write_and_commit(repo_for(settings, mlist), pages, "Rebuild the comment archive", settings.site.push)
+
+    for mlist in settings.lists:
+        sha = _render_and_commit(db, settings, mlist, None, "Rebuild the comment archive", drop_stale)
         if sha:
             commits.append(sha)
     return commits

@@ -101,12 +101,19 @@ class SiteRepo:
             self.git("add", "--", *present)
         if gone:
             self.git("rm", "--cached", "--quiet", "--ignore-unmatch", "--", *gone)
-        staged = self.git("diff", "--cached", "--name-only", "-z", "--", *paths).stdout.split("\0")
-        staged = [p for p in staged if p]
+        # Every staged path (not only ours), to know whether the maintainer has staged work too.
+        everything = [p for p in self.git("diff", "--cached", "--no-renames", "--name-only", "-z").stdout.split("\0") if p]
+        wanted = set(paths)
+        staged = [p for p in everything if p in wanted]
         if not staged:
             return None
-        # A pathspec commits only our files, even when the maintainer has other changes staged.
-        self.git("commit", "--quiet", "--no-verify", "-m", message, "--", *staged)
+        if len(staged) == len(everything):
+            # Only our files differ from HEAD in the index: commit the index as it is. (A
+            # pathspec commit builds a second index from HEAD and hashes every tree again.)
+            self.git("commit", "--quiet", "--no-verify", "-m", message)
+        else:
+            # A pathspec commits only our files, leaving the maintainer's staged changes alone.
+            self.git("commit", "--quiet", "--no-verify", "-m", message, "--", *staged)
         return self.git("rev-parse", "HEAD").stdout.strip()
 
     def push(self, remote: str = "origin") -> bool:
