@@ -10,7 +10,7 @@ import getpass
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, insert, select
 from sqlalchemy.orm import Session
 
 from . import authresults, commenttext, compose, outbox
@@ -98,55 +98,62 @@ def attach(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[s
     return find_post(posts, incoming.subject)
 
 
-def receive(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[str, Post], automated: bool) -> Comment:
+@dataclass(frozen=True)
+class Stored:
+    """What became of a received comment."""
+
+    id: int
+    status: str
+    reason: str
+    post_slug: str | None
+
+
+def receive(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[str, Post], automated: bool) -> Stored:
     """Store a comment sent to the bare list address, held or approved per the list's policy."""
     mlist = ctx.mlist
     post = attach(session, ctx, incoming, posts)
     text = commenttext.clean(incoming.text)
-    known = bool(incoming.sender) and session.scalar(
-        select(
-            exists().where(
-                Comment.list_address == mlist.address, Comment.sender == incoming.sender.lower(), Comment.status == APPROVED
-            )
-        )
+    sender = incoming.sender.lower()
+    authenticated = authresults.passes(incoming.authentication_results, mlist.authserv_id, incoming.sender)
+    # Only first-post asks whether the sender is known, and only an authenticated one.
+    known = (
+        mlist.moderation == "first-post"
+        and authenticated
+        and bool(sender)
+        and bool(session.scalar(select(exists().where(
+            Comment.list_address == mlist.address, Comment.sender == sender, Comment.status == APPROVED))))
     )
     decision = decide(
         policy=mlist.moderation,
         sender=incoming.sender,
         allow=mlist.allow,
         deny=mlist.deny,
-        known_sender=bool(known),
-        authenticated=authresults.passes(incoming.authentication_results, mlist.authserv_id, incoming.sender),
+        known_sender=known,
+        authenticated=authenticated,
         automated=automated,
         too_long=len(text) > mlist.max_comment_chars,
         attached=post is not None,
     )
-    comment = Comment(
-        list_address=mlist.address,
-        sender=incoming.sender.lower(),
-        display_name=incoming.display_name,
-        subject=incoming.subject,
-        message_id=incoming.message_id,
-        in_reply_to=incoming.in_reply_to,
-        auto_submitted=automated,
-        received_at=utcnow(),
-        status=HELD,
-        reason=decision.reason,
-        post_slug=post.slug if post else None,
-        post_title=post.title if post else "",
-        post_path=post.path if post else "",
-        text=text,
-        attachments=incoming.attachments,
-        published=True,
-        raw=incoming.raw,
-    )
-    session.add(comment)
-    session.flush()
-    if decision.status == APPROVED:
-        approve(session, ctx, comment, actor="policy")
-    elif decision.status == REJECTED:
-        _decide(session, comment, REJECTED, "policy", decision.reason)
-    return comment
+    # A Core insert: this is the hot path of every comment received.
+    comment_id = session.execute(
+        insert(Comment).returning(Comment.id),
+        [dict(
+            list_address=mlist.address, sender=sender, display_name=incoming.display_name,
+            subject=incoming.subject, message_id=incoming.message_id, in_reply_to=incoming.in_reply_to,
+            auto_submitted=automated, received_at=utcnow(), status=HELD, reason=decision.reason,
+            post_slug=post.slug if post else None, post_title=post.title if post else "",
+            post_path=post.path if post else "", text=text, attachments=incoming.attachments, published=True,
+            raw=incoming.raw, decided_by="",
+        )],
+    ).scalar_one()
+    if decision.status != HELD:
+        comment = session.get(Comment, comment_id)
+        assert comment is not None
+        if decision.status == APPROVED:
+            approve(session, ctx, comment, actor="policy")
+        else:
+            _decide(session, comment, REJECTED, "policy", decision.reason)
+    return Stored(comment_id, decision.status, decision.reason, post.slug if post else None)
 
 
 def actor() -> str:

@@ -55,6 +55,15 @@ def check_recipient(settings: Settings, address: str) -> Reply | None:
     return None
 
 
+@dataclass(frozen=True)
+class Received:
+    """One message as the MTA handed it over."""
+
+    raw: bytes
+    envelope_from: str
+    recipients: tuple[str, ...]
+
+
 def accept(
     db: Database,
     settings: Settings,
@@ -65,26 +74,60 @@ def accept(
 ) -> list[Reply]:
     """Act on one message for each recipient; all the work is committed before returning.
     `posts` gives the site's posts (to attach comments); by default the site is scanned."""
+    return accept_many(db, settings, [Received(raw, envelope_from, tuple(recipients))], posts)[0]
+
+
+def accept_many(
+    db: Database, settings: Settings, messages: Sequence[Received], posts: Callable[[], dict[str, Post]] | None = None
+) -> list[list[Reply]]:
+    """Act on several messages in one transaction (group commit: one fsync for all of them).
+    If that transaction fails, each message is tried again alone, so one bad message never
+    takes the others down with it. The replies are final only once this returns."""
     posts = posts or (lambda: site_posts(settings))
-    try:
-        incoming = parse(raw, envelope_from)
-    except IntakeError as exc:
-        log.warning("refused unparseable message from <%s>: %s", envelope_from, exc)
-        return [Reply(f"554 5.6.0 {exc}")] * len(recipients)
-    replies: list[Reply] = []
-    done: dict[object, Reply] = {}  # a recipient given twice is acted on once
+    parsed: list[Incoming | list[Reply]] = []
+    for message in messages:
+        try:
+            parsed.append(parse(message.raw, message.envelope_from))
+        except IntakeError as exc:
+            log.warning("refused unparseable message from <%s>: %s", message.envelope_from, exc)
+            parsed.append([Reply(f"554 5.6.0 {exc}")] * len(message.recipients))
+    todo = [i for i, p in enumerate(parsed) if isinstance(p, Incoming)]
+    replies: list[list[Reply]] = [p if isinstance(p, list) else [] for p in parsed]
+    if not todo:
+        return replies
     try:
         with db.transaction() as session:
-            for rcpt in recipients:
-                key = addresses.route(rcpt, [m.address for m in settings.lists], settings.smtp.separator) or rcpt
-                if key not in done:
-                    done[key] = _act(session, settings, incoming, envelope_from, rcpt, posts)
-                replies.append(done[key])
+            for i in todo:
+                replies[i] = _act_all(session, settings, parsed[i], messages[i], posts)  # type: ignore[arg-type]
+        return replies
     except SQLAlchemyError as exc:
-        reason = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines() or [type(exc).__name__]
-        log.error("database error, message from <%s> deferred: %s", envelope_from, reason[0])
-        return [Reply("451 4.3.0 Temporary storage failure, try again later")] * len(recipients)
+        if len(todo) == 1:
+            reason = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines() or [type(exc).__name__]
+            log.error("database error, message from <%s> deferred: %s", messages[todo[0]].envelope_from, reason[0])
+            replies[todo[0]] = [Reply("451 4.3.0 Temporary storage failure, try again later")] * len(
+                messages[todo[0]].recipients
+            )
+            return replies
+    except Exception:
+        if len(todo) == 1:
+            raise
+    # The group failed: each message alone, so the culprit alone is refused.
+    for i in todo:
+        replies[i] = accept_many(db, settings, [messages[i]], posts)[0]
     return replies
+
+
+def _act_all(
+    session: Session, settings: Settings, incoming: Incoming, message: Received, posts: Callable[[], dict[str, Post]]
+) -> list[Reply]:
+    done: dict[object, Reply] = {}  # a recipient given twice is acted on once
+    out = []
+    for rcpt in message.recipients:
+        key = addresses.route(rcpt, [m.address for m in settings.lists], settings.smtp.separator) or rcpt
+        if key not in done:
+            done[key] = _act(session, settings, incoming, message.envelope_from, rcpt, posts)
+        out.append(done[key])
+    return out
 
 
 def site_posts(settings: Settings) -> dict[str, Post]:

@@ -34,6 +34,7 @@ class ListHandler:
     ) -> None:
         self.posts = posts
         self.on_stored = on_stored
+        self._group: GroupCommitter | None = None
         self.db = db
         self.settings = settings
         self.wakeup = wakeup
@@ -48,13 +49,10 @@ class ListHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        raw = envelope.original_content or b""
         recipients = list(envelope.rcpt_tos)
+        received = dispatch.Received(envelope.original_content or b"", envelope_sender(envelope), tuple(recipients))
         try:
-            # Database work stays off the event loop.
-            replies = await asyncio.to_thread(
-                dispatch.accept, self.db, self.settings, raw, envelope_sender(envelope), recipients, self.posts
-            )
+            replies = await self._committer().submit(received)
         except Exception:
             # A bug or a broken template: keep the mail at the MTA. Not handle_exception's single
             # line: LMTP needs one reply per recipient to stay in step.
@@ -68,9 +66,50 @@ class ListHandler:
             return "\r\n".join(r.line for r in replies)  # one reply per recipient
         return _one_reply(replies)
 
+    def _committer(self) -> GroupCommitter:
+        if self._group is None:
+            self._group = GroupCommitter(
+                lambda batch: dispatch.accept_many(self.db, self.settings, batch, self.posts)
+            )
+        return self._group
+
     async def handle_exception(self, error: Exception) -> str:
         log.exception("unexpected error while receiving", exc_info=error)
         return TEMPORARY_FAILURE.line
+
+
+class GroupCommitter:
+    """Messages arriving while a commit is under way wait and go together in the next one:
+    one transaction and one fsync for all, each still answered only after that commit.
+    Database work runs in a thread, off the event loop."""
+
+    MAX_BATCH = 64
+
+    def __init__(self, accept_many: Callable[[list[dispatch.Received]], list[list[dispatch.Reply]]]) -> None:
+        self.accept_many = accept_many
+        self.queue: asyncio.Queue[tuple[dispatch.Received, asyncio.Future[list[dispatch.Reply]]]] = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def submit(self, received: dispatch.Received) -> list[dispatch.Reply]:
+        future: asyncio.Future[list[dispatch.Reply]] = asyncio.get_running_loop().create_future()
+        await self.queue.put((received, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.MAX_BATCH and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                results = await asyncio.to_thread(self.accept_many, [item for item, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), replies in zip(batch, results):
+                if not future.done():
+                    future.set_result(replies)
 
 
 def envelope_sender(envelope: Envelope) -> str:
