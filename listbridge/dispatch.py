@@ -130,6 +130,23 @@ def _act_all(
     return out
 
 
+def consequences(settings: Settings, recipients: Sequence[str]) -> tuple[bool, bool]:
+    """(may have queued mail, may have approved a comment) for a message to `recipients`:
+    so the receiver wakes the outbox and the site publisher only when there can be work."""
+    mail = site = False
+    for rcpt in recipients:
+        recipient = addresses.route(rcpt, [m.address for m in settings.lists], settings.smtp.separator)
+        if recipient is None:
+            continue
+        if recipient.action != addresses.POST:
+            mail = True
+        else:
+            mlist = settings.list_for(recipient.list_address)
+            if mlist is not None and mlist.moderation != "all":
+                mail = site = True
+    return mail, site
+
+
 def site_posts(settings: Settings) -> dict[str, Post]:
     """The posts of the site repo, to attach comments to."""
     return scan_posts(Path(settings.site.repo), settings.site.posts, settings.site.comments_dir)

@@ -58,9 +58,10 @@ class ListHandler:
             # line: LMTP needs one reply per recipient to stay in step.
             log.exception("unexpected error while storing a message from <%s>", envelope.mail_from)
             replies = [TEMPORARY_FAILURE] * len(recipients)
-        if self.wakeup is not None:
+        mail, site = dispatch.consequences(self.settings, recipients)
+        if mail and self.wakeup is not None:
             self.wakeup.set()  # the outbox may have new mail
-        if self.on_stored is not None:
+        if site and self.on_stored is not None:
             self.on_stored()  # an auto-approved comment may wait for the site
         if isinstance(server, LMTP):
             return "\r\n".join(r.line for r in replies)  # one reply per recipient
