@@ -16,6 +16,7 @@ from .render import environment
 
 # Characters XML 1.0 forbids even when escaped.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 FEED_ENTRIES = 50
 
 
@@ -88,7 +89,7 @@ def atom_feed(
             "id": f"{_url(site, page_path(site, post.slug))}#comment-{c.id}",
             "url": _url(site, page_path(site, post.slug)),
             "title": _xml(post.title),
-            "author": _xml(c.author),
+            "author": _xml(c.author).strip(),
             "updated": _stamp(c.date),
             "text": _xml("" if c.removed else c.text),
         }
@@ -123,7 +124,8 @@ class _PostView:
 
 
 def _xml(text: str) -> str:
-    return _NOT_XML.sub("", text)
+    """Text that XML 1.0 accepts and UTF-8 can encode (jinja escapes the markup)."""
+    return _SURROGATE.sub("\ufffd", _NOT_XML.sub("", text))
 
 
 def _stamp(when: dt.datetime) -> str:
