@@ -26,6 +26,8 @@ _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([qQbB])\?([!->@-~]*)\?=")
 _MSG_ID = re.compile(r"<[^<>\s]{1,996}>")
 _ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[^\s@<>()\[\],;:\"\\]+")
 _COMMENT = re.compile(r"\([^()]*\)")
+_FOLDING = re.compile(r"\r?\n(?=[ \t])|\r(?=[ \t])")
+_HIDDEN_WORD = re.compile(r"ew(\d+)x([0-9a-f]{8})")  # an encoded word hidden by _first_address
 # References longer than this keep the first id (the thread root) and the newest ones.
 MAX_REFERENCES = 100
 
@@ -177,7 +179,7 @@ def _header_text(value: object) -> str:
         text = _guess(text.encode("utf-8", "surrogateescape"))
     except UnicodeEncodeError:  # lone surrogates that did not come from bytes
         text = text.encode("utf-8", "replace").decode("utf-8")
-    return re.sub(r"\r?\n(?=[ \t])|\r(?=[ \t])", "", text)
+    return _FOLDING.sub("", text)
 
 
 def _first_address(value: str) -> tuple[str, str]:
@@ -195,7 +197,7 @@ def _first_address(value: str) -> tuple[str, str]:
         return f"ew{len(words) - 1}x{nonce}"
 
     def show(text: str) -> str:
-        return re.sub(rf"ew(\d+)x{nonce}", lambda m: words[int(m.group(1))], text)
+        return _HIDDEN_WORD.sub(lambda m: words[int(m.group(1))] if m.group(2) == nonce else m.group(0), text)
 
     hidden = _ENCODED_WORD.sub(hide, one_line(value, 100_000))
     mailboxes = [(show(name), show(address)) for name, address in email.utils.getaddresses([hidden])]
