@@ -4,6 +4,8 @@ set), a real aiosmtpd sink standing in for the relay, and a real `serve` on a lo
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import smtplib
 import socket
 import threading
@@ -24,6 +26,21 @@ from listbridge.service import Service
 from listbridge.store import Database
 
 PG_URL = os.environ.get("LISTBRIDGE_TEST_DATABASE_URL", "")
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1: (cert.pem, key.pem)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from listbridge.cli import cli
 from listbridge.config import build_settings
 
-from conftest import send, wait_for
+from conftest import send
 
 
 @pytest.fixture

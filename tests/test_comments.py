@@ -297,3 +297,41 @@ def test_snippet(site, make_settings, tmp_path):
         "=> mailto:bla+unsubscribe@bla.example.org Se désabonner",
     ]
     assert svc_settings.lists[0].language == "fr"
+
+
+def test_interactive_moderation(running, tmp_path, site):
+    svc = running()
+    port = svc.settings.smtp.port
+    send(port, LIST, subject=SLUG, sender="a@example.org", name="Alice", body="Premier avis.\n")
+    send(port, LIST, subject="Sans rapport", sender="b@example.org", name="Bob", body="Deuxième avis.\n")
+    send(port, LIST, subject=SLUG, sender="c@example.org", name="Chloé", body="Troisième avis.\n")
+    send(port, LIST, subject=SLUG, sender="d@example.org", name="Dan", body="Quatrième avis.\n")
+    config = config_file(svc, tmp_path)
+    # Alice: approve. Bob: approve, attached to a post by hand. Chloé: reject, tell her. Dan: quit.
+    keys = "a\na\nautre-billet\nr\nhors sujet\ny\nq\n"
+    result = CliRunner().invoke(cli, ["--config", str(config), "moderate"], input=keys, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "[1/4]" in result.output and "Premier avis." in result.output and "No post matched" in result.output
+    states = [(c.display_name, c.status, c.post_slug) for c in comments(svc)]
+    assert states == [("Alice", APPROVED, SLUG), ("Bob", APPROVED, "autre-billet"),
+                      ("Chloé", REJECTED, SLUG), ("Dan", HELD, SLUG)]
+    assert (site / "log" / "commentaires" / "autre-billet.gmi").exists()
+    assert "Nothing is waiting" not in result.output
+    again = CliRunner().invoke(cli, ["--config", str(config), "moderate"], input="s\n", catch_exceptions=False)
+    assert "[1/1]" in again.output and comments(svc)[-1].status == HELD
+
+
+def test_forget_with_delete_drops_the_comments(running, tmp_path, site):
+    svc = running(moderation="none")
+    send(svc.settings.smtp.port, LIST, subject=SLUG, body="À effacer.\n")
+    send(svc.settings.smtp.port, LIST, subject=SLUG, sender="other@example.org", name="Autre", body="Je reste.\n")
+    page = site / "log" / "commentaires" / f"{SLUG}.gmi"
+    wait_for(lambda: page.exists() and "Je reste." in page.read_text())
+    result = cli_run(config_file(svc, tmp_path), "forget", "carole@example.net", "--delete")
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    assert "À effacer." not in text and "retiré" not in text and "Je reste." in text
+    assert [c.display_name for c in comments(svc)] == ["Autre"]
+    with svc.db.transaction() as session:
+        (event,) = session.scalars(select(ModerationEvent).where(ModerationEvent.action == "forget"))
+    assert "carole" not in event.detail and event.detail.startswith("sha256:")

@@ -58,17 +58,8 @@ def gemini_get(port: int, url: str, cafile: Path, timeout: float = 10.0) -> tupl
 
 
 @pytest.fixture(scope="module")
-def tls_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make the server's certificate")
-    folder = tmp_path_factory.mktemp("gemini-tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
-    return cert, key
+def tls_cert(certificate: tuple[Path, Path]) -> tuple[Path, Path]:
+    return certificate
 
 
 def _jetforce_command() -> list[str]:

@@ -15,7 +15,6 @@ from aiosmtpd.controller import Controller
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from listbridge import outage
 from listbridge.cli import cli
 from listbridge.config import build_settings
 from listbridge.models import OutboxMessage, Subscriber

@@ -12,7 +12,6 @@ from listbridge import compose, delivery, outbox
 from listbridge.models import FAILED, QUEUED, SENDING, SENT, OutboxMessage, OutboxRecipient, utcnow
 from listbridge.subscriptions import ListContext, subscribe
 
-from conftest import Sink
 
 
 def add_subscribers(db, settings, addresses):
