@@ -7,10 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from urllib.parse import quote
 
-from . import gemtext
 from .config import ListSettings, SiteSettings
 from .render import environment
 
@@ -68,14 +66,27 @@ def post_page(mlist: ListSettings, site: SiteSettings, post: PostSummary, commen
     )
 
 
+def index_line(mlist: ListSettings, post: PostSummary) -> str:
+    """One post's line on the index: `=> page YYYY-MM-DD title (count)`."""
+    template = environment(mlist.templates).get_template(f"archive/{mlist.language}/index_line.gmi")
+    return template.render(list=mlist, post=post, page=quote(f"{post.slug}.gmi")).rstrip("\n")
+
+
+def index_order(post: PostSummary) -> tuple[dt.datetime, str]:
+    """Newest first: sort by this, reversed."""
+    return (post.last, post.slug)
+
+
+def index_from_lines(mlist: ListSettings, lines: list[str]) -> str:
+    """`<comments_dir>/index.gmi` from lines already in order (see index_line)."""
+    template = environment(mlist.templates).get_template(f"archive/{mlist.language}/index.gmi")
+    return template.render(list=mlist, lines=lines)
+
+
 def index_page(mlist: ListSettings, site: SiteSettings, posts: list[PostSummary]) -> str:
     """`<comments_dir>/index.gmi`: posts with comments, newest first, as Gemini feed lines."""
-    template = environment(mlist.templates).get_template(f"archive/{mlist.language}/index.gmi")
-    ordered = sorted(posts, key=lambda p: (p.last, p.slug), reverse=True)
-    views = [_PostView(p, "", quote(f"{p.slug}.gmi")) for p in ordered]
-    # One line per post: between two renders only the touched posts' lines change, so the
-    # (pure) link() of every other line is remembered rather than computed again.
-    return template.render(list=mlist, posts=views, link=_cached_link)
+    ordered = sorted(posts, key=index_order, reverse=True)
+    return index_from_lines(mlist, [index_line(mlist, p) for p in ordered])
 
 
 def atom_feed(
@@ -104,11 +115,6 @@ def atom_feed(
         feed_url=_url(site, feed_path(site)),
         index_url=_url(site, index_path(site)),
     )
-
-
-@lru_cache(maxsize=1 << 16)
-def _cached_link(url: str, label: str) -> str:
-    return gemtext.link(url, label)
 
 
 @dataclass(frozen=True)

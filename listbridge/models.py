@@ -77,6 +77,7 @@ class Comment(Base):
         Index("ix_comments_post", "list_address", "post_slug", "status"),
         Index("ix_comments_sender", "sender"),
         Index("ix_comments_unpublished", "published"),
+        Index("ix_comments_feed", "list_address", "status", "received_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -236,3 +237,19 @@ class RosterImport(Base):
     exported_at: Mapped[dt.datetime] = mapped_column(DateTime())
     imported_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
     subscribers: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class PostIndexEntry(Base):
+    """One post with published comments: its summary and its rendered line of the index page,
+    kept up to date on each publish so that an approval does not re-read the whole archive."""
+
+    __tablename__ = "post_summaries"
+    __table_args__ = (Index("ix_post_summaries_order", "list_address", "last", "post_slug"),)
+
+    list_address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    post_slug: Mapped[str] = mapped_column(String(255), primary_key=True)
+    title: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(String(1000))
+    last: Mapped[dt.datetime] = mapped_column(DateTime())  # newest shown comment
+    count: Mapped[int] = mapped_column(Integer)
+    line: Mapped[str] = mapped_column(Text)  # the post's line on index.gmi

@@ -12,12 +12,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Iterable
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import delete, exists, func, insert, select, update
 
 from . import archive
 from .archive import PostSummary, PublishedComment
 from .config import ListSettings, Settings
-from .models import APPROVED, REMOVED, Comment
+from .models import APPROVED, REMOVED, Comment, PostIndexEntry
 from .site import SiteRepo
 from .store import Database
 
@@ -54,55 +54,58 @@ def _all_comments(session, list_address: str) -> dict[str, list[PublishedComment
     return by_post
 
 
-def _summaries(session, list_address: str) -> dict[str, PostSummary]:  # type: ignore[no-untyped-def]
-    """One line per post with shown comments (one aggregate query over the shown comments)."""
-    return _summaries_and_newest(session, list_address)[0]
-
-
-def _summaries_and_newest(session, list_address: str) -> tuple[dict[str, PostSummary], dict[str, object]]:  # type: ignore[no-untyped-def]
-    """The post summaries, and the date of each post's newest *approved* comment (same scan)."""
+def refresh_summaries(session, mlist: ListSettings, slugs: Iterable[str] | None) -> None:  # type: ignore[no-untyped-def]
+    """Bring post_summaries up to date for `slugs` (None: every post of the list): one
+    aggregate over those posts' comments only, and their index lines rendered again."""
+    where = [Comment.list_address == mlist.address, Comment.status.in_(SHOWN)]
+    where.append(Comment.post_slug.is_not(None) if slugs is None else Comment.post_slug.in_(sorted(set(slugs))))
     rows = session.execute(
         select(Comment.post_slug, func.max(Comment.post_title), func.max(Comment.post_path),
-               func.max(Comment.received_at), func.count(),
-               func.max(case((Comment.status == APPROVED, Comment.received_at))))
-        .where(Comment.list_address == list_address, Comment.status.in_(SHOWN), Comment.post_slug.is_not(None))
+               func.max(Comment.received_at), func.count())
+        .where(*where)
         .group_by(Comment.post_slug)
-    )
-    posts, newest = {}, {}
-    for slug, title, path, last, count, approved in rows:
-        posts[slug] = PostSummary(slug, title or slug, path or "", last, count)
-        if approved is not None:
-            newest[slug] = approved
-    return posts, newest
+    ).all()
+    stale = delete(PostIndexEntry).where(PostIndexEntry.list_address == mlist.address)
+    if slugs is not None:
+        stale = stale.where(PostIndexEntry.post_slug.in_(sorted(set(slugs))))
+    session.execute(stale)
+    entries = []
+    for slug, title, path, last, count in rows:
+        summary = PostSummary(slug, title or slug, path or "", last, count)
+        entries.append({"list_address": mlist.address, "post_slug": slug, "title": summary.title,
+                        "path": summary.path, "last": last, "count": count,
+                        "line": archive.index_line(mlist, summary)})
+    if entries:
+        session.execute(insert(PostIndexEntry), entries)
 
 
-def _feed_candidates(newest: dict[str, object]) -> list[str]:
-    """The posts that can hold one of the FEED_ENTRIES newest approved comments: those whose
-    newest approved comment is at least as new as the FEED_ENTRIES-th newest post's. A comment
-    of any other post is older than FEED_ENTRIES comments (one per such post), so the feed
-    query only reads these posts' comments instead of sorting the whole archive."""
-    if len(newest) <= archive.FEED_ENTRIES:
-        return list(newest)
-    threshold = sorted(newest.values(), reverse=True)[archive.FEED_ENTRIES - 1]  # type: ignore[type-var]
-    return [slug for slug, when in newest.items() if when >= threshold]  # type: ignore[operator]
+def _summaries(session, list_address: str, slugs: Iterable[str] | None = None) -> dict[str, PostSummary]:  # type: ignore[no-untyped-def]
+    query = select(PostIndexEntry).where(PostIndexEntry.list_address == list_address)
+    if slugs is not None:
+        query = query.where(PostIndexEntry.post_slug.in_(sorted(set(slugs))))
+    return {e.post_slug: PostSummary(e.post_slug, e.title, e.path, e.last, e.count) for e in session.scalars(query)}
 
 
-def _latest(  # type: ignore[no-untyped-def]
-    session, list_address: str, posts: dict[str, PostSummary], candidates: Iterable[str] | None = None
-) -> list[tuple[PostSummary, PublishedComment]]:
-    """The feed's comments, newest first; `candidates` (see _feed_candidates) narrows the read."""
-    where = [Comment.list_address == list_address, Comment.status == APPROVED]
-    if candidates is None:
-        where.append(Comment.post_slug.is_not(None))
-    else:  # IN alone (no IS NOT NULL range) so SQLite looks each post up in ix_comments_post
-        where.append(Comment.post_slug.in_(sorted(candidates)))
+def _index_lines(session, list_address: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The index's lines, newest post first."""
+    # Only the lines come back: no date parsing for a thousand rows. (A tie on `last` is
+    # ordered by the database's collation; the incremental and the full render share it.)
+    return list(session.scalars(
+        select(PostIndexEntry.line).where(PostIndexEntry.list_address == list_address)
+        .order_by(PostIndexEntry.last.desc(), PostIndexEntry.post_slug.desc())
+    ))
+
+
+def _latest(session, list_address: str) -> list[tuple[PostSummary, PublishedComment]]:  # type: ignore[no-untyped-def]
+    """The feed's comments, newest first: read along ix_comments_feed, FEED_ENTRIES rows."""
     rows = session.execute(
         select(Comment.id, Comment.post_slug, Comment.display_name, Comment.received_at, Comment.text,
                Comment.attachments, Comment.status)
-        .where(*where)
+        .where(Comment.list_address == list_address, Comment.status == APPROVED)
         .order_by(Comment.received_at.desc(), Comment.id.desc())
         .limit(archive.FEED_ENTRIES)
-    )
+    ).all()
+    posts = _summaries(session, list_address, {row.post_slug for row in rows if row.post_slug})
     return [
         (posts[slug], PublishedComment(i, name, when, text, n, status == REMOVED))
         for i, slug, name, when, text, n, status in rows
@@ -114,10 +117,13 @@ def render_list(
     db: Database, settings: Settings, mlist: ListSettings, slugs: Iterable[str] | None
 ) -> tuple[dict[str, str | None], list[str]]:
     """Pages to write for `slugs` (None: every post) plus index and feed: {path: content or
-    None to delete}. Also the slugs rendered."""
+    None to delete}. Also the slugs rendered. The cost follows the posts touched, not the
+    archive: summaries and index lines of the other posts are read as they are."""
     pages: dict[str, str | None] = {}
     with db.transaction() as session:
-        posts, newest = _summaries_and_newest(session, mlist.address)
+        known = session.scalar(select(exists().where(PostIndexEntry.list_address == mlist.address)))
+        refresh_summaries(session, mlist, slugs if known else None)  # first publish: all of them
+        posts = _summaries(session, mlist.address, slugs)
         wanted = sorted(posts) if slugs is None else sorted(set(slugs))
         # Every post (rebuild): one query for all the comments rather than one per post.
         everything = _all_comments(session, mlist.address) if slugs is None else None
@@ -128,10 +134,8 @@ def render_list(
                 pages[path] = archive.post_page(mlist, settings.site, posts[slug], shown)
             else:
                 pages[path] = None  # no comment left on that post
-        pages[archive.index_path(settings.site)] = archive.index_page(mlist, settings.site, list(posts.values()))
-        pages[archive.feed_path(settings.site)] = archive.atom_feed(
-            mlist, settings.site, _latest(session, mlist.address, posts, _feed_candidates(newest))
-        )
+        pages[archive.index_path(settings.site)] = archive.index_from_lines(mlist, _index_lines(session, mlist.address))
+        pages[archive.feed_path(settings.site)] = archive.atom_feed(mlist, settings.site, _latest(session, mlist.address))
     return pages, wanted
 
 

@@ -45,6 +45,7 @@ class Watcher:
         self.settings = settings
         self.db = db
         self._roster_mtime: float | None = None
+        self._warned_at: dt.datetime | None = None
 
     def refresh_roster(self) -> None:
         """Import the roster snapshot when it changed on disk (each export is a heartbeat)."""
@@ -54,6 +55,7 @@ class Watcher:
         except OSError:
             return
         if mtime == self._roster_mtime:
+            self._warn_if_stale()
             return
         try:
             with self.db.transaction() as session:
@@ -62,6 +64,18 @@ class Watcher:
         except roster.RosterError as exc:
             log.error("%s", exc)
         self._roster_mtime = mtime
+
+    def _warn_if_stale(self) -> None:
+        """Log (at most hourly) that home has not exported its roster for too long."""
+        now = utcnow()
+        if self._warned_at and now - self._warned_at < dt.timedelta(hours=1):
+            return
+        exported, too_old = roster_age(self.settings, self.db)
+        if too_old:
+            self._warned_at = now
+            log.warning("the roster was exported %s; older than %g h: is home exporting it?",
+                        exported.isoformat(timespec="seconds") + " UTC" if exported else "never",
+                        self.settings.watch.roster_max_age)
 
     def tick(self, result: ProbeResult | None = None) -> Tick:
         """Probe once (or take `result`), fold it into the stored state, act on a flip."""

@@ -235,3 +235,26 @@ def test_watch_once_prints_the_probe(tmp_path, watcher_settings, mx):
     mx.stop()
     tick = json.loads(CliRunner().invoke(cli, ["--config", str(config), "watch", "--once", "--json"]).output)
     assert tick["ok"] is False and tick["step"] == "connect" and tick["failures"] == 1
+
+
+def test_the_watcher_logs_a_stale_roster(watcher_settings, home, caplog):
+    import datetime as dt
+    import logging
+
+    from listbridge.models import RosterImport
+
+    export_roster(home, watcher_settings.watch.roster)
+    db = Database(watcher_settings.database.url)
+    db.upgrade()
+    watcher = Watcher(watcher_settings, db)
+    watcher.refresh_roster()
+    with caplog.at_level(logging.WARNING, logger="listbridge.watch"):
+        watcher.refresh_roster()
+        assert "roster" not in caplog.text
+        with db.transaction() as session:
+            for row in session.scalars(select(RosterImport)):
+                row.exported_at -= dt.timedelta(hours=49)
+        watcher.refresh_roster()
+        watcher.refresh_roster()  # once an hour, not at every probe
+    assert caplog.text.count("is home exporting it?") == 1
+    db.dispose()
