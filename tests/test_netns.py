@@ -29,14 +29,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from listbridge.config import build_settings
 from listbridge.models import ProbeStatus, Subscriber
 from listbridge.probe import probe
 from listbridge.store import Database
 from listbridge.watch import Watcher
 
 from conftest import wait_for
-from test_outage import LIST, READERS, db_count, export_roster, git
+from test_outage import READERS, db_count, export_roster, git, watcher_config
 from test_outage import home  # noqa: F401  (fixture: the home database with its subscribers)
 
 OWNER = "owner@example.org"
@@ -195,16 +194,8 @@ def home_link():
 
 @pytest.fixture
 def netns_settings(tmp_path, db_url, sink, home_link):
-    site = tmp_path / "site"
-    subprocess.run(["git", "init", "--quiet", str(site)], check=True)
-    return build_settings({
-        "database": {"url": db_url},
-        "relay": {"host": "127.0.0.1", "port": sink.port, "connections": 2, "timeout": 5},
-        "site": {"repo": str(site), "base_url": "gemini://bla.example.org"},
-        "lists": [{"address": LIST, "title": "bla", "language": "fr", "owner": OWNER}],
-        "watch": {"mx": home_link.mx, "interval": 1, "failures": 3, "recoveries": 2, "timeout": 1,
-                  "roster": str(tmp_path / "roster.sqlite3")},
-    })
+    assert OWNER == "owner@example.org"  # the owner watcher_config() sets
+    return watcher_config(tmp_path, db_url, sink.port, home_link.mx)
 
 
 def notices(sink, kind: str) -> Counter:

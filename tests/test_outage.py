@@ -66,18 +66,24 @@ def home(tmp_path: Path) -> Database:
     db.dispose()
 
 
-@pytest.fixture
-def watcher_settings(tmp_path, db_url, sink, mx):
+def watcher_config(tmp_path: Path, db_url: str, relay_port: int, mx: str):
+    """A watcher's settings: its own database, relay = the sink, a fresh git site, the MX at
+    `mx`, probing every second (3 failures down, 2 successes up)."""
     site = tmp_path / "site"
     subprocess.run(["git", "init", "--quiet", str(site)], check=True)
     return build_settings({
         "database": {"url": db_url},
-        "relay": {"host": "127.0.0.1", "port": sink.port, "connections": 2, "timeout": 5},
+        "relay": {"host": "127.0.0.1", "port": relay_port, "connections": 2, "timeout": 5},
         "site": {"repo": str(site), "base_url": "gemini://bla.example.org"},
         "lists": [{"address": LIST, "title": "bla", "language": "fr", "owner": "owner@example.org"}],
-        "watch": {"mx": f"127.0.0.1:{mx.port}", "interval": 1, "failures": 3, "recoveries": 2, "timeout": 1,
+        "watch": {"mx": mx, "interval": 1, "failures": 3, "recoveries": 2, "timeout": 1,
                   "roster": str(tmp_path / "roster.sqlite3")},
     })
+
+
+@pytest.fixture
+def watcher_settings(tmp_path, db_url, sink, mx):
+    return watcher_config(tmp_path, db_url, sink.port, f"127.0.0.1:{mx.port}")
 
 
 def export_roster(home: Database, path: str) -> None:

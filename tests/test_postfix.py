@@ -312,21 +312,13 @@ def walk(postfix: Postfix, sink: Sink, db: Database, wakeup: Callable[[], None] 
 # --- the three transports ---------------------------------------------------------------------
 
 
-def test_lmtp(postfix: Postfix, sink: Sink, make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(smtp={"lmtp": True})
-    postfix.configure(contrib_main_cf(), contrib_transport("lmtp:").replace("8025", str(settings.smtp.port)))
-    service = Service(settings)
-    service.start()
-    try:
-        postfix.start()
-        walk(postfix, sink, service.db)
-    finally:
-        service.stop()
-
-
-def test_smtp(postfix: Postfix, sink: Sink, make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings(smtp={"lmtp": False})
-    postfix.configure(contrib_main_cf(), contrib_transport("smtp:").replace("8025", str(settings.smtp.port)))
+@pytest.mark.parametrize("transport, lmtp", [("lmtp:", True), ("smtp:", False)])
+def test_relayed_to_serve(
+    postfix: Postfix, sink: Sink, make_settings: Callable[..., Settings], transport: str, lmtp: bool
+) -> None:
+    """The contrib transport line for LMTP, then for SMTP, in front of a real `serve`."""
+    settings = make_settings(smtp={"lmtp": lmtp})
+    postfix.configure(contrib_main_cf(), contrib_transport(transport).replace("8025", str(settings.smtp.port)))
     service = Service(settings)
     service.start()
     try:
