@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 from sqlalchemy import create_engine, inspect, text
@@ -54,10 +56,14 @@ def test_wheel_installs_and_runs_without_a_checkout(tmp_path: Path, db_url: str)
     dist.mkdir()
     wheel = build_wheel(dist, env)
 
-    # --system-site-packages: the dependencies come from here, with no network.
+    # A bare venv whose dependencies come from this environment (a .pth after its own
+    # site-packages, so the wheel installed there wins), with no network.
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], cwd=tmp_path, env=env)
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path, env=env)
     python = venv / "bin" / "python"
+    own = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path, env=env)
+    here = [p for p in {*site.getsitepackages(), sysconfig.get_paths()["purelib"]} if Path(p).is_dir()]
+    (Path(own.stdout.strip()) / "_test_dependencies.pth").write_text("\n".join(sorted(here)) + "\n")
     run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--force-reinstall", "-q", str(wheel)], cwd=tmp_path, env=env)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     env["VIRTUAL_ENV"] = str(venv)
