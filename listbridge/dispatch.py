@@ -113,7 +113,11 @@ def accept_many(
             raise
     # The group failed: each message alone, so the culprit alone is refused.
     for i in todo:
-        replies[i] = accept_many(db, settings, [messages[i]], posts)[0]
+        try:
+            replies[i] = accept_many(db, settings, [messages[i]], posts)[0]
+        except Exception:  # a bug on this message: the MTA keeps it; the others stand
+            log.exception("unexpected error while storing a message from <%s>", messages[i].envelope_from)
+            replies[i] = [Reply("451 4.3.0 Internal error, try again later")] * len(messages[i].recipients)
     return replies
 
 

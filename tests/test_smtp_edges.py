@@ -316,3 +316,25 @@ def test_lmtp_stays_in_step_when_a_template_is_broken(make_settings, tmp_path):
         finally:
             client.quit()
         assert count(svc.db, Comment) == 0  # all or nothing
+
+
+def test_a_failing_message_in_a_group_leaves_the_others_committed(make_settings, db, tmp_path):
+    """Group commit: when one message of a batch breaks, each is tried alone; the good ones are
+    stored and answered 250, the bad one alone gets 451 (here: a broken override template)."""
+    from listbridge import dispatch
+
+    broken = tmp_path / "templates" / "mail" / "en"
+    broken.mkdir(parents=True)
+    (broken / "help.txt").write_text("Subject: {{ oops\n\nbody\n")
+    settings = make_settings(lists=[{"address": "bla@bla.example.org", "language": "en",
+                                     "templates": str(tmp_path / "templates")}])
+
+    def message(rcpt: str, subject: str) -> dispatch.Received:
+        raw = f"From: a@example.org\r\nSubject: {subject}\r\n\r\nok\r\n".encode()
+        return dispatch.Received(raw, "a@example.org", (rcpt,))
+
+    batch = [message("bla@bla.example.org", "one"), message("bla+help@bla.example.org", "help"),
+             message("bla@bla.example.org", "two")]
+    replies = dispatch.accept_many(db, settings, batch, lambda: {})
+    assert [r[0].code for r in replies] == [250, 451, 250]
+    assert sorted(c for (c,) in db.sessions().execute(select(Comment.subject))) == ["one", "two"]
