@@ -56,6 +56,11 @@ def db_url(tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'listbridge.sqlite3'}"
     engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
+        # A connection left open by an earlier test (a thread still winding down) must not
+        # block the reset: end them, and never wait on a lock for long.
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        conn.execute(text("SET lock_timeout = '20s'"))
         conn.execute(text("DROP SCHEMA public CASCADE"))
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()

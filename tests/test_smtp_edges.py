@@ -337,4 +337,5 @@ def test_a_failing_message_in_a_group_leaves_the_others_committed(make_settings,
              message("bla@bla.example.org", "two")]
     replies = dispatch.accept_many(db, settings, batch, lambda: {})
     assert [r[0].code for r in replies] == [250, 451, 250]
-    assert sorted(c for (c,) in db.sessions().execute(select(Comment.subject))) == ["one", "two"]
+    with db.transaction() as session:
+        assert sorted(session.scalars(select(Comment.subject))) == ["one", "two"]
