@@ -48,9 +48,14 @@ OK = Reply("250 2.0.0 OK: stored")
 UNKNOWN = Reply("550 5.1.1 No such list or address here")
 
 
+def route(settings: Settings, address: str) -> addresses.Recipient | None:
+    """The configured list and action an envelope recipient stands for (None: not ours)."""
+    return addresses.route(address, [m.address for m in settings.lists], settings.smtp.separator)
+
+
 def check_recipient(settings: Settings, address: str) -> Reply | None:
     """None when `address` is one of ours, else the refusal (never an open relay)."""
-    if addresses.route(address, [m.address for m in settings.lists], settings.smtp.separator) is None:
+    if route(settings, address) is None:
         return UNKNOWN
     return None
 
@@ -127,7 +132,7 @@ def _act_all(
     done: dict[object, Reply] = {}  # a recipient given twice is acted on once
     out = []
     for rcpt in message.recipients:
-        key = addresses.route(rcpt, [m.address for m in settings.lists], settings.smtp.separator) or rcpt
+        key = route(settings, rcpt) or rcpt
         if key not in done:
             done[key] = _act(session, settings, incoming, message.envelope_from, rcpt, posts)
         out.append(done[key])
@@ -139,7 +144,7 @@ def consequences(settings: Settings, recipients: Sequence[str]) -> tuple[bool, b
     so the receiver wakes the outbox and the site publisher only when there can be work."""
     mail = site = False
     for rcpt in recipients:
-        recipient = addresses.route(rcpt, [m.address for m in settings.lists], settings.smtp.separator)
+        recipient = route(settings, rcpt)
         if recipient is None:
             continue
         if recipient.action != addresses.POST:
@@ -164,7 +169,7 @@ def _act(
     rcpt: str,
     posts: Callable[[], dict[str, Post]],
 ) -> Reply:
-    recipient = addresses.route(rcpt, [m.address for m in settings.lists], settings.smtp.separator)
+    recipient = route(settings, rcpt)
     mlist = settings.list_for(recipient.list_address) if recipient else None
     if recipient is None or mlist is None:
         return UNKNOWN
