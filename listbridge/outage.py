@@ -8,16 +8,14 @@ neither lose a notice nor send it twice.
 from __future__ import annotations
 
 import datetime as dt
-from urllib.parse import quote
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import compose, outbox
+from . import compose, outbox, publish
 from .config import Settings
 from .models import INVESTIGATING, RESOLVED, Incident, IncidentUpdate, utcnow
 from .render import environment, render_mail
-from .site import SiteRepo
 from .subscriptions import ListContext
 
 AUTOMATIC_NATURE = {
@@ -155,20 +153,12 @@ def render_status(session: Session, settings: Settings) -> dict[str, str]:
 
 
 def publish_status(session: Session, settings: Settings, message: str) -> str | None:
-    """Write the status pages into the site repo and commit (and push) them."""
-    pages = render_status(session, settings)
-    repo = SiteRepo(settings.site.repo, "listbridge", settings.lists[0].address)
+    """Write the status pages into the site repo and commit (and push) them. Rendered under
+    the repo lock, like the comment pages, so an older render never overwrites a newer one."""
+    repo = publish.repo_for(settings, settings.lists[0])
     with repo.lock():
-        changed = [path for path, content in pages.items() if repo.write(path, content)]
-        sha = repo.commit(changed, message)
-        if settings.site.push and (sha or repo.unpushed()):
-            repo.push()
-    return sha
+        return publish.write_and_commit(repo, dict(render_status(session, settings)), message, settings.site.push)
 
 
 def _stamp(when: dt.datetime) -> str:
     return when.replace(microsecond=0).isoformat() + "Z"
-
-
-def incident_url(settings: Settings, incident: Incident) -> str:
-    return settings.site.base_url.rstrip("/") + "/" + quote(f"status/{incident.id}.gmi")

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -74,9 +74,6 @@ class Database:
         except DBAPIError:  # no alembic_version table yet
             return False
         return current == [SCHEMA_HEAD]
-
-    def has_tables(self) -> bool:
-        return bool(inspect(self.engine).get_table_names())
 
     def dispose(self) -> None:
         self.engine.dispose()
