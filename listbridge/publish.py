@@ -31,26 +31,23 @@ def repo_for(settings: Settings, mlist: ListSettings) -> SiteRepo:
     return SiteRepo(settings.site.repo, "listbridge", mlist.address)
 
 
-def _comments(session, list_address: str, slug: str) -> list[PublishedComment]:  # type: ignore[no-untyped-def]
-    rows = session.execute(
-        select(Comment.id, Comment.display_name, Comment.received_at, Comment.text, Comment.attachments, Comment.status)
-        .where(Comment.list_address == list_address, Comment.post_slug == slug, Comment.status.in_(SHOWN))
-        .order_by(Comment.received_at, Comment.id)
-    )
-    return [PublishedComment(i, name, when, text, n, status == REMOVED) for i, name, when, text, n, status in rows]
+# The columns a PublishedComment is made of, after the post's slug.
+_SHOWN_COLUMNS = (Comment.post_slug, Comment.id, Comment.display_name, Comment.received_at, Comment.text,
+                  Comment.attachments, Comment.status)
 
 
-def _all_comments(session, list_address: str) -> dict[str, list[PublishedComment]]:  # type: ignore[no-untyped-def]
-    """_comments() of every post, in one query."""
-    rows = session.execute(
-        select(Comment.post_slug, Comment.id, Comment.display_name, Comment.received_at, Comment.text,
-               Comment.attachments, Comment.status)
-        .where(Comment.list_address == list_address, Comment.post_slug.is_not(None), Comment.status.in_(SHOWN))
-        .order_by(Comment.received_at, Comment.id)
-    )
+def _published(row) -> PublishedComment:  # type: ignore[no-untyped-def]
+    _, i, name, when, text, attachments, status = row
+    return PublishedComment(i, name, when, text, attachments, status == REMOVED)
+
+
+def _shown_comments(session, list_address: str, slugs: Iterable[str] | None) -> dict[str, list[PublishedComment]]:  # type: ignore[no-untyped-def]
+    """The shown comments of `slugs` (None: every post), oldest first, by post, in one query."""
+    where = [Comment.list_address == list_address, Comment.status.in_(SHOWN)]
+    where.append(Comment.post_slug.is_not(None) if slugs is None else Comment.post_slug.in_(sorted(set(slugs))))
     by_post: dict[str, list[PublishedComment]] = defaultdict(list)
-    for slug, i, name, when, text, n, status in rows:
-        by_post[slug].append(PublishedComment(i, name, when, text, n, status == REMOVED))
+    for row in session.execute(select(*_SHOWN_COLUMNS).where(*where).order_by(Comment.received_at, Comment.id)):
+        by_post[row[0]].append(_published(row))
     return by_post
 
 
@@ -99,18 +96,13 @@ def _index_lines(session, list_address: str) -> list[str]:  # type: ignore[no-un
 def _latest(session, list_address: str) -> list[tuple[PostSummary, PublishedComment]]:  # type: ignore[no-untyped-def]
     """The feed's comments, newest first: read along ix_comments_feed, FEED_ENTRIES rows."""
     rows = session.execute(
-        select(Comment.id, Comment.post_slug, Comment.display_name, Comment.received_at, Comment.text,
-               Comment.attachments, Comment.status)
+        select(*_SHOWN_COLUMNS)
         .where(Comment.list_address == list_address, Comment.status == APPROVED)
         .order_by(Comment.received_at.desc(), Comment.id.desc())
         .limit(archive.FEED_ENTRIES)
     ).all()
     posts = _summaries(session, list_address, {row.post_slug for row in rows if row.post_slug})
-    return [
-        (posts[slug], PublishedComment(i, name, when, text, n, status == REMOVED))
-        for i, slug, name, when, text, n, status in rows
-        if slug in posts
-    ]
+    return [(posts[row.post_slug], _published(row)) for row in rows if row.post_slug in posts]
 
 
 def render_list(
@@ -125,13 +117,12 @@ def render_list(
         refresh_summaries(session, mlist, slugs if known else None)  # first publish: all of them
         posts = _summaries(session, mlist.address, slugs)
         wanted = sorted(posts) if slugs is None else sorted(set(slugs))
-        # Every post (rebuild): one query for all the comments rather than one per post.
-        everything = _all_comments(session, mlist.address) if slugs is None else None
+        # One query for the comments of every page rendered, however many.
+        shown = _shown_comments(session, mlist.address, None if slugs is None else wanted)
         for slug in wanted:
             path = archive.page_path(settings.site, slug)
             if slug in posts:
-                shown = everything.get(slug, []) if everything is not None else _comments(session, mlist.address, slug)
-                pages[path] = archive.post_page(mlist, settings.site, posts[slug], shown)
+                pages[path] = archive.post_page(mlist, settings.site, posts[slug], shown.get(slug, []))
             else:
                 pages[path] = None  # no comment left on that post
         pages[archive.index_path(settings.site)] = archive.index_from_lines(mlist, _index_lines(session, mlist.address))
