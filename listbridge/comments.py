@@ -19,6 +19,7 @@ from .intake import Incoming
 from .models import APPROVED, HELD, REJECTED, Comment, ModerationEvent, OutboxMessage, utcnow
 from .posts import Post, find_post
 from .render import render_mail
+from .store import SITE_CHANGED, note_effect
 from .subscriptions import ListContext, send
 
 NO_POST = "no matching post"
@@ -108,6 +109,9 @@ class Stored:
     post_slug: str | None
 
 
+_INSERT_COMMENT = insert(Comment.__table__).returning(Comment.__table__.c.id)
+
+
 def receive(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[str, Post], automated: bool) -> Stored:
     """Store a comment sent to the bare list address, held or approved per the list's policy."""
     mlist = ctx.mlist
@@ -134,17 +138,17 @@ def receive(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[
         too_long=len(text) > mlist.max_comment_chars,
         attached=post is not None,
     )
-    # A Core insert: this is the hot path of every comment received.
+    # A Core insert of one row, its statement built once: this is the hot path of every comment.
     comment_id = session.execute(
-        insert(Comment).returning(Comment.id),
-        [dict(
+        _INSERT_COMMENT,
+        dict(
             list_address=mlist.address, sender=sender, display_name=incoming.display_name,
             subject=incoming.subject, message_id=incoming.message_id, in_reply_to=incoming.in_reply_to,
             auto_submitted=automated, received_at=utcnow(), status=HELD, reason=decision.reason,
             post_slug=post.slug if post else None, post_title=post.title if post else "",
             post_path=post.path if post else "", text=text, attachments=incoming.attachments, published=True,
             raw=incoming.raw, decided_by="",
-        )],
+        ),
     ).scalar_one()
     if decision.status != HELD:
         comment = session.get(Comment, comment_id)
@@ -181,6 +185,7 @@ def approve(session: Session, ctx: ListContext, comment: Comment, actor: str, po
         return
     _decide(session, comment, APPROVED, actor, f"post {comment.post_slug}")
     comment.published = False
+    note_effect(session, SITE_CHANGED)
     broadcast(session, ctx, comment)
 
 
@@ -191,6 +196,7 @@ def reject(session: Session, ctx: ListContext, comment: Comment, actor: str, rea
     comment.reason = reason or comment.reason
     if was_public:
         comment.published = False  # its page must drop it
+        note_effect(session, SITE_CHANGED)
     if notify and comment.sender and not comment.auto_submitted:
         send(session, ctx, "rejected", comment.sender, name=comment.display_name, subject=comment.subject, reason=reason)
         return True

@@ -16,7 +16,7 @@ from . import addresses, comments, outbox
 from .config import Settings
 from .intake import Incoming, IntakeError, parse
 from .posts import Post, scan_posts
-from .store import Database
+from .store import Database, effects
 from .subscriptions import ListContext, Rejected, confirm, request, unsubscribe_with_token, within_reply_limit, send
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,15 @@ class Received:
     recipients: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """The replies to a batch of messages (one list per message, one Reply per recipient), and
+    what their committed work left for the background workers (store.MAIL_QUEUED, …)."""
+
+    replies: list[list[Reply]]
+    effects: frozenset[str] = frozenset()
+
+
 def accept(
     db: Database,
     settings: Settings,
@@ -79,12 +88,12 @@ def accept(
 ) -> list[Reply]:
     """Act on one message for each recipient; all the work is committed before returning.
     `posts` gives the site's posts (to attach comments); by default the site is scanned."""
-    return accept_many(db, settings, [Received(raw, envelope_from, tuple(recipients))], posts)[0]
+    return accept_many(db, settings, [Received(raw, envelope_from, tuple(recipients))], posts).replies[0]
 
 
 def accept_many(
     db: Database, settings: Settings, messages: Sequence[Received], posts: Callable[[], dict[str, Post]] | None = None
-) -> list[list[Reply]]:
+) -> Accepted:
     """Act on several messages in one transaction (group commit: one fsync for all of them).
     If that transaction fails, each message is tried again alone, so one bad message never
     takes the others down with it. The replies are final only once this returns."""
@@ -99,12 +108,13 @@ def accept_many(
     todo = [i for i, p in enumerate(parsed) if isinstance(p, Incoming)]
     replies: list[list[Reply]] = [p if isinstance(p, list) else [] for p in parsed]
     if not todo:
-        return replies
+        return Accepted(replies)
     try:
         with db.transaction() as session:
             for i in todo:
                 replies[i] = _act_all(session, settings, parsed[i], messages[i], posts)  # type: ignore[arg-type]
-        return replies
+            done = effects(session)
+        return Accepted(replies, done)
     except SQLAlchemyError as exc:
         if len(todo) == 1:
             reason = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines() or [type(exc).__name__]
@@ -112,18 +122,20 @@ def accept_many(
             replies[todo[0]] = [Reply("451 4.3.0 Temporary storage failure, try again later")] * len(
                 messages[todo[0]].recipients
             )
-            return replies
+            return Accepted(replies)
     except Exception:
         if len(todo) == 1:
             raise
     # The group failed: each message alone, so the culprit alone is refused.
+    done = frozenset[str]()
     for i in todo:
         try:
-            replies[i] = accept_many(db, settings, [messages[i]], posts)[0]
+            alone = accept_many(db, settings, [messages[i]], posts)
+            replies[i], done = alone.replies[0], done | alone.effects
         except Exception:  # a bug on this message: the MTA keeps it; the others stand
             log.exception("unexpected error while storing a message from <%s>", messages[i].envelope_from)
             replies[i] = [Reply("451 4.3.0 Internal error, try again later")] * len(messages[i].recipients)
-    return replies
+    return Accepted(replies, done)
 
 
 def _act_all(
@@ -137,23 +149,6 @@ def _act_all(
             done[key] = _act(session, settings, incoming, message.envelope_from, rcpt, posts)
         out.append(done[key])
     return out
-
-
-def consequences(settings: Settings, recipients: Sequence[str]) -> tuple[bool, bool]:
-    """(may have queued mail, may have approved a comment) for a message to `recipients`:
-    so the receiver wakes the outbox and the site publisher only when there can be work."""
-    mail = site = False
-    for rcpt in recipients:
-        recipient = route(settings, rcpt)
-        if recipient is None:
-            continue
-        if recipient.action != addresses.POST:
-            mail = True
-        else:
-            mlist = settings.list_for(recipient.list_address)
-            if mlist is not None and mlist.moderation != "all":
-                mail = site = True
-    return mail, site
 
 
 def site_posts(settings: Settings) -> dict[str, Post]:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, Update
 
 from .models import FAILED, QUEUED, SENDING, SENT, OutboxMessage, OutboxRecipient, Subscriber, utcnow
+from .store import MAIL_QUEUED, note_effect
 
 # Backoff for temporary failures: 1 min, 2, 4 … capped at 4 h, until the message's give-up time.
 FIRST_RETRY = dt.timedelta(minutes=1)
@@ -86,6 +87,7 @@ def _message(
     session: Session, list_address: str, kind: str, envelope_from: str, body: bytes, retry_days: float, fanout: bool
 ) -> OutboxMessage:
     now = utcnow()
+    note_effect(session, MAIL_QUEUED)
     message = OutboxMessage(
         list_address=list_address,
         kind=kind,

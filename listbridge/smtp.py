@@ -14,7 +14,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from . import dispatch
 from .config import Settings
 from .posts import Post
-from .store import Database
+from .store import MAIL_QUEUED, SITE_CHANGED, Database
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,6 @@ class ListHandler:
             # line: LMTP needs one reply per recipient to stay in step.
             log.exception("unexpected error while storing a message from <%s>", envelope.mail_from)
             replies = [TEMPORARY_FAILURE] * len(recipients)
-        mail, site = dispatch.consequences(self.settings, recipients)
-        if mail and self.wakeup is not None:
-            self.wakeup.set()  # the outbox may have new mail
-        if site and self.on_stored is not None:
-            self.on_stored()  # an auto-approved comment may wait for the site
         if isinstance(server, LMTP):
             return "\r\n".join(r.line for r in replies)  # one reply per recipient
         return _one_reply(replies)
@@ -70,9 +65,16 @@ class ListHandler:
     def _committer(self) -> GroupCommitter:
         if self._group is None:
             self._group = GroupCommitter(
-                lambda batch: dispatch.accept_many(self.db, self.settings, batch, self.posts)
+                lambda batch: dispatch.accept_many(self.db, self.settings, batch, self.posts), self._wake
             )
         return self._group
+
+    def _wake(self, effects: frozenset[str]) -> None:
+        """Wake the workers that have new work, once the batch that made it is committed."""
+        if MAIL_QUEUED in effects and self.wakeup is not None:
+            self.wakeup.set()
+        if SITE_CHANGED in effects and self.on_stored is not None:
+            self.on_stored()  # an auto-approved comment waits for the site
 
     async def handle_exception(self, error: Exception) -> str:
         log.exception("unexpected error while receiving", exc_info=error)
@@ -86,8 +88,13 @@ class GroupCommitter:
 
     MAX_BATCH = 64
 
-    def __init__(self, accept_many: Callable[[list[dispatch.Received]], list[list[dispatch.Reply]]]) -> None:
+    def __init__(
+        self,
+        accept_many: Callable[[list[dispatch.Received]], dispatch.Accepted],
+        on_effects: Callable[[frozenset[str]], None] = lambda effects: None,
+    ) -> None:
         self.accept_many = accept_many
+        self.on_effects = on_effects
         self.queue: asyncio.Queue[tuple[dispatch.Received, asyncio.Future[list[dispatch.Reply]]]] = asyncio.Queue()
         self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -102,13 +109,15 @@ class GroupCommitter:
             while len(batch) < self.MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             try:
-                results = await asyncio.to_thread(self.accept_many, [item for item, _ in batch])
+                accepted = await asyncio.to_thread(self.accept_many, [item for item, _ in batch])
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), replies in zip(batch, results):
+            if accepted.effects:
+                self.on_effects(accepted.effects)
+            for (_, future), replies in zip(batch, accepted.replies):
                 if not future.done():
                     future.set_result(replies)
 

@@ -39,6 +39,22 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+# What a transaction left for the background workers, noted on the session as it happens so
+# that the receiver wakes the outbox or the site publisher only when there is work.
+MAIL_QUEUED = "mail queued"
+SITE_CHANGED = "site changed"
+
+
+def note_effect(session: Session, effect: str) -> None:
+    """Record that this transaction queued mail or changed what the site shows."""
+    session.info.setdefault("effects", set()).add(effect)
+
+
+def effects(session: Session) -> frozenset[str]:
+    """The effects noted on this session so far."""
+    return frozenset(session.info.get("effects", ()))
+
+
 class Database:
     """An engine and its session factory."""
 

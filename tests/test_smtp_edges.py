@@ -335,7 +335,33 @@ def test_a_failing_message_in_a_group_leaves_the_others_committed(make_settings,
 
     batch = [message("bla@bla.example.org", "one"), message("bla+help@bla.example.org", "help"),
              message("bla@bla.example.org", "two")]
-    replies = dispatch.accept_many(db, settings, batch, lambda: {})
+    replies = dispatch.accept_many(db, settings, batch, lambda: {}).replies
     assert [r[0].code for r in replies] == [250, 451, 250]
     with db.transaction() as session:
         assert sorted(session.scalars(select(Comment.subject))) == ["one", "two"]
+
+
+# --- the workers are woken only when a batch left them work ---------------------------------------
+
+def test_a_batch_reports_the_work_it_left_for_the_workers(make_settings, db):
+    """A held comment leaves nothing to do; a subscription request queues mail; an approved
+    comment queues its broadcast and changes the site. The receiver wakes workers on these."""
+    from listbridge import dispatch
+    from listbridge.posts import Post
+    from listbridge.store import MAIL_QUEUED, SITE_CHANGED
+
+    held = make_settings()
+    open_list = make_settings(lists=[{"address": LIST, "language": "en", "moderation": "none"}])
+    post = Post("hello", "Hello", "log/hello.gmi", "2026-11-01")
+
+    def accepted(settings, rcpt: str, subject: str) -> dispatch.Accepted:
+        raw = raw_message(to=rcpt, subject=subject)
+        return dispatch.accept_many(db, settings, [dispatch.Received(raw, "carole@example.net", (rcpt,))],
+                                    lambda: {post.slug: post})
+
+    comment = accepted(held, LIST, "Re: hello")
+    assert [r.code for r in comment.replies[0]] == [250] and comment.effects == frozenset()
+    assert accepted(held, SUBSCRIBE, "subscribe").effects == {MAIL_QUEUED}
+    assert accepted(open_list, LIST, "Re: hello").effects == {MAIL_QUEUED, SITE_CHANGED}
+    with db.transaction() as session:
+        assert sorted(session.scalars(select(Comment.status))) == ["approved", "held"]
