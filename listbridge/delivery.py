@@ -87,31 +87,48 @@ class Worker:
         self.owner = f"{outbox.worker_id()}:{name}"
         self.relay = RelayClient(settings.relay)
         self.writer = _writer_lock(db)
+        self.holds_locks = not db.url.startswith("sqlite")
         self._cache: OrderedDict[int, Prepared] = OrderedDict()
         self._unrecorded: tuple[list[outbox.Outcome], dict[int, dt.datetime]] | None = None
 
     def run_once(self, defer_record: bool = False) -> int:
         """Claim and deliver one batch; the number of recipients handled (0: nothing due).
 
-        With `defer_record`, the outcomes are recorded in the transaction of the next claim
-        (or by flush_outcomes()): one commit per batch instead of two. Either way the rows stay
-        'sending' until recorded, so a crash in between resends at most this batch.
+        PostgreSQL: the batch's rows stay locked in one transaction while they are sent, and
+        their outcomes are written before its commit (outbox.lock_due).
+        SQLite, which has one writer: rows are marked 'sending' in a short transaction, sent,
+        then recorded. With `defer_record`, the outcomes are recorded in the transaction of the
+        next claim (or by flush_outcomes()): one commit per batch instead of two. Either way the
+        rows stay 'sending' until recorded, so a crash in between resends at most this batch.
         """
-        personalize = self.settings.relay.personalize
+        limit = claim_batch(self.settings.relay.personalize)
+        if self.holds_locks:
+            with self.db.transaction() as session:
+                claimed = outbox.lock_due(session, limit)
+                if claimed:
+                    outbox.record(session, *self._send(claimed))
+            return len(claimed)
         if not self._unrecorded:
-            # Woken for every received message: an idle worker must not take the write lock.
+            # An idle worker must not take the write lock just to find nothing due.
             with self.db.transaction() as session:
                 if not outbox.any_due(session):
                     return 0
         with self.writer, self.db.transaction() as session:
             if self._unrecorded:
                 outbox.record(session, *self._unrecorded)
-            claimed = outbox.claim(session, self.owner, claim_batch(personalize))
+            claimed = outbox.claim(session, self.owner, limit)
         self._unrecorded = None
         if not claimed:
             return 0
+        self._unrecorded = self._send(claimed)
+        if not defer_record:
+            self.flush_outcomes()
+        return len(claimed)
+
+    def _send(self, claimed: list[outbox.Claimed]) -> tuple[list[outbox.Outcome], dict[int, dt.datetime]]:
+        """Send claimed rows through the relay: each row's outcome, and each message's give-up time."""
         messages = self._messages({c.message_id for c in claimed})
-        groups = list(transactions(claimed, messages, personalize))
+        groups = list(transactions(claimed, messages, self.settings.relay.personalize))
         outcomes: list[outbox.Outcome] = []
         done = 0
         try:
@@ -122,10 +139,7 @@ class Worker:
             log.warning("%s", exc)
             # The rest of the batch (fate unknown if already written) waits for the next attempt.
             outcomes += [outbox.Outcome(r, 421, str(exc)) for rows in groups[done:] for r in rows]
-        self._unrecorded = (outcomes, {mid: m.give_up_at for mid, m in messages.items()})
-        if not defer_record:
-            self.flush_outcomes()
-        return len(claimed)
+        return outcomes, {mid: m.give_up_at for mid, m in messages.items()}
 
     def flush_outcomes(self) -> None:
         """Record the outcomes of the last batch if run_once() deferred them."""

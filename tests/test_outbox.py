@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from collections import Counter
 
+import pytest
 from sqlalchemy import func, select, update
 
 from listbridge import compose, delivery, outbox
@@ -180,6 +182,39 @@ def test_concurrent_claims_never_overlap(db, settings):
     ids = [i for got in claimed.values() for i in got]
     assert len(ids) == 400 and len(set(ids)) == 400
     assert states(db) == Counter({SENDING: 400})
+
+
+def test_concurrent_locked_batches_never_overlap(db, settings):
+    """PostgreSQL workers hold their batch locked while sending: no row goes to two of them."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("row locks held while sending: PostgreSQL only (SQLite workers claim)")
+    add_subscribers(db, settings, [f"r{i}@x.example" for i in range(400)])
+    list_mail(db, settings)
+    sent: dict[str, list[int]] = {}
+    barrier = threading.Barrier(4)
+
+    def worker(name: str) -> None:
+        barrier.wait()
+        got: list[int] = []
+        while True:
+            with db.transaction() as session:
+                batch = outbox.lock_due(session, 25)
+                if not batch:
+                    break
+                time.sleep(0.01)  # "sending", locks held
+                outbox.record(session, [outbox.Outcome(row, 250) for row in batch], {})
+            got += [row.id for row in batch]
+        sent[name] = got
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [i for got in sent.values() for i in got]
+    assert len(ids) == 400 and len(set(ids)) == 400
+    assert sum(1 for got in sent.values() if got) > 1  # the work was shared, not serialised
+    assert states(db) == Counter({SENT: 400})
 
 
 def test_stale_claims_are_queued_again(db, settings):
