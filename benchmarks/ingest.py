@@ -1,29 +1,35 @@
 """Ingest benchmark: messages/s accepted over SMTP by listbridge's real handler, against the
 same machine's aiosmtpd Controller with a handler that does nothing.
 
-    python benchmarks/ingest.py                      # 2,000 messages, 4 clients, SQLite
-    python benchmarks/ingest.py --messages 4000 --database-url postgresql+psycopg://…
+    python benchmarks/ingest.py                      # 3 rounds of 2,000 messages, 4 clients, SQLite
+    python benchmarks/ingest.py --rounds 5 --database-url postgresql+psycopg://…
 
 Each client is its own process (so clients do not compete with the server for its GIL) and
 reuses one connection. Mail to the bare list address is stored as a held message, committed
-before the 250 (SQLite synchronous=FULL, as shipped); the run is repeated with
-synchronous=NORMAL to show what durability costs.
+before the 250 (SQLite synchronous=FULL, as shipped). The null handler and listbridge run in
+turns, round after round, and the median of the per-round ratios is reported: the machine's
+speed drifts by tens of percent from one minute to the next, and each ratio compares two runs
+a few seconds apart. CPU ms per message is the server's own (for listbridge, both of its
+processes).
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
+import resource
 import smtplib
+import statistics
 import tempfile
 import time
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from aiosmtpd.controller import Controller
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from common import LIST, free_port, fresh_database, make_settings
 
@@ -85,57 +91,78 @@ class NullHandler:
         return "250 OK"
 
 
-def run_null(clients: int, total: int) -> float:
-    """Messages/s accepted by a do-nothing aiosmtpd Controller."""
+def run_null(clients: int, total: int) -> tuple[float, float]:
+    """Messages/s accepted by a do-nothing aiosmtpd Controller, and its CPU ms per message."""
     port = free_port()
     controller = Controller(NullHandler(), hostname="127.0.0.1", port=port)
     controller.start()
     try:
+        cpu0 = cpu_seconds()
         elapsed, refused = measure(port, clients, total)
+        cpu = cpu_seconds() - cpu0
     finally:
         controller.stop()
     assert refused == 0, f"the null handler refused {refused} messages"
-    return total / elapsed
+    return total / elapsed, cpu / total * 1000
 
 
-def run_listbridge(url: str | None, workdir: Path, clients: int, total: int, synchronous: str) -> float:
-    """Messages/s accepted (and committed) by listbridge's Service."""
+def run_listbridge(url: str | None, workdir: Path, clients: int, total: int) -> tuple[float, float]:
+    """Messages/s accepted (and committed) by listbridge's Service, and its CPU ms per message
+    (this process and its store process)."""
     url = fresh_database(url, workdir)
     db = Database(url)
-    if url.startswith("sqlite") and synchronous != "FULL":
-        tweak: Callable[[Any, Any], None] = lambda conn, _record: conn.execute(f"PRAGMA synchronous={synchronous}")
-        event.listen(db.engine, "connect", tweak)  # runs after the store's own pragmas
     # The relay is never used here: held messages send nothing.
     service = Service(make_settings(url, free_port()), db=db)
     service.start()
     try:
+        store = process_cpu(service.store.pid)
+        cpu0 = cpu_seconds()
         elapsed, refused = measure(service.settings.smtp.port, clients, total)
+        cpu = cpu_seconds() - cpu0 + process_cpu(service.store.pid) - store
         with db.transaction() as session:
             held = session.scalar(select(func.count()).select_from(Comment))
     finally:
         service.stop()
+        db.dispose()
     assert refused == 0 and held == total, f"refused {refused}, held {held} of {total}"
-    return total / elapsed
+    return total / elapsed, cpu / total * 1000
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int | None) -> float:
+    """User + system CPU time of process `pid` so far (0 when there is none)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=2000, help="messages in all (default 2,000)")
+    parser.add_argument("--messages", type=int, default=2000, help="messages per run (default 2,000)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent SMTP clients (default 4)")
+    parser.add_argument("--rounds", type=int, default=3, help="null/listbridge pairs (default 3)")
     parser.add_argument("--database-url", default="", help="e.g. postgresql+psycopg://postgres@127.0.0.1/lb_b")
     args = parser.parse_args()
     total = args.messages - args.messages % args.clients
-    null = run_null(args.clients, total)
-    print(f"aiosmtpd null handler      {null:8,.0f} messages/s", flush=True)
+    backend = "PostgreSQL" if args.database_url else "SQLite"
+    ratios = []
     with tempfile.TemporaryDirectory(prefix="listbridge-ingest-") as tmp:
-        if args.database_url:
-            lb = run_listbridge(args.database_url, Path(tmp), args.clients, total, "FULL")
-            print(f"listbridge (PostgreSQL)    {lb:8,.0f} messages/s  ratio {lb / null:.0%}", flush=True)
-            return
-        lb = run_listbridge(None, Path(tmp), args.clients, total, "FULL")
-        print(f"listbridge (SQLite FULL)   {lb:8,.0f} messages/s  ratio {lb / null:.0%}", flush=True)
-        normal = run_listbridge(None, Path(tmp), args.clients, total, "NORMAL")
-        print(f"listbridge (SQLite NORMAL) {normal:8,.0f} messages/s  ratio {normal / null:.0%}", flush=True)
+        for round_ in range(1, args.rounds + 1):
+            null, null_cpu = run_null(args.clients, total)
+            lb, lb_cpu = run_listbridge(args.database_url or None, Path(tmp), args.clients, total)
+            ratios.append(lb / null)
+            print(
+                f"round {round_}: aiosmtpd null {null:6,.0f} msg/s ({null_cpu:.2f} ms CPU/msg)  "
+                f"listbridge ({backend}) {lb:6,.0f} msg/s ({lb_cpu:.2f} ms CPU/msg)  ratio {lb / null:.0%}",
+                flush=True,
+            )
+    print(f"median ratio {statistics.median(ratios):.0%} over {len(ratios)} rounds", flush=True)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ def _quoted(line: str) -> bool:
 def _cut_at_signature_or_original(lines: list[str]) -> list[str]:
     """Lines before the first signature separator or old-message header outside quotes."""
     for index, line in enumerate(lines):
+        if line.lstrip()[:1] not in ("-", "_"):  # what all three patterns start with
+            continue
         following = lines[index + 1] if index + 1 < len(lines) else ""
         if _SIGNATURE.match(line) or _ORIGINAL.match(line) or (_RULE.match(line) and _HEADER.match(following)):
             return lines[:index]
@@ -54,23 +56,30 @@ def _cut_at_signature_or_original(lines: list[str]) -> list[str]:
 
 def _next_is_quoted(lines: list[str], index: int) -> bool:
     """True when the first non-blank line from `index` on is a quoted line."""
-    return next((_quoted(line) for line in lines[index:] if line.strip()), False)
+    for position in range(index, len(lines)):
+        if lines[position].strip():
+            return _quoted(lines[position])
+    return False
 
 
 def _attribution_size(lines: list[str], index: int) -> int:
     """How many lines (0, 1 or 2) from `index` form an attribution followed by a quote."""
     line = lines[index].strip()
-    if _ATTRIBUTION.match(line) and _next_is_quoted(lines, index + 1):
+    if not line:  # an attribution starts with a visible character
+        return 0
+    if _next_is_quoted(lines, index + 1) and _ATTRIBUTION.match(line):
         return 1
     if index + 1 < len(lines) and line and not line.endswith((".", "!", "?", "…")):
         joined = f"{line} {lines[index + 1].strip()}"  # wrapped over two lines (Gmail)
-        if _ATTRIBUTION.match(joined) and _next_is_quoted(lines, index + 2):
+        if _next_is_quoted(lines, index + 2) and _ATTRIBUTION.match(joined):
             return 2
     return 0
 
 
 def _drop_attributions(lines: list[str]) -> list[str]:
     """Lines without the attributions that introduce a quote (they may carry an address)."""
+    if not any(map(_quoted, lines)):
+        return lines  # no quote, so nothing introduces one
     kept: list[str] = []
     index = 0
     while index < len(lines):

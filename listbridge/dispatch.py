@@ -45,6 +45,7 @@ class Reply:
 
 
 OK = Reply("250 2.0.0 OK: stored")
+TEMPORARY_FAILURE = Reply("451 4.3.0 Internal error, try again later")
 UNKNOWN = Reply("550 5.1.1 No such list or address here")
 
 
@@ -134,7 +135,7 @@ def accept_many(
             replies[i], done = alone.replies[0], done | alone.effects
         except Exception:  # a bug on this message: the MTA keeps it; the others stand
             log.exception("unexpected error while storing a message from <%s>", messages[i].envelope_from)
-            replies[i] = [Reply("451 4.3.0 Internal error, try again later")] * len(messages[i].recipients)
+            replies[i] = [TEMPORARY_FAILURE] * len(messages[i].recipients)
     return Accepted(replies, done)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email
+import email.message
 import email.utils
 import re
 import secrets
@@ -68,8 +70,9 @@ class Incoming:
 def parse(raw: bytes, envelope_sender: str = "") -> Incoming:
     """Parse one message. Raises IntakeError when nothing usable can be read."""
     try:
-        mail = mailparser.parse_from_bytes(raw)
-        items = [(str(name).lower(), _header_text(value)) for name, value in mail.message.raw_items()]
+        message = email.message_from_bytes(raw)
+        items = [(str(name).lower(), _header_text(value)) for name, value in message.raw_items()]
+        mail = mailparser.MailParser(_body_view(message))
         text = _text(mail)
         attachments = len(mail.attachments)
     except Exception as exc:  # mail-parser raises many kinds on hostile input
@@ -102,6 +105,20 @@ def parse(raw: bytes, envelope_sender: str = "") -> Incoming:
         authentication_results=tuple(one_line(v, 4000) for v in values("authentication-results")),
         attachments=attachments,
     )
+
+
+def _body_view(message: email.message.Message) -> email.message.Message:
+    """`message` with only the top-level headers that shape its body (Content-*, MIME-Version).
+    mail-parser decodes every header it is given, addresses twice over, which was most of its
+    time on a typical comment; the headers listbridge acts on are read above, from the raw items."""
+    for name in {key for key in message.keys() if not _shapes_body(key)}:
+        del message[name]
+    return message
+
+
+def _shapes_body(name: str) -> bool:
+    name = name.lower()
+    return name.startswith("content-") or name == "mime-version"
 
 
 def decode_words(value: str) -> str:

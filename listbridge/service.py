@@ -1,4 +1,4 @@
-"""`listbridge serve`: the SMTP/LMTP listener and the outbox workers in one process."""
+"""`listbridge serve`: the SMTP/LMTP listener, its store process and the outbox workers."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import logging
 import os
 import signal
 import threading
-from pathlib import Path
 import time
 
 from . import delivery, outbox, publish
-from .posts import PostCache
 from .config import Settings
 from .smtp import ListController, ListHandler
 from .store import Database
+from .store_process import StoreProcess
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +33,9 @@ class Service:
         self.db = db or Database(settings.database.url)
         self.stopping = threading.Event()
         self.wakeup = threading.Event()
-        site = settings.site
-        self.posts = PostCache(Path(site.repo), site.posts, site.comments_dir)
         self.published = threading.Event()  # set when an approval waits to be rendered
-        handler = ListHandler(self.db, settings, self.wakeup, self.posts.get, on_stored=self.published.set)
+        self.store = StoreProcess(settings)
+        handler = ListHandler(settings, self.store.accept_many, self.wakeup, on_stored=self.published.set)
         self.controller = ListController(handler, settings)
         self.threads: list[threading.Thread] = []
 
@@ -48,9 +46,11 @@ class Service:
             released = outbox.release_stale(session, CLAIM_LEASE)
         if released:
             log.info("queued again %d deliveries left in flight by a stopped process", released)
+        self.store.start()
         try:
             self.controller.start()
         except OSError as exc:  # port taken, address not local, no permission
+            self.store.stop()
             s = self.settings.smtp
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ListenError(f"cannot listen on {s.host}:{s.port}: {reason}.") from exc
@@ -84,6 +84,7 @@ class Service:
 
     def stop(self) -> None:
         self.controller.stop()
+        self.store.stop()
         self.stopping.set()
         self.wakeup.set()
         self.published.set()

@@ -13,31 +13,29 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from . import dispatch
 from .config import Settings
-from .posts import Post
-from .store import MAIL_QUEUED, SITE_CHANGED, Database
+from .store import MAIL_QUEUED, SITE_CHANGED
 
 log = logging.getLogger(__name__)
 
-TEMPORARY_FAILURE = dispatch.Reply("451 4.3.0 Internal error, try again later")
+TEMPORARY_FAILURE = dispatch.TEMPORARY_FAILURE
 
 
 class ListHandler:
-    """aiosmtpd handler for the configured lists."""
+    """aiosmtpd handler for the configured lists. `store` acts on a batch of received messages
+    and commits it (dispatch.accept_many, here or in a StoreProcess)."""
 
     def __init__(
         self,
-        db: Database,
         settings: Settings,
+        store: Callable[[list[dispatch.Received]], dispatch.Accepted],
         wakeup: threading.Event | None = None,
-        posts: Callable[[], dict[str, Post]] | None = None,
         on_stored: Callable[[], None] | None = None,
     ) -> None:
-        self.posts = posts
+        self.settings = settings
+        self.store = store
+        self.wakeup = wakeup
         self.on_stored = on_stored
         self._group: GroupCommitter | None = None
-        self.db = db
-        self.settings = settings
-        self.wakeup = wakeup
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
@@ -64,9 +62,7 @@ class ListHandler:
 
     def _committer(self) -> GroupCommitter:
         if self._group is None:
-            self._group = GroupCommitter(
-                lambda batch: dispatch.accept_many(self.db, self.settings, batch, self.posts), self._wake
-            )
+            self._group = GroupCommitter(self.store, self._wake)
         return self._group
 
     def _wake(self, effects: frozenset[str]) -> None:

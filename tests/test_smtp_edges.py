@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
 import smtplib
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -160,6 +163,52 @@ def test_database_error_gives_451_and_writes_nothing(service):
     for model in (Confirmation, AutoReply, OutboxMessage, OutboxRecipient):
         assert count(service.db, model) == 0, model
     ensure_live(port)
+
+
+# --- the store process: parsing and SQL in a child that may die without taking the server --------
+
+def test_a_store_process_killed_between_batches_is_replaced(service):
+    port = service.settings.smtp.port
+    first = service.store.pid
+    assert first is not None and first != os.getpid()
+    assert transaction(port, [LIST], raw_message(subject="before"))[1][0] == 250
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: service.store.pid is None, timeout=10)
+    assert transaction(port, [LIST], raw_message(subject="after"))[1][0] == 250
+    assert service.store.pid not in (None, first)
+    assert count(service.db, Comment) == 2
+
+
+@contextmanager
+def database_write_lock(db) -> Iterator[None]:
+    """Hold the lock a comment's insert needs, from another connection, until the block ends."""
+    with db.engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.begin()
+            conn.execute(text("LOCK TABLE comments IN EXCLUSIVE MODE"))
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+
+def test_a_store_process_killed_mid_batch_gets_451_and_writes_nothing(service):
+    port = service.settings.smtp.port
+    victim = service.store.pid
+    reply: list[tuple[int, str] | None] = []
+    with database_write_lock(service.db):
+        client = threading.Thread(target=lambda: reply.append(transaction(port, [LIST], raw_message())[1]))
+        client.start()
+        time.sleep(1.0)  # the child is now waiting for the lock, inside its transaction
+        assert not reply
+        os.kill(victim, signal.SIGKILL)
+        client.join(timeout=20)
+    assert reply and reply[0] is not None and reply[0][0] == 451, reply
+    assert count(service.db, Comment) == 0
+    assert transaction(port, [LIST], raw_message(subject="next"))[1][0] == 250  # a new child
+    assert count(service.db, Comment) == 1
 
 
 # --- LMTP: one reply per recipient --------------------------------------------------------------
