@@ -139,7 +139,7 @@ def receive(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[
         attached=post is not None,
     )
     # A Core insert of one row, its statement built once: this is the hot path of every comment.
-    comment_id = session.execute(
+    comment_id = session.connection().execute(
         _INSERT_COMMENT,
         dict(
             list_address=mlist.address, sender=sender, display_name=incoming.display_name,
