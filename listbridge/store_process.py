@@ -6,7 +6,9 @@ One child per `serve`, fed one batch at a time over a pipe; it answers only afte
 committed, so a 250 still means "stored". If the child dies (a parser blowing up on hostile
 mail, the OOM killer), the batch in flight gets 451 and the next batch starts a new child: the
 server itself keeps answering. Children are forked from a forkserver that has listbridge
-imported already, so a restart costs milliseconds, not a second of imports.
+imported already, so a restart costs milliseconds, not a second of imports. As with any
+multiprocessing program, a script that starts a Service must guard its top level with
+`if __name__ == "__main__":` (the `listbridge` command does).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload([__name__])
 READY = "ready"
+# Far beyond any batch's work (SQLite waits 30 s for its lock): a child this late is wedged.
+REPLY_TIMEOUT = 300.0
 
 
 class StoreCrashed(Exception):
@@ -57,6 +61,9 @@ class StoreProcess:
             conn = self._ensure_child()
             try:
                 conn.send(list(batch))
+                if not conn.poll(REPLY_TIMEOUT):
+                    self._kill_child()
+                    raise StoreCrashed(f"the store process did not answer in {REPLY_TIMEOUT:.0f} s; it was killed")
                 accepted: dispatch.Accepted = conn.recv()
                 return accepted
             except (EOFError, OSError) as exc:
@@ -79,7 +86,7 @@ class StoreProcess:
         self._end_child()
         parent, child = _CONTEXT.Pipe()
         root = logging.getLogger()
-        formats = [h.formatter._fmt for h in root.handlers if h.formatter is not None and h.formatter._fmt]
+        formats = [f for h in root.handlers if (f := getattr(h.formatter, "_fmt", None))]
         process = _CONTEXT.Process(
             target=_serve,
             args=(child, self.settings, os.getcwd(), root.level, formats[0] if formats else None),
@@ -96,6 +103,11 @@ class StoreProcess:
             raise StoreCrashed(f"the store process did not start (exit code {process.exitcode})") from exc
         self._process, self._conn = process, parent
         return parent
+
+    def _kill_child(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+        self._end_child()
 
     def _end_child(self) -> int | None:
         """Close the pipe (the child exits on EOF) and reap the child; its exit code."""

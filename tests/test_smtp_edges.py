@@ -10,7 +10,7 @@ import signal
 import smtplib
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -209,6 +209,24 @@ def test_a_store_process_killed_mid_batch_gets_451_and_writes_nothing(service):
     assert count(service.db, Comment) == 0
     assert transaction(port, [LIST], raw_message(subject="next"))[1][0] == 250  # a new child
     assert count(service.db, Comment) == 1
+
+
+def test_a_wedged_store_process_is_killed_and_its_batch_gets_451(service, monkeypatch):
+    from listbridge import store_process
+
+    monkeypatch.setattr(store_process, "REPLY_TIMEOUT", 1.0)
+    port = service.settings.smtp.port
+    wedged = service.store.pid
+    os.kill(wedged, signal.SIGSTOP)  # alive, but never answers
+    try:
+        assert transaction(port, [LIST], raw_message(subject="lost in a wedged child"))[1][0] == 451
+    finally:
+        with suppress(ProcessLookupError):  # killed and reaped by now, normally
+            os.kill(wedged, signal.SIGCONT)
+    assert transaction(port, [LIST], raw_message(subject="next"))[1][0] == 250
+    assert service.store.pid not in (None, wedged)
+    with service.db.transaction() as session:
+        assert list(session.scalars(select(Comment.subject))) == ["next"]
 
 
 # --- LMTP: one reply per recipient --------------------------------------------------------------
