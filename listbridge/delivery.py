@@ -137,8 +137,16 @@ class Worker:
                 done += 1
         except RelayError as exc:
             log.warning("%s", exc)
+            failure = str(exc)
+        except Exception:  # a bug: the rest waits for its backoff rather than being retried at once
+            log.exception("unexpected error while sending a batch")
+            self.relay.close()  # the session may be mid-transaction
+            failure = "internal error while sending"
+        else:
+            failure = ""
+        if failure:
             # The rest of the batch (fate unknown if already written) waits for the next attempt.
-            outcomes += [outbox.Outcome(r, 421, str(exc)) for rows in groups[done:] for r in rows]
+            outcomes += [outbox.Outcome(r, 421, failure) for rows in groups[done:] for r in rows]
         return outcomes, {mid: m.give_up_at for mid, m in messages.items()}
 
     def flush_outcomes(self) -> None:

@@ -249,3 +249,37 @@ def test_transactions_grouping_rules():
     assert [len(t) for t in personal] == [1, 1, 1, 2]  # a single mail to several still goes once
     batched = list(delivery.transactions(rows, prepared, personalize=False))
     assert [len(t) for t in batched] == [3, 2]
+
+
+def test_a_bug_while_sending_backs_the_batch_off_and_keeps_the_worker(db, make_settings, sink, monkeypatch):
+    """An unexpected error in the middle of a batch (here: the third envelope cannot be built)
+    records what was sent, queues the rest with backoff instead of retrying it in a loop, and
+    the next attempt delivers it, once."""
+    settings = make_settings(relay={"connections": 1})
+    add_subscribers(db, settings, [f"r{i}@d{i}.example" for i in range(5)])
+    list_mail(db, settings)
+    built = delivery.Worker._envelope
+    calls = []
+
+    def breaks_on_the_third(self, rows, message):  # type: ignore[no-untyped-def]
+        calls.append(rows)
+        if len(calls) == 3:
+            raise RuntimeError("a bug")
+        return built(self, rows, message)
+
+    monkeypatch.setattr(delivery.Worker, "_envelope", breaks_on_the_third)
+    worker = delivery.Worker(db, settings, "w0")
+    try:
+        assert worker.run_once() == 5
+    finally:
+        worker.close()
+    assert states(db) == Counter({SENT: 2, QUEUED: 3})
+    with db.transaction() as session:
+        waiting = session.execute(select(OutboxRecipient.attempts, OutboxRecipient.last_error, OutboxRecipient.next_attempt_at)
+                                  .where(OutboxRecipient.state == QUEUED)).all()
+    assert {(a, e) for a, e, _ in waiting} == {(1, "421 internal error while sending")}
+    assert all(at > utcnow() for _, _, at in waiting)
+    monkeypatch.setattr(delivery.Worker, "_envelope", built)
+    delivery.flush(db, settings)
+    assert states(db) == Counter({SENT: 5})
+    assert sorted(r for m in sink.handler.received for r in m.rcpt_tos) == [f"r{i}@d{i}.example" for i in range(5)]
