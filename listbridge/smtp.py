@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
@@ -22,12 +22,12 @@ TEMPORARY_FAILURE = dispatch.TEMPORARY_FAILURE
 
 class ListHandler:
     """aiosmtpd handler for the configured lists. `store` acts on a batch of received messages
-    and commits it (dispatch.accept_many, here or in a StoreProcess)."""
+    and commits it, off the event loop (StoreProcess.accept_many)."""
 
     def __init__(
         self,
         settings: Settings,
-        store: Callable[[list[dispatch.Received]], dispatch.Accepted],
+        store: Callable[[list[dispatch.Received]], Awaitable[dispatch.Accepted]],
         wakeup: threading.Event | None = None,
         on_stored: Callable[[], None] | None = None,
     ) -> None:
@@ -80,13 +80,13 @@ class ListHandler:
 class GroupCommitter:
     """Messages arriving while a commit is under way wait and go together in the next one:
     one transaction and one fsync for all, each still answered only after that commit.
-    Database work runs in a thread, off the event loop."""
+    `accept_many` does the database work off the event loop (in the store process)."""
 
     MAX_BATCH = 64
 
     def __init__(
         self,
-        accept_many: Callable[[list[dispatch.Received]], dispatch.Accepted],
+        accept_many: Callable[[list[dispatch.Received]], Awaitable[dispatch.Accepted]],
         on_effects: Callable[[frozenset[str]], None] = lambda effects: None,
     ) -> None:
         self.accept_many = accept_many
@@ -105,7 +105,7 @@ class GroupCommitter:
             while len(batch) < self.MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             try:
-                accepted = await asyncio.to_thread(self.accept_many, [item for item, _ in batch])
+                accepted = await self.accept_many([item for item, _ in batch])
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():

@@ -2,23 +2,27 @@
 received messages (dispatch.accept_many), so that mail-parser and SQL run on another core than
 the SMTP event loop instead of taking turns with it on one GIL.
 
-One child per `serve`, fed one batch at a time over a pipe; it answers only after the batch is
-committed, so a 250 still means "stored". If the child dies (a parser blowing up on hostile
-mail, the OOM killer), the batch in flight gets 451 and the next batch starts a new child: the
-server itself keeps answering. Children are forked from a forkserver that has listbridge
-imported already, so a restart costs milliseconds, not a second of imports. As with any
-multiprocessing program, a script that starts a Service must guard its top level with
+One child per `serve`, fed one batch at a time over a socket pair; it answers only after the
+batch is committed, so a 250 still means "stored". The event loop writes and reads that socket
+itself, with no thread in between. If the child dies (a parser blowing up on hostile mail, the
+OOM killer) or stops answering, the batch in flight gets 451 and the next batch starts a new
+child: the server itself keeps answering. Children are forked from a forkserver that has
+listbridge imported already, so a restart costs milliseconds, not a second of imports. As with
+any multiprocessing program, a script that starts a Service must guard its top level with
 `if __name__ == "__main__":` (the `listbridge` command does).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
+import socket
+import struct
 import threading
-from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Sequence
@@ -32,9 +36,10 @@ log = logging.getLogger(__name__)
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload([__name__])
-READY = "ready"
+READY = b"ready"
 # Far beyond any batch's work (SQLite waits 30 s for its lock): a child this late is wedged.
 REPLY_TIMEOUT = 300.0
+_LENGTH = struct.Struct("!Q")  # each frame: its length, then a pickle
 
 
 class StoreCrashed(Exception):
@@ -42,78 +47,83 @@ class StoreCrashed(Exception):
 
 
 class StoreProcess:
-    """dispatch.accept_many() in a child process. Thread-safe: callers take turns."""
+    """dispatch.accept_many() in a child process, for one event loop."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # start() and stop() come from other threads
         self._process: BaseProcess | None = None
-        self._conn: Connection | None = None
+        self._sock: socket.socket | None = None
 
     def start(self) -> None:
         """Start the child now (else the first batch does), and wait until it is ready."""
         with self._lock:
-            self._ensure_child()
+            if self._sock is None or self._process is None or not self._process.is_alive():
+                self._end_child()
+                self._start_child()
 
-    def accept_many(self, batch: Sequence[dispatch.Received]) -> dispatch.Accepted:
-        """Replies for `batch`, once the child has committed it. Raises StoreCrashed."""
-        with self._lock:
-            conn = self._ensure_child()
-            try:
-                conn.send(list(batch))
-                if not conn.poll(REPLY_TIMEOUT):
-                    self._kill_child()
-                    raise StoreCrashed(f"the store process did not answer in {REPLY_TIMEOUT:.0f} s; it was killed")
-                accepted: dispatch.Accepted = conn.recv()
-                return accepted
-            except (EOFError, OSError) as exc:
-                code = self._end_child()
-                raise StoreCrashed(f"the store process died with a batch in hand (exit code {code})") from exc
+    async def accept_many(self, batch: Sequence[dispatch.Received]) -> dispatch.Accepted:
+        """Replies for `batch`, once the child has committed it. Raises StoreCrashed. One batch
+        at a time: the caller (smtp.GroupCommitter) awaits each before sending the next."""
+        if self._sock is None or self._process is None or not self._process.is_alive():
+            await asyncio.to_thread(self.start)  # forking and waiting for "ready" would block the loop
+        sock = self._sock
+        assert sock is not None
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_sendall(sock, _frame(pickle.dumps(list(batch), pickle.HIGHEST_PROTOCOL)))
+            reply = await asyncio.wait_for(_read_frame(loop, sock), REPLY_TIMEOUT)
+        except asyncio.TimeoutError as exc:
+            await asyncio.to_thread(self.stop, kill=True)
+            raise StoreCrashed(f"the store process did not answer in {REPLY_TIMEOUT:.0f} s; it was killed") from exc
+        except (EOFError, OSError) as exc:
+            code = await asyncio.to_thread(self.stop)
+            raise StoreCrashed(f"the store process died with a batch in hand (exit code {code})") from exc
+        except BaseException:  # cancelled halfway through an exchange: the socket is out of step
+            self.stop(kill=True)
+            raise
+        accepted: dispatch.Accepted = pickle.loads(reply)
+        return accepted
 
-    def stop(self) -> None:
-        """Let the child finish its batch and exit."""
+    def stop(self, kill: bool = False) -> int | None:
+        """Let the child finish its batch and exit (or kill it); its exit code."""
         with self._lock:
-            self._end_child()
+            if kill and self._process is not None:
+                self._process.kill()
+            return self._end_child()
 
     @property
     def pid(self) -> int | None:
         """The child's pid, if one is running."""
         return self._process.pid if self._process is not None and self._process.is_alive() else None
 
-    def _ensure_child(self) -> Connection:
-        if self._conn is not None and self._process is not None and self._process.is_alive():
-            return self._conn
-        self._end_child()
-        parent, child = _CONTEXT.Pipe()
+    def _start_child(self) -> None:
+        ours, theirs = socket.socketpair()
         root = logging.getLogger()
         formats = [f for h in root.handlers if (f := getattr(h.formatter, "_fmt", None))]
         process = _CONTEXT.Process(
             target=_serve,
-            args=(child, self.settings, os.getcwd(), root.level, formats[0] if formats else None),
+            args=(theirs, self.settings, os.getcwd(), root.level, formats[0] if formats else None),
             name="listbridge-store",
             daemon=True,
         )
         process.start()
-        child.close()
+        theirs.close()
         try:
-            if parent.recv() != READY:
+            if _recv_frame(ours) != READY:
                 raise EOFError
         except (EOFError, OSError) as exc:
+            ours.close()
             process.join(5)
             raise StoreCrashed(f"the store process did not start (exit code {process.exitcode})") from exc
-        self._process, self._conn = process, parent
-        return parent
-
-    def _kill_child(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-        self._end_child()
+        ours.setblocking(False)
+        self._process, self._sock = process, ours
 
     def _end_child(self) -> int | None:
-        """Close the pipe (the child exits on EOF) and reap the child; its exit code."""
-        if self._conn is not None:
-            self._conn.close()
-        process, self._process, self._conn = self._process, None, None
+        """Close the socket (the child exits on EOF) and reap the child; its exit code."""
+        if self._sock is not None:
+            self._sock.close()
+        process, self._process, self._sock = self._process, None, None
         if process is None:
             return None
         process.join(30)
@@ -123,10 +133,47 @@ class StoreProcess:
         return process.exitcode
 
 
-def _serve(conn: Connection, settings: Settings, cwd: str, level: int, log_format: str | None) -> None:
-    """In the child: accept batches until the parent closes the pipe."""
+def _frame(data: bytes) -> bytes:
+    return _LENGTH.pack(len(data)) + data
+
+
+async def _read_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    (size,) = _LENGTH.unpack(await _read_exactly(loop, sock, _LENGTH.size))
+    return await _read_exactly(loop, sock, size)
+
+
+async def _read_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int) -> bytes:
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        n = await loop.sock_recv_into(sock, view[got:])
+        if not n:
+            raise EOFError("the store process closed its socket")
+        got += n
+    return bytes(buffer)
+
+
+def _recv_frame(sock: socket.socket) -> bytes:
+    """One frame from a blocking socket."""
+
+    def exactly(size: int) -> bytes:
+        buffer = bytearray(size)
+        view, got = memoryview(buffer), 0
+        while got < size:
+            n = sock.recv_into(view[got:])
+            if not n:
+                raise EOFError("the socket was closed")
+            got += n
+        return bytes(buffer)
+
+    (size,) = _LENGTH.unpack(exactly(_LENGTH.size))
+    return exactly(size)
+
+
+def _serve(sock: socket.socket, settings: Settings, cwd: str, level: int, log_format: str | None) -> None:
+    """In the child: accept batches until the parent closes its end."""
     # Ctrl-C reaches the whole process group: the parent shuts down, and the child finishes the
-    # batch in hand and leaves when the pipe closes. SIGTERM ends it at once (an open
+    # batch in hand and leaves when the socket closes. SIGTERM ends it at once (an open
     # transaction is rolled back, and its batch gets 451).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.chdir(cwd)  # relative paths in the settings (a SQLite file, the site) are the parent's
@@ -137,12 +184,12 @@ def _serve(conn: Connection, settings: Settings, cwd: str, level: int, log_forma
     db = Database(settings.database.url)
     site = settings.site
     posts = PostCache(Path(site.repo), site.posts, site.comments_dir)
-    conn.send(READY)
     try:
+        sock.sendall(_frame(READY))
         while True:
             try:
-                batch: list[dispatch.Received] = conn.recv()
-            except (EOFError, OSError):  # the parent closed the pipe, or died
+                batch: list[dispatch.Received] = pickle.loads(_recv_frame(sock))
+            except (EOFError, OSError):  # the parent closed its end, or died
                 return
             try:
                 accepted = dispatch.accept_many(db, settings, batch, posts.get)
@@ -150,7 +197,7 @@ def _serve(conn: Connection, settings: Settings, cwd: str, level: int, log_forma
                 log.exception("unexpected error while storing %d messages", len(batch))
                 accepted = dispatch.Accepted([[dispatch.TEMPORARY_FAILURE] * len(m.recipients) for m in batch])
             try:
-                conn.send(accepted)
+                sock.sendall(_frame(pickle.dumps(accepted, pickle.HIGHEST_PROTOCOL)))
             except OSError:  # the parent died: no one is waiting for these replies
                 return
     finally:
