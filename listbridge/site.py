@@ -12,11 +12,14 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
 log = logging.getLogger(__name__)
+# Waits (seconds) while another git process holds the index lock: about 3 s in all.
+INDEX_LOCK_WAITS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 
 
 class GitError(Exception):
@@ -48,10 +51,17 @@ class SiteRepo:
             "GIT_COMMITTER_NAME": self.name,
             "GIT_COMMITTER_EMAIL": self.email,
             "GIT_TERMINAL_PROMPT": "0",
+            "GIT_OPTIONAL_LOCKS": "0",  # our own reads never take index.lock from someone else
         }
-        result = subprocess.run(
-            ["git", "-C", str(self.path), *args], env=env, capture_output=True, text=True, timeout=300
-        )
+        for wait in (*INDEX_LOCK_WAITS, None):
+            result = subprocess.run(
+                ["git", "-C", str(self.path), *args], env=env, capture_output=True, text=True, timeout=300
+            )
+            # Someone else's git (an admin's `git status`, a deploy hook's pull) holds the index
+            # for a moment: wait for it rather than fail the whole publication.
+            if result.returncode == 0 or wait is None or "index.lock': File exists" not in result.stderr:
+                break
+            time.sleep(wait)
         if check and result.returncode != 0:
             raise GitError(f"git {args[0]} failed: {(result.stderr or result.stdout).strip()}")
         return result

@@ -6,6 +6,8 @@ import subprocess
 import threading
 from pathlib import Path
 
+import pytest
+
 from listbridge.site import SiteRepo
 
 
@@ -94,3 +96,29 @@ def test_lock_serialises_writers(tmp_path: Path):
         inside.set()
     thread.join()
     assert order == ["first", "other"]
+
+
+def test_a_commit_waits_while_another_git_holds_the_index(tmp_path: Path):
+    """An admin's `git status` or a deploy hook's pull takes .git/index.lock for a moment: the
+    commit waits for it instead of failing (and giving up until the next publish run)."""
+    repo = SiteRepo(tmp_path / "site", "listbridge", "bla@x.org")
+    repo.write("a.gmi", "first\n")
+    lock = repo.path / ".git" / "index.lock"
+    lock.write_text("")
+    released = threading.Timer(0.5, lock.unlink)
+    released.start()
+    try:
+        sha = repo.commit(["a.gmi"], "while locked")
+    finally:
+        released.join()
+    assert sha and git(repo.path, "log", "-1", "--format=%s").strip() == "while locked"
+
+
+def test_an_index_lock_that_stays_fails_with_gits_reason(tmp_path: Path):
+    from listbridge.site import GitError
+
+    repo = SiteRepo(tmp_path / "site", "listbridge", "bla@x.org")
+    repo.write("a.gmi", "first\n")
+    (repo.path / ".git" / "index.lock").write_text("")  # a crashed git left it behind
+    with pytest.raises(GitError, match="index.lock"):
+        repo.commit(["a.gmi"], "never")
