@@ -13,12 +13,12 @@ import datetime as dt
 import json
 import os
 import socket
-from typing import Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 from sqlalchemy import BigInteger, any_, bindparam, case, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import ColumnElement, Update
+from sqlalchemy.sql import ColumnElement, Select
 
 from .models import FAILED, QUEUED, SENDING, SENT, OutboxMessage, OutboxRecipient, Subscriber, utcnow
 from .store import MAIL_QUEUED, note_effect
@@ -118,19 +118,14 @@ _CLAIMED_COLUMNS = (_R.id, _R.message_id, _R.address, _R.domain, _R.token, _R.at
 
 
 # Statements are built once, with bind parameters: a claim costs no SQL construction.
-def _mark_sending(*order: ColumnElement[object]) -> Update:
-    """UPDATE marking the first due rows (in `order`) as claimed by :owner at :now."""
-    due = (
-        select(_R.id)
-        .where(_R.state == QUEUED, _R.next_attempt_at <= bindparam("now"))
-        .order_by(*order)
-        .limit(bindparam("limit"))
-        .with_for_update(skip_locked=True)
-    )
+_IS_DUE = (_R.state == QUEUED, _R.next_attempt_at <= bindparam("now"))
+
+
+def _first_due(*columns: ColumnElement[object], order: tuple[ColumnElement[object], ...]) -> Select[Any]:
+    """The first :limit due rows in `order`, locked for this transaction, skipping rows another
+    transaction holds (SQLite, which has one writer, has no row locks and ignores this)."""
     return (
-        update(_R)
-        .where(_R.id.in_(due.scalar_subquery()))
-        .values(state=SENDING, claimed_by=bindparam("owner"), claimed_at=bindparam("now"))
+        select(*columns).where(*_IS_DUE).order_by(*order).limit(bindparam("limit")).with_for_update(skip_locked=True)
     )
 
 
@@ -138,8 +133,12 @@ def _mark_sending(*order: ColumnElement[object]) -> Update:
 # (one next_attempt_at) then come in insertion order, which is domain order. SQLite's index
 # ends with the rowid (the id); PostgreSQL's ends with the row's place in the heap (insertion
 # order for a fresh fan-out), and ordering by id too would sort every due row at each claim.
-_MARK_SENDING_SQLITE = _mark_sending(_R.next_attempt_at, _R.id)
-_MARK_SENDING = _mark_sending(_R.next_attempt_at)
+_MARK_SENDING = (
+    update(_R)
+    .where(_R.id.in_(_first_due(_R.id, order=(_R.next_attempt_at, _R.id)).scalar_subquery()))
+    .values(state=SENDING, claimed_by=bindparam("owner"), claimed_at=bindparam("now"))
+)
+_LOCK_DUE = _first_due(*_CLAIMED_COLUMNS, order=(_R.next_attempt_at,))
 
 # pysqlite releases the GIL around every row it steps through, while the other workers wait
 # for the database: on SQLite the claimed rows come back as one JSON value, found through the
@@ -157,7 +156,7 @@ _SQLITE_MARK_SENT = (
 _MARK_SENT = update(_R).where(_R.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))).values(_MARK_SENT_VALUES)
 
 
-_ANY_DUE = select(_R.id).where(_R.state == QUEUED, _R.next_attempt_at <= bindparam("now")).limit(1)
+_ANY_DUE = select(_R.id).where(*_IS_DUE).limit(1)
 
 
 def any_due(session: Session, now: dt.datetime | None = None) -> bool:
@@ -166,26 +165,15 @@ def any_due(session: Session, now: dt.datetime | None = None) -> bool:
 
 
 def claim(session: Session, owner: str, limit: int, now: dt.datetime | None = None) -> list[Claimed]:
-    """Mark up to `limit` due rows (the longest due first) as being sent by `owner` and return
-    them, in id order. One owner never claims twice at the same `now` (a worker records a
-    batch before claiming the next; time moves on between its claims)."""
+    """SQLite: mark up to `limit` due rows (the longest due first) as being sent by `owner` and
+    return them, in id order. One owner never claims twice at the same `now` (a worker records
+    a batch before claiming the next; time moves on between its claims). PostgreSQL workers
+    hold their rows locked instead (lock_due)."""
     params = {"now": now or utcnow(), "owner": owner, "limit": limit}
     connection = session.connection()  # Core, not ORM: thousands of plain tuples
-    if connection.dialect.name == "sqlite":
-        connection.execute(_MARK_SENDING_SQLITE, params)
-        rows: Iterable[Sequence[object]] = json.loads(connection.execute(_SQLITE_CLAIMED, params).scalar_one())
-    else:
-        rows = connection.execute(_MARK_SENDING.returning(*_CLAIMED_COLUMNS), params).all()
+    connection.execute(_MARK_SENDING, params)
+    rows: Iterable[Sequence[object]] = json.loads(connection.execute(_SQLITE_CLAIMED, params).scalar_one())
     return sorted(map(Claimed._make, rows))
-
-
-_LOCK_DUE = (
-    select(*_CLAIMED_COLUMNS)
-    .where(_R.state == QUEUED, _R.next_attempt_at <= bindparam("now"))
-    .order_by(_R.next_attempt_at)
-    .limit(bindparam("limit"))
-    .with_for_update(skip_locked=True)
-)
 
 
 def lock_due(session: Session, limit: int, now: dt.datetime | None = None) -> list[Claimed]:
