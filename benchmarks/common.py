@@ -43,6 +43,12 @@ def wait_listening(port: int, timeout: float = 10.0) -> None:
             time.sleep(0.02)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time process `pid` has used so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class SmtpSink:
     """Postfix's smtp-sink on a loopback port, counting messages (`-c`); with `dump`, every
     transaction is also appended to that file (`-D`), to count recipients."""
@@ -62,8 +68,7 @@ class SmtpSink:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the sink has used so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return process_cpu_seconds(self.process.pid)
 
     def stop(self) -> int:
         """Stop the sink; the number of messages it received (its last `mesg=` counter)."""

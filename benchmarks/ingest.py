@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import resource
 import smtplib
 import statistics
@@ -31,7 +30,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from sqlalchemy import func, select
 
-from common import LIST, free_port, fresh_database, make_settings
+from common import LIST, free_port, fresh_database, make_settings, process_cpu_seconds
 
 from listbridge.models import Comment
 from listbridge.service import Service
@@ -115,10 +114,12 @@ def run_listbridge(url: str | None, workdir: Path, clients: int, total: int) -> 
     service = Service(make_settings(url, free_port()), db=db)
     service.start()
     try:
-        store = process_cpu(service.store.pid)
+        store_pid = service.store.pid
+        assert store_pid is not None
+        store = process_cpu_seconds(store_pid)
         cpu0 = cpu_seconds()
         elapsed, refused = measure(service.settings.smtp.port, clients, total)
-        cpu = cpu_seconds() - cpu0 + process_cpu(service.store.pid) - store
+        cpu = cpu_seconds() - cpu0 + process_cpu_seconds(store_pid) - store
         with db.transaction() as session:
             held = session.scalar(select(func.count()).select_from(Comment))
     finally:
@@ -132,14 +133,6 @@ def cpu_seconds() -> float:
     """User + system CPU time of this process so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def process_cpu(pid: int | None) -> float:
-    """User + system CPU time of process `pid` so far (0 when there is none)."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
