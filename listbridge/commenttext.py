@@ -69,7 +69,7 @@ def _attribution_size(lines: list[str], index: int) -> int:
         return 0
     if _next_is_quoted(lines, index + 1) and _ATTRIBUTION.match(line):
         return 1
-    if index + 1 < len(lines) and line and not line.endswith((".", "!", "?", "…")):
+    if index + 1 < len(lines) and not line.endswith((".", "!", "?", "…")):
         joined = f"{line} {lines[index + 1].strip()}"  # wrapped over two lines (Gmail)
         if _next_is_quoted(lines, index + 2) and _ATTRIBUTION.match(joined):
             return 2

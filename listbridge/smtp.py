@@ -17,8 +17,6 @@ from .store import MAIL_QUEUED, SITE_CHANGED
 
 log = logging.getLogger(__name__)
 
-TEMPORARY_FAILURE = dispatch.TEMPORARY_FAILURE
-
 
 class ListHandler:
     """aiosmtpd handler for the configured lists. `store` acts on a batch of received messages
@@ -55,7 +53,7 @@ class ListHandler:
             # A bug or a broken template: keep the mail at the MTA. Not handle_exception's single
             # line: LMTP needs one reply per recipient to stay in step.
             log.exception("unexpected error while storing a message from <%s>", envelope.mail_from)
-            replies = [TEMPORARY_FAILURE] * len(recipients)
+            replies = [dispatch.TEMPORARY_FAILURE] * len(recipients)
         if isinstance(server, LMTP):
             return "\r\n".join(r.line for r in replies)  # one reply per recipient
         return _one_reply(replies)
@@ -74,7 +72,7 @@ class ListHandler:
 
     async def handle_exception(self, error: Exception) -> str:
         log.exception("unexpected error while receiving", exc_info=error)
-        return TEMPORARY_FAILURE.line
+        return dispatch.TEMPORARY_FAILURE.line
 
 
 class GroupCommitter:
@@ -87,7 +85,7 @@ class GroupCommitter:
     def __init__(
         self,
         accept_many: Callable[[list[dispatch.Received]], Awaitable[dispatch.Accepted]],
-        on_effects: Callable[[frozenset[str]], None] = lambda effects: None,
+        on_effects: Callable[[frozenset[str]], None],
     ) -> None:
         self.accept_many = accept_many
         self.on_effects = on_effects
