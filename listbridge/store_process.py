@@ -58,14 +58,14 @@ class StoreProcess:
     def start(self) -> None:
         """Start the child now (else the first batch does), and wait until it is ready."""
         with self._lock:
-            if self._sock is None or self._process is None or not self._process.is_alive():
+            if not self._running():
                 self._end_child()
                 self._start_child()
 
     async def accept_many(self, batch: Sequence[dispatch.Received]) -> dispatch.Accepted:
         """Replies for `batch`, once the child has committed it. Raises StoreCrashed. One batch
         at a time: the caller (smtp.GroupCommitter) awaits each before sending the next."""
-        if self._sock is None or self._process is None or not self._process.is_alive():
+        if not self._running():
             await asyncio.to_thread(self.start)  # forking and waiting for "ready" would block the loop
         sock = self._sock
         assert sock is not None
@@ -91,6 +91,9 @@ class StoreProcess:
             if kill and self._process is not None:
                 self._process.kill()
             return self._end_child()
+
+    def _running(self) -> bool:
+        return self._sock is not None and self._process is not None and self._process.is_alive()
 
     @property
     def pid(self) -> int | None:
