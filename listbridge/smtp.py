@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 from typing import Any, Awaitable, Callable
 
@@ -130,12 +131,46 @@ def _one_reply(replies: list[dispatch.Reply]) -> str:
     return (temporary or replies)[0].line
 
 
-class _LongLinesSMTP(SMTP):
+# RFC 5321 path in its everyday form, <dot-atom@dot-atom>: nothing quoted, no comment, ASCII.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
+_PLAIN_PATH = re.compile(rf"<({_DOT_ATOM}@{_DOT_ATOM})>(.*)", re.DOTALL)
+
+
+def plain_path(arg: str) -> tuple[str, str] | None:
+    """(address, rest of the argument) for a MAIL FROM or RCPT TO argument of the everyday
+    form, exactly as aiosmtpd's own parser reads it; None for anything else (quoted local part,
+    comments, null path, non-ASCII), which is left to that parser."""
+    match = _PLAIN_PATH.match(arg)
+    if match is None:
+        return None
+    rest = match.group(2).lstrip()
+    if rest.startswith("("):  # a comment after the path: the full parser drops it
+        return None
+    return match.group(1), rest
+
+
+class _PlainPathsFirst(SMTP):
+    """aiosmtpd parses every MAIL FROM and RCPT TO path with the email package's RFC 5322
+    parser, and defines a class on each call: about a sixth of the receiver's CPU per message.
+    The everyday path takes a regular expression; anything else still goes to that parser."""
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        plain = plain_path(arg)
+        if plain is None:
+            return super()._getaddr(arg)
+        address, rest = plain
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, rest
+
+
+class _LongLinesSMTP(_PlainPathsFirst):
     # Real mail breaks the 1000-octet line limit; refusing it would lose comments.
     line_length_limit = 64 * 1024
 
 
-class _LongLinesLMTP(LMTP):
+class _LongLinesLMTP(_PlainPathsFirst, LMTP):
     line_length_limit = 64 * 1024
 
 

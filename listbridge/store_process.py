@@ -72,8 +72,9 @@ class StoreProcess:
         loop = asyncio.get_running_loop()
         try:
             await loop.sock_sendall(sock, _frame(pickle.dumps(list(batch), pickle.HIGHEST_PROTOCOL)))
-            reply = await asyncio.wait_for(_read_frame(loop, sock), REPLY_TIMEOUT)
-        except asyncio.TimeoutError as exc:
+            async with asyncio.timeout(REPLY_TIMEOUT):  # no task per batch, unlike wait_for
+                reply = await _read_frame(loop, sock)
+        except TimeoutError as exc:
             await asyncio.to_thread(self.stop, kill=True)
             raise StoreCrashed(f"the store process did not answer in {REPLY_TIMEOUT:.0f} s; it was killed") from exc
         except (EOFError, OSError) as exc:
