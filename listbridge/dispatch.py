@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from . import addresses, comments, outbox
@@ -106,15 +106,20 @@ def accept_many(
         except IntakeError as exc:
             log.warning("refused unparseable message from <%s>: %s", message.envelope_from, exc)
             parsed.append([Reply(f"554 5.6.0 {exc}")] * len(message.recipients))
-    todo = [i for i, p in enumerate(parsed) if isinstance(p, Incoming)]
+    work = [(i, p, messages[i]) for i, p in enumerate(parsed) if isinstance(p, Incoming)]
+    todo = [i for i, _, _ in work]
     replies: list[list[Reply]] = [p if isinstance(p, list) else [] for p in parsed]
     if not todo:
         return Accepted(replies)
     try:
-        with db.transaction() as session:
-            for i in todo:
-                replies[i] = _act_all(session, settings, parsed[i], messages[i], posts)  # type: ignore[arg-type]
-            done = effects(session)
+        try:
+            done = _act_on(db, settings, work, replies, posts)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # The database dropped the connection (a restart, an idle timeout): once more, on a new one.
+            log.warning("database connection lost; trying again on a new one")
+            done = _act_on(db, settings, work, replies, posts)
         return Accepted(replies, done)
     except SQLAlchemyError as exc:
         if len(todo) == 1:
@@ -137,6 +142,20 @@ def accept_many(
             log.exception("unexpected error while storing a message from <%s>", messages[i].envelope_from)
             replies[i] = [TEMPORARY_FAILURE] * len(messages[i].recipients)
     return Accepted(replies, done)
+
+
+def _act_on(
+    db: Database,
+    settings: Settings,
+    todo: Sequence[tuple[int, Incoming, Received]],
+    replies: list[list[Reply]],
+    posts: Callable[[], dict[str, Post]],
+) -> frozenset[str]:
+    """Act on the parsed messages in one transaction; fill in their replies; the effects."""
+    with db.transaction() as session:
+        for i, incoming, message in todo:
+            replies[i] = _act_all(session, settings, incoming, message, posts)
+        return effects(session)
 
 
 def _act_all(

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -62,6 +62,15 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._pinned: Connection | None = None
+
+    def pin_connection(self) -> None:
+        """Run this process's sessions on one connection kept open, for a process that commits
+        small transactions one after another (the store process): no pool checkout and reset,
+        nor PostgreSQL's pre-ping query, per transaction. A connection found dropped is
+        replaced on its next use, after the transaction that found it is rolled back."""
+        self._pinned = self.engine.connect()
+        self.sessions = sessionmaker(self._pinned, expire_on_commit=False)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -92,6 +101,10 @@ class Database:
         return current == [SCHEMA_HEAD]
 
     def dispose(self) -> None:
+        if self._pinned is not None:
+            self._pinned.close()
+            self._pinned = None
+            self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.engine.dispose()
 
 

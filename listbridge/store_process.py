@@ -186,6 +186,7 @@ def _serve(sock: socket.socket, settings: Settings, cwd: str, level: int, log_fo
     else:
         logging.getLogger().setLevel(level)
     db = Database(settings.database.url)
+    db.pin_connection()
     site = settings.site
     posts = PostCache(Path(site.repo), site.posts, site.comments_dir)
     try:

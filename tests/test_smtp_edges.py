@@ -179,6 +179,23 @@ def test_a_store_process_killed_between_batches_is_replaced(service):
     assert count(service.db, Comment) == 2
 
 
+def test_a_dropped_database_connection_is_replaced_without_a_refusal(service):
+    """The store process keeps one connection open. When the database drops it (a restart, an
+    idle timeout), the batch that finds out is retried on a new connection, not refused."""
+    if service.db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite connections are not dropped by a server")
+    port = service.settings.smtp.port
+    assert transaction(port, [LIST], raw_message(subject="before"))[1][0] == 250
+    with service.db.engine.connect() as conn:
+        dropped = conn.execute(text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )).scalar_one()
+    assert dropped >= 1  # the store process's connection at least
+    assert transaction(port, [LIST], raw_message(subject="after"))[1][0] == 250
+    assert count(service.db, Comment) == 2
+
+
 @contextmanager
 def database_write_lock(db) -> Iterator[None]:
     """Hold the lock a comment's insert needs, from another connection, until the block ends."""
