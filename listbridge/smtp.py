@@ -174,11 +174,24 @@ class _LongLinesLMTP(_PlainPathsFirst, LMTP):
     line_length_limit = 64 * 1024
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The receiver's event loop: uvloop's where it is installed (a dependency except on
+    Windows), whose transports and selector are C; asyncio's own otherwise. aiosmtpd's
+    STARTTLS leans on asyncio's private TLS protocol, but listbridge does not offer STARTTLS
+    (the MTA in front of it does)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class ListController(Controller):
     """aiosmtpd controller speaking SMTP or LMTP on [smtp] host:port."""
 
     def __init__(self, handler: ListHandler, settings: Settings, **kwargs: Any) -> None:
         self.lmtp = settings.smtp.lmtp
+        kwargs.setdefault("loop", new_event_loop())
         super().__init__(
             handler,
             hostname=settings.smtp.host,
