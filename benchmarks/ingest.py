@@ -3,6 +3,7 @@ same machine's aiosmtpd Controller with a handler that does nothing.
 
     python benchmarks/ingest.py                      # 3 rounds of 2,000 messages, 4 clients, SQLite
     python benchmarks/ingest.py --rounds 5 --database-url postgresql+psycopg://…
+    python benchmarks/ingest.py --null-uvloop        # the null handler on uvloop, as listbridge
 
 Each client is its own process (so clients do not compete with the server for its GIL) and
 reuses one connection. Mail to the bare list address is stored as a held message, committed
@@ -34,6 +35,7 @@ from common import LIST, free_port, fresh_database, make_settings, process_cpu_s
 
 from listbridge.models import Comment
 from listbridge.service import Service
+from listbridge.smtp import new_event_loop
 from listbridge.store import Database
 
 BODY = "Merci pour ce billet, et pour le récit de la panne.\n" * 30
@@ -90,10 +92,12 @@ class NullHandler:
         return "250 OK"
 
 
-def run_null(clients: int, total: int) -> tuple[float, float]:
-    """Messages/s accepted by a do-nothing aiosmtpd Controller, and its CPU ms per message."""
+def run_null(clients: int, total: int, uvloop: bool = False) -> tuple[float, float]:
+    """Messages/s accepted by a do-nothing aiosmtpd Controller, and its CPU ms per message.
+    With `uvloop`, the Controller runs on the event loop listbridge's receiver uses."""
     port = free_port()
-    controller = Controller(NullHandler(), hostname="127.0.0.1", port=port)
+    loop = new_event_loop() if uvloop else None
+    controller = Controller(NullHandler(), hostname="127.0.0.1", port=port, loop=loop)
     controller.start()
     try:
         cpu0 = cpu_seconds()
@@ -141,17 +145,20 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="concurrent SMTP clients (default 4)")
     parser.add_argument("--rounds", type=int, default=3, help="null/listbridge pairs (default 3)")
     parser.add_argument("--database-url", default="", help="e.g. postgresql+psycopg://postgres@127.0.0.1/lb_b")
+    parser.add_argument(
+        "--null-uvloop", action="store_true", help="run the null handler on uvloop too (the default is stock aiosmtpd)"
+    )
     args = parser.parse_args()
     total = args.messages - args.messages % args.clients
     backend = "PostgreSQL" if args.database_url else "SQLite"
     ratios = []
     with tempfile.TemporaryDirectory(prefix="listbridge-ingest-") as tmp:
         for round_ in range(1, args.rounds + 1):
-            null, null_cpu = run_null(args.clients, total)
+            null, null_cpu = run_null(args.clients, total, args.null_uvloop)
             lb, lb_cpu = run_listbridge(args.database_url or None, Path(tmp), args.clients, total)
             ratios.append(lb / null)
             print(
-                f"round {round_}: aiosmtpd null {null:6,.0f} msg/s ({null_cpu:.2f} ms CPU/msg)  "
+                f"round {round_}: aiosmtpd null{' (uvloop)' if args.null_uvloop else ''} {null:6,.0f} msg/s ({null_cpu:.2f} ms CPU/msg)  "
                 f"listbridge ({backend}) {lb:6,.0f} msg/s ({lb_cpu:.2f} ms CPU/msg)  ratio {lb / null:.0%}",
                 flush=True,
             )

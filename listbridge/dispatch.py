@@ -164,9 +164,10 @@ def _act_all(
     done: dict[object, Reply] = {}  # a recipient given twice is acted on once
     out = []
     for rcpt in message.recipients:
-        key = route(settings, rcpt) or rcpt
+        recipient = route(settings, rcpt)
+        key = recipient or rcpt
         if key not in done:
-            done[key] = _act(session, settings, incoming, message.envelope_from, rcpt, posts)
+            done[key] = _act(session, settings, incoming, message.envelope_from, rcpt, recipient, posts)
         out.append(done[key])
     return out
 
@@ -182,9 +183,9 @@ def _act(
     incoming: Incoming,
     envelope_from: str,
     rcpt: str,
+    recipient: addresses.Recipient | None,
     posts: Callable[[], dict[str, Post]],
 ) -> Reply:
-    recipient = route(settings, rcpt)
     mlist = settings.list_for(recipient.list_address) if recipient else None
     if recipient is None or mlist is None:
         return UNKNOWN
