@@ -8,7 +8,7 @@ import time
 from collections import Counter
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 
 from listbridge import compose, delivery, outbox
 from listbridge.models import FAILED, QUEUED, SENDING, SENT, OutboxMessage, OutboxRecipient, utcnow
@@ -218,6 +218,28 @@ def test_concurrent_locked_batches_never_overlap(db, settings):
     assert len(ids) == 400 and len(set(ids)) == 400
     assert sum(1 for got in sent.values() if got) > 1  # the work was shared, not serialised
     assert states(db) == Counter({SENT: 400})
+
+
+def test_a_large_fanout_is_claimed_through_the_due_index_at_once(db, settings):
+    """PostgreSQL: right after a fan-out, before autovacuum has looked at the table, a claim
+    walks the due index and stops at its limit; it does not read and sort every due row."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite plans without statistics")
+    from listbridge.models import Subscriber
+    from listbridge.subscriptions import new_token
+
+    n = 30_000  # below some 20,000 rows, PostgreSQL walks the index even without statistics
+    with db.transaction() as session:
+        session.execute(insert(Subscriber), [
+            {"list_address": settings.lists[0].address, "address": f"r{i}@d{i % 7}.example", "domain": f"d{i % 7}.example",
+             "display_name": "", "token": new_token(), "subscribed_at": utcnow()} for i in range(n)
+        ])
+    assert list_mail(db, settings) == n
+    with db.engine.connect() as conn:
+        query = outbox._LOCK_DUE.compile(dialect=conn.dialect)
+        plan = "\n".join(row[0] for row in conn.exec_driver_sql(
+            "EXPLAIN " + query.string, {**query.params, "now": utcnow(), "limit": 100}))
+    assert "ix_outbox_recipients_due" in plan and "Sort" not in plan, plan
 
 
 def test_stale_claims_are_queued_again(db, settings):
