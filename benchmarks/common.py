@@ -49,6 +49,22 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU time used so far by PostgreSQL on this machine: the database's share of a run, which
+    the client's own figures do not show. A backend that has ended counts in its parent's
+    children's time, so both are summed."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        if text.partition(" (")[2].startswith("postgres)"):
+            fields = text.rpartition(")")[2].split()
+            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 class SmtpSink:
     """Postfix's smtp-sink on a loopback port, counting messages (`-c`); with `dump`, every
     transaction is also appended to that file (`-D`), to count recipients."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sqlalchemy import func, insert, select
 
-from common import LIST, SmtpSink, fresh_database, make_settings
+from common import LIST, SmtpSink, fresh_database, make_settings, postgres_cpu_seconds
 
 from listbridge import delivery, outbox
 from listbridge.compose import build
@@ -105,12 +105,14 @@ def run_listbridge(
     sink = SmtpSink(dump_dir / "dump" if dump else None)
     count = enqueue(db, sink.port)
     t2 = time.perf_counter()
+    pg_cpu = postgres_cpu_seconds()
     child = subprocess.Popen(
         [sys.executable, __file__, "--child", url, str(sink.port), str(int(personalize)), str(connections)],
         stdout=subprocess.PIPE,
     )
     out = child.stdout.read() if child.stdout else b""
     _, status, usage = os.wait4(child.pid, 0)
+    pg_cpu = postgres_cpu_seconds() - pg_cpu
     child.returncode = os.waitstatus_to_exitcode(status)
     sink_cpu = sink.cpu_seconds()
     received = sink.stop()
@@ -140,6 +142,7 @@ def run_listbridge(
         "peak_rss_mb": round(figures["peak_rss_kb"] / 1024, 1),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "sink_cpu_s": round(sink_cpu, 2),
+        "postgres_cpu_s": round(pg_cpu, 2) if url.startswith("postgresql") else None,
         "sink_messages": received,
         "sink_recipients": len(addresses),
         "sink_unique_recipients": unique,
@@ -192,11 +195,12 @@ def report(r: dict[str, object], backend: str, as_json: bool) -> None:
         print(json.dumps({"backend": backend, **r}), flush=True)
         return
     recipients = f", {r['sink_recipients']:,} recipients" if r.get("sink_recipients") else ""
+    postgres = f" + PostgreSQL {r['postgres_cpu_s']} s" if r.get("postgres_cpu_s") is not None else ""
     check = "" if "exactly_once" not in r else ("  exactly once: OK" if r["exactly_once"] else f"  CHECK FAILED {r}")
     print(
         f"{backend:10} {r['mode']:12} N={r['n']:>7,}  {r['recipients_per_s']:>7,} recipients/s"
         f"  peak RSS {r['peak_rss_mb']:6.1f} MB  (deliver {r['deliver_s']} s, CPU {r['cpu_s']} s + sink"
-        f" {r['sink_cpu_s']} s; sink got"
+        f" {r['sink_cpu_s']} s{postgres}; sink got"
         f" {r['sink_messages']:,} messages{recipients}){check}",
         flush=True,
     )

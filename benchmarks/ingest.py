@@ -31,7 +31,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from sqlalchemy import func, select
 
-from common import LIST, free_port, fresh_database, make_settings, process_cpu_seconds
+from common import LIST, free_port, fresh_database, make_settings, postgres_cpu_seconds, process_cpu_seconds
 
 from listbridge.models import Comment
 from listbridge.service import Service
@@ -109,9 +109,9 @@ def run_null(clients: int, total: int, uvloop: bool = False) -> tuple[float, flo
     return total / elapsed, cpu / total * 1000
 
 
-def run_listbridge(url: str | None, workdir: Path, clients: int, total: int) -> tuple[float, float]:
-    """Messages/s accepted (and committed) by listbridge's Service, and its CPU ms per message
-    (this process and its store process)."""
+def run_listbridge(url: str | None, workdir: Path, clients: int, total: int) -> tuple[float, float, float]:
+    """Messages/s accepted (and committed) by listbridge's Service, its CPU ms per message (this
+    process and its store process), and PostgreSQL's CPU ms per message (0 on SQLite)."""
     url = fresh_database(url, workdir)
     db = Database(url)
     # The relay is never used here: held messages send nothing.
@@ -121,16 +121,17 @@ def run_listbridge(url: str | None, workdir: Path, clients: int, total: int) -> 
         store_pid = service.store.pid
         assert store_pid is not None
         store = process_cpu_seconds(store_pid)
-        cpu0 = cpu_seconds()
+        cpu0, pg0 = cpu_seconds(), postgres_cpu_seconds()
         elapsed, refused = measure(service.settings.smtp.port, clients, total)
         cpu = cpu_seconds() - cpu0 + process_cpu_seconds(store_pid) - store
+        pg = postgres_cpu_seconds() - pg0
         with db.transaction() as session:
             held = session.scalar(select(func.count()).select_from(Comment))
     finally:
         service.stop()
         db.dispose()
     assert refused == 0 and held == total, f"refused {refused}, held {held} of {total}"
-    return total / elapsed, cpu / total * 1000
+    return total / elapsed, cpu / total * 1000, (pg / total * 1000 if url.startswith("postgresql") else 0.0)
 
 
 def cpu_seconds() -> float:
@@ -155,11 +156,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="listbridge-ingest-") as tmp:
         for round_ in range(1, args.rounds + 1):
             null, null_cpu = run_null(args.clients, total, args.null_uvloop)
-            lb, lb_cpu = run_listbridge(args.database_url or None, Path(tmp), args.clients, total)
+            lb, lb_cpu, pg_cpu = run_listbridge(args.database_url or None, Path(tmp), args.clients, total)
+            postgres = f" + PostgreSQL {pg_cpu:.2f}" if pg_cpu else ""
             ratios.append(lb / null)
             print(
                 f"round {round_}: aiosmtpd null{' (uvloop)' if args.null_uvloop else ''} {null:6,.0f} msg/s ({null_cpu:.2f} ms CPU/msg)  "
-                f"listbridge ({backend}) {lb:6,.0f} msg/s ({lb_cpu:.2f} ms CPU/msg)  ratio {lb / null:.0%}",
+                f"listbridge ({backend}) {lb:6,.0f} msg/s ({lb_cpu:.2f}{postgres} ms CPU/msg)  ratio {lb / null:.0%}",
                 flush=True,
             )
     print(f"median ratio {statistics.median(ratios):.0%} over {len(ratios)} rounds", flush=True)
