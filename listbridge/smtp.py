@@ -153,12 +153,17 @@ def plain_path(arg: str) -> tuple[str, str] | None:
 class _PlainPathsFirst(SMTP):
     """aiosmtpd parses every MAIL FROM and RCPT TO path with the email package's RFC 5322
     parser, and defines a class on each call: about a sixth of the receiver's CPU per message.
-    The everyday path takes a regular expression; anything else still goes to that parser."""
+    The everyday path takes a regular expression; anything else still goes to that parser,
+    and what that parser trips over (IndexError on `<a@`, AttributeError…) is a malformed
+    address (553), not an internal error that would tell the client to try again."""
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         plain = plain_path(arg)
         if plain is None:
-            return super()._getaddr(arg)
+            try:
+                return super()._getaddr(arg)
+            except Exception:
+                return None, None
         address, rest = plain
         if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
             return None, None

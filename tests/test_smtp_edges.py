@@ -179,6 +179,18 @@ def test_a_store_process_killed_between_batches_is_replaced(service):
     assert count(service.db, Comment) == 2
 
 
+@pytest.mark.parametrize("path", ["<a@", '<"', "<@"])
+def test_a_path_the_address_parser_trips_over_is_a_syntax_error(service, path):
+    """aiosmtpd's parser raises on these; the client must hear "553 5.1.3 malformed address",
+    not a 451 that tells it to try again."""
+    with smtplib.SMTP("127.0.0.1", service.settings.smtp.port, timeout=10) as smtp:
+        smtp.ehlo()
+        assert smtp.docmd("MAIL", f"FROM:{path}")[0] == 553
+        assert smtp.docmd("MAIL", "FROM:<reader@example.net>")[0] == 250
+        assert smtp.docmd("RCPT", f"TO:{path}")[0] == 553
+    ensure_live(service.settings.smtp.port)
+
+
 def test_a_dropped_database_connection_is_replaced_without_a_refusal(service):
     """The store process keeps one connection open. When the database drops it (a restart, an
     idle timeout), the batch that finds out is retried on a new connection, not refused."""

@@ -1,5 +1,6 @@
 """The fast path for MAIL FROM / RCPT TO arguments reads every argument exactly as aiosmtpd's
-own RFC 5322 parser does, or leaves it to that parser."""
+own RFC 5322 parser does, or leaves it to that parser; what that parser trips over is a
+malformed address, not an internal error."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ PIECES = st.sampled_from(
     ["<", ">", "@", ".", " ", "\t", "(", ")", '"', "\\", ",", ":", "[", "]", "=", "SIZE=10",
      "a", "Zz", "0", "+tag", "-", "_", "é", "~", "bla", "example.org", "BODY=8BITMIME"]
 )
+
+
 def reading(server: SMTP, arg: str) -> object:
     """What the server makes of `arg`: its result, or the kind of error it raises (the stock
     parser raises IndexError on some truncated paths, such as a lone "<")."""
@@ -55,6 +58,8 @@ ARGS = st.one_of(NOISE, PATHS)
 @given(ARGS, st.sampled_from([0, 3, 64]))
 def test_same_reading_as_aiosmtpd(arg: str, limit: int) -> None:
     expected = reading(stock(limit), arg)
+    if isinstance(expected, type):  # where the stock parser raises, ours says "no address"
+        expected = (None, None)
     assert reading(ours(_LongLinesSMTP, limit), arg) == expected
     assert reading(ours(_LongLinesLMTP, limit), arg) == expected
 
