@@ -117,7 +117,9 @@ def accept_many(
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
-            # The database dropped the connection (a restart, an idle timeout): once more, on a new one.
+            # The database dropped the connection (a restart, an idle timeout): once more, on a
+            # new one. Had the commit itself gone through, the work is done twice, as it would
+            # be when a 451 makes the MTA send again: stored twice, never lost.
             log.warning("database connection lost; trying again on a new one")
             done = _act_on(db, settings, work, replies, posts)
         return Accepted(replies, done)
