@@ -461,3 +461,20 @@ def test_a_batch_reports_the_work_it_left_for_the_workers(make_settings, db):
     assert accepted(open_list, LIST, "Re: hello").effects == {MAIL_QUEUED, SITE_CHANGED}
     with db.transaction() as session:
         assert sorted(session.scalars(select(Comment.status))) == ["approved", "held"]
+
+
+def test_the_receiver_runs_on_uvloop_when_installed_and_on_asyncio_without(service, monkeypatch):
+    import asyncio
+    import sys
+
+    import uvloop
+
+    from listbridge.smtp import new_event_loop
+
+    assert isinstance(service.controller.loop, uvloop.Loop)  # the whole suite runs on it
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now raises ImportError
+    loop = new_event_loop()
+    try:
+        assert isinstance(loop, asyncio.BaseEventLoop) and not isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
