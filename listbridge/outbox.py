@@ -86,8 +86,8 @@ def enqueue_fanout(
         # PostgreSQL plans from statistics that autovacuum refreshes a minute or more later.
         # Until then it takes a fresh fan-out for a dozen rows, and each claim reads and sorts
         # every due row instead of walking the due index (80 ms per claim at 100,000 rows).
-        # ANALYZE counts this transaction's own new rows.
-        session.execute(text("ANALYZE outbox_recipients"))
+        # ANALYZE counts this transaction's own new rows; the claim's two columns are enough.
+        session.execute(text("ANALYZE outbox_recipients (state, next_attempt_at)"))
     return message, count or 0
 
 
