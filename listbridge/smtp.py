@@ -1,4 +1,4 @@
-"""aiosmtpd edge: RCPT checks, size limit, DATA handed to dispatch in a thread, 250 after commit."""
+"""aiosmtpd edge: RCPT checks, size limit, DATA handed to the store process, 250 after commit."""
 
 from __future__ import annotations
 
@@ -196,7 +196,8 @@ class ListController(Controller):
 
     def __init__(self, handler: ListHandler, settings: Settings, **kwargs: Any) -> None:
         self.lmtp = settings.smtp.lmtp
-        kwargs.setdefault("loop", new_event_loop())
+        if "loop" not in kwargs:  # not setdefault: that would make (and leak) a loop never used
+            kwargs["loop"] = new_event_loop()
         super().__init__(
             handler,
             hostname=settings.smtp.host,
