@@ -10,7 +10,6 @@ import datetime as dt
 import logging
 import threading
 from collections import OrderedDict
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Callable, Iterable, Iterator
@@ -40,11 +39,10 @@ def claim_batch(personalize: bool) -> int:
     return CLAIM_BATCH if personalize else BATCHED_CLAIM_BATCH
 
 
-def _writer_lock(db: Database) -> AbstractContextManager[object]:
+def _writer_lock(db: Database) -> threading.Lock:
     """SQLite has one writer at a time: workers of one process queue on a lock rather than in
-    SQLite's busy handler, whose sleeps (up to 100 ms) would idle them. PostgreSQL: no lock."""
-    if not db.url.startswith("sqlite"):
-        return nullcontext()
+    SQLite's busy handler, whose sleeps (up to 100 ms) would idle them. PostgreSQL workers
+    never take it: they hold row locks instead (Worker.holds_locks)."""
     with _sqlite_locks_guard:
         return _sqlite_locks.setdefault(db.url, threading.Lock())
 
