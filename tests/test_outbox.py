@@ -6,6 +6,7 @@ import datetime as dt
 import threading
 import time
 from collections import Counter
+from typing import Callable
 
 import pytest
 from sqlalchemy import func, insert, select, update
@@ -157,31 +158,39 @@ def test_give_up_after_the_retry_period(db, make_settings, sink):
     assert states(db) == Counter({FAILED: 1})
 
 
+def taken_by_four_workers(take: Callable[[str], list[int]]) -> dict[str, list[int]]:
+    """Four threads, started together, each calling take(its name) until it returns no row:
+    the ids each one took."""
+    taken: dict[str, list[int]] = {}
+    barrier = threading.Barrier(4)
+
+    def worker(name: str) -> None:
+        barrier.wait()
+        got: list[int] = []
+        while batch := take(name):
+            got += batch
+        taken[name] = got
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return taken
+
+
 def test_concurrent_claims_never_overlap(db, settings):
     """SQLite workers claim their batch ('sending') before sending it: no row goes to two of them."""
     if db.engine.dialect.name != "sqlite":
         pytest.skip("claims: SQLite only (PostgreSQL workers hold their rows locked, tested below)")
     add_subscribers(db, settings, [f"r{i}@x.example" for i in range(400)])
     list_mail(db, settings)
-    claimed: dict[str, list[int]] = {}
-    barrier = threading.Barrier(4)
 
-    def claimer(name: str) -> None:
-        barrier.wait()
-        got: list[int] = []
-        while True:
-            with db.transaction() as session:
-                batch = outbox.claim(session, name, 25)
-            if not batch:
-                break
-            got += [c.id for c in batch]
-        claimed[name] = got
+    def claim(name: str) -> list[int]:
+        with db.transaction() as session:
+            return [c.id for c in outbox.claim(session, name, 25)]
 
-    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    claimed = taken_by_four_workers(claim)
     ids = [i for got in claimed.values() for i in got]
     assert len(ids) == 400 and len(set(ids)) == 400
     assert states(db) == Counter({SENDING: 400})
@@ -193,27 +202,16 @@ def test_concurrent_locked_batches_never_overlap(db, settings):
         pytest.skip("row locks held while sending: PostgreSQL only (SQLite workers claim)")
     add_subscribers(db, settings, [f"r{i}@x.example" for i in range(400)])
     list_mail(db, settings)
-    sent: dict[str, list[int]] = {}
-    barrier = threading.Barrier(4)
 
-    def worker(name: str) -> None:
-        barrier.wait()
-        got: list[int] = []
-        while True:
-            with db.transaction() as session:
-                batch = outbox.lock_due(session, 25)
-                if not batch:
-                    break
+    def send(name: str) -> list[int]:
+        with db.transaction() as session:
+            batch = outbox.lock_due(session, 25)
+            if batch:
                 time.sleep(0.01)  # "sending", locks held
                 outbox.record(session, [outbox.Outcome(row, 250) for row in batch], {})
-            got += [row.id for row in batch]
-        sent[name] = got
+        return [row.id for row in batch]
 
-    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    sent = taken_by_four_workers(send)
     ids = [i for got in sent.values() for i in got]
     assert len(ids) == 400 and len(set(ids)) == 400
     assert sum(1 for got in sent.values() if got) > 1  # the work was shared, not serialised
