@@ -43,10 +43,16 @@ def wait_listening(port: int, timeout: float = 10.0) -> None:
             time.sleep(0.02)
 
 
+def _cpu_seconds(stat: str, children: bool = False) -> float:
+    """From a /proc/PID/stat text: user + system CPU time, and with `children`, that of the
+    children it has reaped too (utime, stime, cutime, cstime, after the command name)."""
+    fields = stat.rpartition(")")[2].split()
+    return sum(int(f) for f in fields[11 : 15 if children else 13]) / os.sysconf("SC_CLK_TCK")
+
+
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU time process `pid` has used so far (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
 
 
 def postgres_cpu_seconds() -> float:
@@ -60,9 +66,8 @@ def postgres_cpu_seconds() -> float:
         except OSError:  # the process ended meanwhile
             continue
         if text.partition(" (")[2].startswith("postgres)"):
-            fields = text.rpartition(")")[2].split()
-            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-    return total / os.sysconf("SC_CLK_TCK")
+            total += _cpu_seconds(text, children=True)
+    return total
 
 
 class SmtpSink:
