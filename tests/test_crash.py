@@ -1,6 +1,7 @@
 """Nothing lost: a real `listbridge serve` is SIGKILLed in the middle of a burst. Every message
-that got a 250 must be in the database after the restart, and the outbox rows the dead process had in flight
-('sending' on SQLite, held locked on PostgreSQL) must be queued again and delivered."""
+that got a 250 must be in the database after the restart, and the outbox rows the dead process
+had in flight ('sending' on SQLite, held locked on PostgreSQL) must be queued again and
+delivered."""
 
 from __future__ import annotations
 
