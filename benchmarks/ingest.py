@@ -53,7 +53,8 @@ def message(client: int, n: int) -> bytes:
 
 
 def client(port: int, index: int, count: int, start: Any, done: Any) -> None:
-    """Send `count` messages over one connection once `start` is set; report via `done`."""
+    """Send `count` messages over one connection once every client is ready (`start`, a
+    barrier); report via `done`."""
     messages = [message(index, n) for n in range(count)]
     with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
         smtp.ehlo()
@@ -70,14 +71,15 @@ def client(port: int, index: int, count: int, start: Any, done: Any) -> None:
 def measure(port: int, clients: int, total: int) -> tuple[float, int]:
     """Seconds for `clients` processes to send `total` messages; and how many were refused."""
     ctx = mp.get_context("fork")
-    start, done = ctx.Event(), ctx.Queue()
+    # The clock starts once every client has built its messages and connected: building 500
+    # messages takes about a second, and a fixed sleep let that work into the measurement.
+    start, done = ctx.Barrier(clients + 1), ctx.Queue()
     per = total // clients
     procs = [ctx.Process(target=client, args=(port, i, per, start, done)) for i in range(clients)]
     for p in procs:
         p.start()
-    time.sleep(0.5)  # let every client connect and build its messages
+    start.wait(timeout=120)
     t0 = time.perf_counter()
-    start.set()
     refused = sum(done.get(timeout=600) for _ in procs)
     elapsed = time.perf_counter() - t0
     for p in procs:
