@@ -10,7 +10,7 @@ import getpass
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from sqlalchemy import exists, insert, select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from . import authresults, commenttext, compose, outbox
@@ -19,7 +19,7 @@ from .intake import Incoming
 from .models import APPROVED, HELD, REJECTED, Comment, ModerationEvent, OutboxMessage, utcnow
 from .posts import Post, find_post
 from .render import render_mail
-from .store import SITE_CHANGED, note_effect
+from .store import SITE_CHANGED, FastInsert, note_effect
 from .subscriptions import ListContext, send
 
 NO_POST = "no matching post"
@@ -109,7 +109,11 @@ class Stored:
     post_slug: str | None
 
 
-_INSERT_COMMENT = insert(Comment.__table__).returning(Comment.__table__.c.id)
+_INSERT_COMMENT = FastInsert(Comment.__table__, (
+    "list_address", "sender", "display_name", "subject", "message_id", "in_reply_to", "auto_submitted",
+    "received_at", "status", "reason", "post_slug", "post_title", "post_path", "text", "attachments",
+    "published", "raw", "decided_by",
+))
 
 
 def receive(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[str, Post], automated: bool) -> Stored:
@@ -138,9 +142,9 @@ def receive(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[
         too_long=len(text) > mlist.max_comment_chars,
         attached=post is not None,
     )
-    # A Core insert of one row, its statement built once: this is the hot path of every comment.
-    comment_id = session.connection().execute(
-        _INSERT_COMMENT,
+    # The hot path of every comment: one row, on the DB-API cursor.
+    comment_id = _INSERT_COMMENT(
+        session,
         dict(
             list_address=mlist.address, sender=sender, display_name=incoming.display_name,
             subject=incoming.subject, message_id=incoming.message_id, in_reply_to=incoming.in_reply_to,
@@ -149,7 +153,7 @@ def receive(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[
             post_path=post.path if post else "", text=text, attachments=incoming.attachments, published=True,
             raw=incoming.raw, decided_by="",
         ),
-    ).scalar_one()
+    )
     if decision.status != HELD:
         comment = session.get(Comment, comment_id)
         assert comment is not None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Dialect, Engine, Table, create_engine, event, insert, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -106,6 +106,60 @@ class Database:
             self._pinned = None
             self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.engine.dispose()
+
+
+class FastInsert:
+    """One `INSERT … RETURNING id` for the hot path (a row per received message), compiled by
+    SQLAlchemy once per dialect, with its type conversions (SQLite's datetimes and booleans),
+    then run on the transaction's own DB-API cursor. SQLAlchemy's per-execution work (execution
+    context, parameter and result wrapping) was about 100 µs a row, a third of storing a
+    comment. Errors come out as SQLAlchemy's DBAPIError, a dropped connection flagged
+    `connection_invalidated` as it would be by Connection.execute."""
+
+    def __init__(self, table: Table, columns: Sequence[str]) -> None:
+        self.table = table
+        self.columns = tuple(columns)
+        self._compiled: dict[str, tuple[str, tuple[str, ...] | None, dict[str, Callable[[Any], Any]]]] = {}
+
+    def __call__(self, session: Session, values: Mapping[str, object]) -> int:
+        """Insert one row (`values` has exactly the columns given) in the session's
+        transaction; its id."""
+        connection = session.connection()
+        dialect = connection.dialect
+        sql, order, convert = self._compiled.get(dialect.name) or self._compile(dialect)
+        if order is None:
+            params: Any = {k: convert[k](v) if k in convert else v for k, v in values.items()}
+        else:
+            params = tuple(convert[k](values[k]) if k in convert else values[k] for k in order)
+        dbapi_connection = connection.connection
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        except dialect.loaded_dbapi.Error as exc:
+            lost = dialect.is_disconnect(exc, dbapi_connection, cursor)
+            if lost:
+                connection.invalidate(exc)
+            raise DBAPIError.instance(sql, params, exc, dialect.loaded_dbapi.Error, connection_invalidated=lost) from exc
+        finally:
+            cursor.close()
+        return int(row[0])
+
+    def _compile(
+        self, dialect: Dialect
+    ) -> tuple[str, tuple[str, ...] | None, dict[str, Callable[[Any], Any]]]:
+        compiled = insert(self.table).returning(self.table.c.id).compile(dialect=dialect, column_keys=list(self.columns))
+        order = tuple(compiled.positiontup or ()) if compiled.positional else None
+        if order is not None and set(order) != set(self.columns):  # pragma: no cover - a new dialect
+            raise RuntimeError(f"unexpected parameters for {self.table.name}: {order}")
+        convert = {}
+        for name in self.columns:
+            processor = self.table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is not None:
+                convert[name] = processor
+        entry = (compiled.string, order, convert)
+        self._compiled[dialect.name] = entry
+        return entry
 
 
 def alembic_config(connection: object | None) -> "AlembicConfig":

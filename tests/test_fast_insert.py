@@ -1,0 +1,75 @@
+"""store.FastInsert: the comment insert on the DB-API cursor must store exactly what
+SQLAlchemy's own insert stores, and fail the way SQLAlchemy does."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from listbridge.models import Comment
+from listbridge.store import Database, FastInsert
+
+COLUMNS = (
+    "list_address", "sender", "display_name", "subject", "message_id", "in_reply_to", "auto_submitted",
+    "received_at", "status", "reason", "post_slug", "post_title", "post_path", "text", "attachments",
+    "published", "raw", "decided_by",
+)
+
+
+def values(**changes: object) -> dict[str, object]:
+    row: dict[str, object] = dict(
+        list_address="bla@example.org", sender="renée@example.net", display_name="Renée «Ré» O'Brien",
+        subject="Re: l'été; DROP TABLE comments; --", message_id="<a.b@example.net>", in_reply_to="",
+        auto_submitted=True, received_at=dt.datetime(2026, 11, 26, 15, 4, 5, 123456), status="held",
+        reason="first post", post_slug=None, post_title="", post_path="", text="Merci\n\n> cité\n\t«?»",
+        attachments=2, published=False, raw=b"From: x\r\n\r\n\x00\xff\xfe body", decided_by="",
+    )
+    row.update(changes)
+    return row
+
+
+def as_stored(db: Database, comment_id: int) -> dict[str, object]:
+    with db.transaction() as session:
+        comment = session.get(Comment, comment_id)
+        assert comment is not None
+        return {name: getattr(comment, name) for name in COLUMNS}
+
+
+def test_a_row_stored_on_the_cursor_reads_back_as_sqlalchemys_own(db: Database) -> None:
+    fast = FastInsert(Comment.__table__, COLUMNS)
+    for changes in ({}, {"post_slug": "un-billet", "auto_submitted": False, "published": True, "text": ""}):
+        row = values(**changes)
+        with db.transaction() as session:
+            ours = fast(session, row)
+            theirs = session.execute(insert(Comment).returning(Comment.id), row).scalar_one()
+        assert ours != theirs
+        assert as_stored(db, ours) == as_stored(db, theirs) == row
+
+
+def test_one_insert_serves_every_database_it_meets(db: Database, tmp_path) -> None:
+    """Compiled per dialect: one FastInsert used on SQLite and on the test database."""
+    fast = FastInsert(Comment.__table__, COLUMNS)
+    other = Database(f"sqlite:///{tmp_path / 'other.db'}")
+    other.upgrade()
+    try:
+        for database in (db, other):
+            with database.transaction() as session:
+                comment_id = fast(session, values())
+            assert as_stored(database, comment_id) == values()
+    finally:
+        other.dispose()
+
+
+def test_a_refused_row_raises_sqlalchemys_error_and_leaves_nothing(db: Database) -> None:
+    fast = FastInsert(Comment.__table__, COLUMNS)
+    with pytest.raises(IntegrityError) as caught:
+        with db.transaction() as session:
+            fast(session, values(message_id="<kept@example.net>"))
+            fast(session, values(sender=None))  # NOT NULL
+    assert isinstance(caught.value, DBAPIError) and not caught.value.connection_invalidated
+    with db.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Comment)) == 0
+        assert fast(session, values()) > 0  # the connection is still good
