@@ -29,7 +29,19 @@ _MSG_ID = re.compile(r"<[^<>\s]{1,996}>")
 _ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[^\s@<>()\[\],;:\"\\]+")
 _COMMENT = re.compile(r"\([^()]*\)")
 _FOLDING = re.compile(r"\r?\n(?=[ \t])|\r(?=[ \t])")
+# One mailbox in its everyday form, which the address-list parser reads the same way:
+# `Some Name <local@domain>` (words of atom characters, single spaces) or a bare address.
+# No quotes, comments, dots in the name, encoded words or folding: those take the parser.
+_NAME_WORD = r"[^\s\x00-\x1f\x7f-\x9f\u2028\u2029()<>@,;:\\\".\[\]=?]+"
+_PLAIN_ADDRESS = r"[A-Za-z0-9!#$%&'*+/^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_SIMPLE_MAILBOX = re.compile(rf" ?(?:({_NAME_WORD}(?: {_NAME_WORD})*) ?)?<({_PLAIN_ADDRESS})> ?| ?({_PLAIN_ADDRESS}) ?")
 _HIDDEN_WORD = re.compile(r"ew(\d+)x([0-9a-f]{8})")  # an encoded word hidden by _first_address
+# The headers read below; the others (Received, DKIM-Signature…: most of a real header) are
+# never decoded.
+_READ = frozenset({
+    "from", "subject", "message-id", "in-reply-to", "references", "auto-submitted", "precedence", "x-loop",
+    "authentication-results",
+})
 # References longer than this keep the first id (the thread root) and the newest ones.
 MAX_REFERENCES = 100
 
@@ -71,13 +83,14 @@ def parse(raw: bytes, envelope_sender: str = "") -> Incoming:
     """Parse one message. Raises IntakeError when nothing usable can be read."""
     try:
         message = email.message_from_bytes(raw)
-        items = [(str(name).lower(), _header_text(value)) for name, value in message.raw_items()]
+        headers = list(message.raw_items())
+        items = [(key, _header_text(value)) for name, value in headers if (key := str(name).lower()) in _READ]
         mail = _BodyParser(_body_view(message))
         text = _text(mail)
         attachments = len(mail.attachments)
     except Exception as exc:  # mail-parser raises many kinds on hostile input
         raise IntakeError(f"message cannot be parsed ({type(exc).__name__})") from exc
-    if not items:
+    if not headers:
         raise IntakeError("message has no header")
 
     def values(name: str) -> list[str]:
@@ -138,6 +151,8 @@ def decode_words(value: str) -> str:
     >>> decode_words('=?iso-8859-1?q?Ren=E9?= =?utf-8?b?TMOp?= "=?utf-8?q?caf=C3=A9?="')
     'RenéLé "café"'
     """
+    if "=?" not in value:  # no encoded word: most headers
+        return value
     out: list[str] = []
     pending = bytearray()
     pending_charset = ""
@@ -213,6 +228,15 @@ def _first_address(value: str) -> tuple[str, str]:
     the first mailbox when none has one; ('', '') when the header is empty."""
     if not value:
         return "", ""
+    simple = _SIMPLE_MAILBOX.fullmatch(value) if len(value) < 998 else None
+    if simple is not None:
+        name, address = simple.group(1, 2) if simple.group(2) else ("", simple.group(3))
+        return _display_name(name or ""), _valid_address(address)
+    return _parsed_first_address(value)
+
+
+def _parsed_first_address(value: str) -> tuple[str, str]:
+    """_first_address() through the email package's address-list parser."""
     # Encoded words are hidden behind atoms while the list is split, so that what they decode
     # to (a comma, a colon, "<", CR/LF) cannot change the structure.
     words: list[str] = []

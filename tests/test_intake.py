@@ -391,3 +391,35 @@ def test_html_to_text_leaves_no_tag_and_no_script(value):
     text = html_to_text(f"<div><p class='x'>{value}</p><script>SECRET</script><style>HIDDEN</style></div>")
     assert "<" not in text and "SECRET" not in text and "HIDDEN" not in text
     assert text.split() == one_line(value, 10**6).split()
+
+
+# Pieces of From values close to the everyday `Name <local@domain>`, with the characters that
+# change how the address-list parser reads them.
+_from_chars = st.sampled_from(list("aZé0 _-.'+\"(),:;<>@[]\\=?\t\x00\x7f\u2028\xa0ß日"))
+_from_word = st.text(_from_chars, max_size=8) | st.sampled_from(["Reader", "Renée", "O'Brien", "=?utf-8?q?a?="])
+_from_address = st.builds(
+    lambda local, domain: f"{local}@{domain}",
+    st.text(_from_chars, max_size=8) | st.sampled_from(["reader0", "a.b+c", "x"]),
+    st.text(_from_chars, max_size=8) | st.sampled_from(["example.net", "b", "a-b.example"]),
+)
+_from_values = st.one_of(
+    st.builds(
+        lambda words, gap, address, end: " ".join(words) + gap + f"<{address}>" + end,
+        st.lists(_from_word, max_size=3), st.sampled_from(["", " ", "  ", "\t"]), _from_address,
+        st.sampled_from(["", " ", ",", ", x@y", " (c)"]),
+    ),
+    st.builds(lambda lead, address, end: lead + address + end, st.sampled_from(["", " ", "<"]), _from_address,
+              st.sampled_from(["", " ", ">", " (Name)"])),
+    st.text(_from_chars, max_size=30),
+)
+
+
+@settings(max_examples=3000)
+@given(_from_values)
+def test_the_everyday_from_shortcut_reads_what_the_address_parser_reads(value):
+    assert intake._first_address(value) == intake._parsed_first_address(value)
+
+
+def test_the_everyday_from_takes_the_shortcut():
+    for value in ("Reader 0 <reader0@example.net>", "Renée Dupré <r.d+x@example.fr>", "carole@example.net"):
+        assert intake._SIMPLE_MAILBOX.fullmatch(value), value
