@@ -103,7 +103,7 @@ def attach(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[s
 class Stored:
     """What became of a received comment."""
 
-    id: int
+    id: int | None  # None for a held comment: written as the transaction commits
     status: str
     reason: str
     post_slug: str | None
@@ -142,25 +142,24 @@ def receive(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[
         too_long=len(text) > mlist.max_comment_chars,
         attached=post is not None,
     )
-    # The hot path of every comment: one row, on the DB-API cursor.
-    comment_id = _INSERT_COMMENT(
-        session,
-        dict(
-            list_address=mlist.address, sender=sender, display_name=incoming.display_name,
-            subject=incoming.subject, message_id=incoming.message_id, in_reply_to=incoming.in_reply_to,
-            auto_submitted=automated, received_at=utcnow(), status=HELD, reason=decision.reason,
-            post_slug=post.slug if post else None, post_title=post.title if post else "",
-            post_path=post.path if post else "", text=text, attachments=incoming.attachments, published=True,
-            raw=incoming.raw, decided_by="",
-        ),
+    row = dict(
+        list_address=mlist.address, sender=sender, display_name=incoming.display_name,
+        subject=incoming.subject, message_id=incoming.message_id, in_reply_to=incoming.in_reply_to,
+        auto_submitted=automated, received_at=utcnow(), status=HELD, reason=decision.reason,
+        post_slug=post.slug if post else None, post_title=post.title if post else "",
+        post_path=post.path if post else "", text=text, attachments=incoming.attachments, published=True,
+        raw=incoming.raw, decided_by="",
     )
-    if decision.status != HELD:
-        comment = session.get(Comment, comment_id)
-        assert comment is not None
-        if decision.status == APPROVED:
-            approve(session, ctx, comment, actor="policy")
-        else:
-            _decide(session, comment, REJECTED, "policy", decision.reason)
+    if decision.status == HELD:  # the hot path: nothing reads it back before the commit
+        _INSERT_COMMENT.stage(session, row)
+        return Stored(None, decision.status, decision.reason, post.slug if post else None)
+    comment_id = _INSERT_COMMENT.insert(session, row)
+    comment = session.get(Comment, comment_id)
+    assert comment is not None
+    if decision.status == APPROVED:
+        approve(session, ctx, comment, actor="policy")
+    else:
+        _decide(session, comment, REJECTED, "policy", decision.reason)
     return Stored(comment_id, decision.status, decision.reason, post.slug if post else None)
 
 

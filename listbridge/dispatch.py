@@ -197,8 +197,8 @@ def _act(
     try:
         if action == addresses.POST:
             comment = comments.receive(session, ctx, incoming, posts(), automated)
-            log.info("comment %d from <%s> on %s: %s %s", comment.id, incoming.sender, comment.post_slug,
-                     comment.status, comment.reason)
+            log.info("comment %s from <%s> on %s: %s %s", comment.id or incoming.message_id, incoming.sender,
+                     comment.post_slug, comment.status, comment.reason)
             return OK
         if action == addresses.OWNER:
             return _forward_to_owner(session, ctx, incoming)

@@ -1,5 +1,6 @@
 """store.FastInsert: the comment insert on the DB-API cursor must store exactly what
-SQLAlchemy's own insert stores, and fail the way SQLAlchemy does."""
+SQLAlchemy's own insert stores, fail the way SQLAlchemy does, and write staged rows in the
+same transaction as the rest of its work."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from listbridge.models import Comment
+from listbridge.models import Comment, Subscriber
 from listbridge.store import Database, FastInsert
 
 COLUMNS = (
@@ -43,7 +44,7 @@ def test_a_row_stored_on_the_cursor_reads_back_as_sqlalchemys_own(db: Database) 
     for changes in ({}, {"post_slug": "un-billet", "auto_submitted": False, "published": True, "text": ""}):
         row = values(**changes)
         with db.transaction() as session:
-            ours = fast(session, row)
+            ours = fast.insert(session, row)
             theirs = session.execute(insert(Comment).returning(Comment.id), row).scalar_one()
         assert ours != theirs
         assert as_stored(db, ours) == as_stored(db, theirs) == row
@@ -57,7 +58,7 @@ def test_one_insert_serves_every_database_it_meets(db: Database, tmp_path) -> No
     try:
         for database in (db, other):
             with database.transaction() as session:
-                comment_id = fast(session, values())
+                comment_id = fast.insert(session, values())
             assert as_stored(database, comment_id) == values()
     finally:
         other.dispose()
@@ -67,9 +68,42 @@ def test_a_refused_row_raises_sqlalchemys_error_and_leaves_nothing(db: Database)
     fast = FastInsert(Comment.__table__, COLUMNS)
     with pytest.raises(IntegrityError) as caught:
         with db.transaction() as session:
-            fast(session, values(message_id="<kept@example.net>"))
-            fast(session, values(sender=None))  # NOT NULL
+            fast.insert(session, values(message_id="<kept@example.net>"))
+            fast.insert(session, values(sender=None))  # NOT NULL
     assert isinstance(caught.value, DBAPIError) and not caught.value.connection_invalidated
     with db.transaction() as session:
         assert session.scalar(select(func.count()).select_from(Comment)) == 0
-        assert fast(session, values()) > 0  # the connection is still good
+        assert fast.insert(session, values()) > 0  # the connection is still good
+
+
+def stored(db: Database) -> list[dict[str, object]]:
+    with db.transaction() as session:
+        ids = session.scalars(select(Comment.id).order_by(Comment.id)).all()
+    return [as_stored(db, i) for i in ids]
+
+
+def test_staged_rows_are_written_as_the_transaction_commits(db: Database) -> None:
+    fast = FastInsert(Comment.__table__, COLUMNS)
+    rows = [values(message_id=f"<{n}@example.net>", published=n % 2 == 0) for n in range(FastInsert.MAX_ROWS + 6)]
+    with db.transaction() as session:
+        for row in rows:
+            fast.stage(session, row)
+        assert session.scalar(select(func.count()).select_from(Comment)) == 0  # not yet
+    assert stored(db) == rows  # in order, over two statements
+
+
+def test_staged_rows_and_the_orm_commit_together_or_not_at_all(db: Database) -> None:
+    fast = FastInsert(Comment.__table__, COLUMNS)
+    with pytest.raises(IntegrityError):
+        with db.transaction() as session:
+            fast.stage(session, values())
+            session.add(Subscriber(list_address="bla@example.org", address=None))  # NOT NULL, at the flush
+    with pytest.raises(IntegrityError):
+        with db.transaction() as session:
+            fast.stage(session, values())
+            fast.stage(session, values(sender=None))
+    with pytest.raises(RuntimeError):
+        with db.transaction() as session:
+            fast.stage(session, values())
+            raise RuntimeError("rolled back")
+    assert stored(db) == []
