@@ -140,7 +140,8 @@ class FastInsert:
             cursor.close()
 
     def stage(self, session: Session, values: Mapping[str, object]) -> None:
-        """Queue one row, to be written when the session's transaction commits."""
+        """Queue one row, to be written when the session's transaction commits (dropped if it
+        rolls back). Not inside begin_nested(): a savepoint's rollback would not drop it."""
         session.info.setdefault(_STAGED, {}).setdefault(self, []).append(values)
 
     def _write_staged(self, session: Session, rows: list[Mapping[str, object]]) -> None:
@@ -163,8 +164,8 @@ class FastInsert:
         try:
             cursor.execute(compiled.sql, params)
         except dialect.loaded_dbapi.Error as exc:
-            cursor.close()
             lost = dialect.is_disconnect(exc, dbapi_connection, cursor)
+            cursor.close()
             if lost:
                 connection.invalidate(exc)
             raise DBAPIError.instance(
