@@ -197,8 +197,9 @@ def _act(
     try:
         if action == addresses.POST:
             comment = comments.receive(session, ctx, incoming, posts(), automated)
-            log.info("comment %s from <%s> on %s: %s %s", comment.id or incoming.message_id, incoming.sender,
-                     comment.post_slug, comment.status, comment.reason)
+            name = comment.id if comment.id is not None else incoming.message_id or "without Message-ID"
+            log.info("comment %s from <%s> on %s: %s %s", name, incoming.sender, comment.post_slug, comment.status,
+                     comment.reason)
             return OK
         if action == addresses.OWNER:
             return _forward_to_owner(session, ctx, incoming)

@@ -414,7 +414,7 @@ _from_values = st.one_of(
 )
 
 
-@settings(max_examples=3000)
+@settings(max_examples=2000)
 @given(_from_values)
 def test_the_everyday_from_shortcut_reads_what_the_address_parser_reads(value):
     assert intake._first_address(value) == intake._parsed_first_address(value)
