@@ -1,7 +1,7 @@
 """Ingest benchmark: messages/s accepted over SMTP by listbridge's real handler, against the
 same machine's aiosmtpd Controller with a handler that does nothing.
 
-    python benchmarks/ingest.py                      # 3 rounds of 2,000 messages, 4 clients, SQLite
+    python benchmarks/ingest.py                      # 7 rounds of 2,000 messages, 4 clients, SQLite
     python benchmarks/ingest.py --rounds 5 --database-url postgresql+psycopg://…
     python benchmarks/ingest.py --null-uvloop        # the null handler on uvloop, as listbridge
 
@@ -146,7 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2000, help="messages per run (default 2,000)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent SMTP clients (default 4)")
-    parser.add_argument("--rounds", type=int, default=3, help="null/listbridge pairs (default 3)")
+    parser.add_argument("--rounds", type=int, default=7, help="null/listbridge pairs (default 7)")
     parser.add_argument("--database-url", default="", help="e.g. postgresql+psycopg://postgres@127.0.0.1/lb_b")
     parser.add_argument(
         "--null-uvloop", action="store_true", help="run the null handler on uvloop too (the default is stock aiosmtpd)"
