@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, create_engine, event, insert, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from .resources import shipped_path
 
@@ -127,7 +127,7 @@ class FastInsert:
     def __init__(self, table: Table, columns: Sequence[str]) -> None:
         self.table = table
         self.columns = tuple(columns)
-        self._compiled: dict[tuple[str, int], _Compiled] = {}
+        self._compiled: dict[tuple[type[Dialect], int], _Compiled] = {}  # per driver and row count
 
     def insert(self, session: Session, values: Mapping[str, object]) -> int:
         """Insert one row (`values` has exactly the columns given) in the session's
@@ -140,19 +140,24 @@ class FastInsert:
             cursor.close()
 
     def stage(self, session: Session, values: Mapping[str, object]) -> None:
-        """Queue one row, to be written when the session's transaction commits (dropped if it
-        rolls back). Not inside begin_nested(): a savepoint's rollback would not drop it."""
+        """Queue one row, to be written when the session's (outermost) transaction commits, and
+        dropped when it ends otherwise (rollback, close). Rows staged inside a savepoint are
+        not dropped by the savepoint's rollback: stage outside begin_nested()."""
+        session.connection()  # begins the transaction if need be, so that its end settles the row
         session.info.setdefault(_STAGED, {}).setdefault(self, []).append(values)
 
     def _write_staged(self, session: Session, rows: list[Mapping[str, object]]) -> None:
+        """Write `rows`, removing each statement's rows once written: a commit tried again after
+        a failure writes only what is left."""
         connection = session.connection()
-        for start in range(0, len(rows), self.MAX_ROWS):
-            self._execute(connection, rows[start : start + self.MAX_ROWS], returning=False).close()
+        while rows:
+            self._execute(connection, rows[: self.MAX_ROWS], returning=False).close()
+            del rows[: self.MAX_ROWS]
 
     def _execute(self, connection: Connection, rows: Sequence[Mapping[str, object]], returning: bool) -> Any:
         """An open cursor that has run the INSERT of `rows`."""
         dialect = connection.dialect
-        compiled = self._compiled.get((dialect.name, -1 if returning else len(rows))) or self._compile(
+        compiled = self._compiled.get((type(dialect), -1 if returning else len(rows))) or self._compile(
             dialect, len(rows), returning
         )
         convert = compiled.convert
@@ -192,7 +197,7 @@ class FastInsert:
             if processor is not None:
                 convert[name] = processor
         entry = _Compiled(compiled.string, compiled.positional, [(n, *where[n]) for n in order], convert)
-        self._compiled[(dialect.name, -1 if returning else count)] = entry
+        self._compiled[(type(dialect), -1 if returning else count)] = entry
         return entry
 
 
@@ -209,16 +214,18 @@ _STAGED = "listbridge.staged rows"
 
 @event.listens_for(Session, "before_commit")
 def _write_staged(session: Session) -> None:
-    staged: dict[FastInsert, list[Mapping[str, object]]] | None = session.info.pop(_STAGED, None)
-    if not staged:
+    if session.in_nested_transaction():  # a savepoint's release: the rows wait for the real commit
         return
+    staged: dict[FastInsert, list[Mapping[str, object]]] = session.info.get(_STAGED, {})
     for writer, rows in staged.items():
         writer._write_staged(session, rows)
-
-
-@event.listens_for(Session, "after_rollback")
-def _drop_staged(session: Session) -> None:
     session.info.pop(_STAGED, None)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_staged(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the outermost transaction ended: committed, rolled back or closed
+        session.info.pop(_STAGED, None)
 
 
 def alembic_config(connection: object | None) -> "AlembicConfig":
