@@ -127,7 +127,7 @@ class FastInsert:
     def __init__(self, table: Table, columns: Sequence[str]) -> None:
         self.table = table
         self.columns = tuple(columns)
-        self._compiled: dict[tuple[type[Dialect], int], _Compiled] = {}  # per driver and row count
+        self._compiled: dict[tuple[type[Dialect], int, bool], _Compiled] = {}  # driver, rows, RETURNING
 
     def insert(self, session: Session, values: Mapping[str, object]) -> int:
         """Insert one row (`values` has exactly the columns given) in the session's
@@ -157,9 +157,7 @@ class FastInsert:
     def _execute(self, connection: Connection, rows: Sequence[Mapping[str, object]], returning: bool) -> Any:
         """An open cursor that has run the INSERT of `rows`."""
         dialect = connection.dialect
-        compiled = self._compiled.get((type(dialect), -1 if returning else len(rows))) or self._compile(
-            dialect, len(rows), returning
-        )
+        compiled = self._statement(dialect, len(rows), returning)
         convert = compiled.convert
         values = [(name, rows[row][column]) for name, row, column in compiled.slots]
         converted = [(name, convert[name](v) if name in convert else v) for name, v in values]
@@ -177,6 +175,14 @@ class FastInsert:
                 compiled.sql, params, exc, dialect.loaded_dbapi.Error, connection_invalidated=lost
             ) from exc
         return cursor
+
+    def _statement(self, dialect: Dialect, count: int, returning: bool) -> "_Compiled":
+        """The INSERT of `count` rows for this driver, compiled on first use."""
+        key = (type(dialect), count, returning)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            compiled = self._compiled[key] = self._compile(dialect, count, returning)
+        return compiled
 
     def _compile(self, dialect: Dialect, count: int, returning: bool) -> "_Compiled":
         names = [{column: f"r{row}_{column}" for column in self.columns} for row in range(count)]
@@ -196,9 +202,7 @@ class FastInsert:
             processor = self.table.c[column].type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 convert[name] = processor
-        entry = _Compiled(compiled.string, compiled.positional, [(n, *where[n]) for n in order], convert)
-        self._compiled[(type(dialect), -1 if returning else count)] = entry
-        return entry
+        return _Compiled(compiled.string, compiled.positional, [(n, *where[n]) for n in order], convert)
 
 
 @dataclass(frozen=True)
