@@ -36,6 +36,13 @@ _NAME_WORD = r"[^\s\x00-\x1f\x7f-\x9f\u2028\u2029()<>@,;:\\\".\[\]=?]+"
 _PLAIN_ADDRESS = r"[A-Za-z0-9!#$%&'*+/^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 _SIMPLE_MAILBOX = re.compile(rf" ?(?:({_NAME_WORD}(?: {_NAME_WORD})*) ?)?<({_PLAIN_ADDRESS})> ?| ?({_PLAIN_ADDRESS}) ?")
 _HIDDEN_WORD = re.compile(r"ew(\d+)x([0-9a-f]{8})")  # an encoded word hidden by _first_address
+# A Content-Type that leaves nothing for mail-parser to do (see _plain_body).
+_PLAIN_TYPE = re.compile(
+    r'\s*text/plain\s*(?:;\s*charset=(?:utf-8|us-ascii|"utf-8"|"us-ascii")\s*)?'
+    r"(?:;\s*format=(?:flowed|fixed)\s*)?(?:;\s*delsp=(?:yes|no)\s*)?;?\s*",
+    re.IGNORECASE,
+)
+_PLAIN_EXTRAS = frozenset({"content-transfer-encoding", "content-language", "content-description"})
 # The headers read below; the others (Received, DKIM-Signature…: most of a real header) are
 # never decoded.
 _READ = frozenset({
@@ -85,9 +92,13 @@ def parse(raw: bytes, envelope_sender: str = "") -> Incoming:
         message = email.message_from_bytes(raw)
         headers = list(message.raw_items())
         items = [(key, _header_text(value)) for name, value in headers if (key := str(name).lower()) in _READ]
-        mail = _BodyParser(_body_view(message))
-        text = _text(mail)
-        attachments = len(mail.attachments)
+        plain = _plain_body(message, headers)
+        if plain is not None:
+            text, attachments = clean_text(plain).strip(), 0
+        else:
+            mail = _BodyParser(_body_view(message))
+            text = _text(mail)
+            attachments = len(mail.attachments)
     except Exception as exc:  # mail-parser raises many kinds on hostile input
         raise IntakeError(f"message cannot be parsed ({type(exc).__name__})") from exc
     if not headers:
@@ -118,6 +129,25 @@ def parse(raw: bytes, envelope_sender: str = "") -> Incoming:
         authentication_results=tuple(one_line(v, 4000) for v in values("authentication-results")),
         attachments=attachments,
     )
+
+
+def _plain_body(message: email.message.Message, headers: list[tuple[str, object]]) -> str | None:
+    """The text of a message with no MIME structure to walk: one text/plain part declared UTF-8
+    or ASCII (or nothing), in any transfer encoding. For such a message mail-parser returns the
+    decoded body's bytes read as UTF-8, bad bytes replaced, whichever of those charsets is
+    declared; this does the same without its walk of the parts (a Hypothesis test holds the two
+    equal). None for anything else, which goes to mail-parser."""
+    types: list[str] = []
+    for name, value in headers:
+        key = str(name).lower()
+        if key == "content-type":
+            types.append(str(value))
+        elif key.startswith("content-") and key not in _PLAIN_EXTRAS:
+            return None  # a disposition, an id…: mail-parser's attachment rules apply
+    if types and not _PLAIN_TYPE.fullmatch(types[0]):  # the first one counts, for mail-parser too
+        return None
+    body = message.get_payload(decode=True)
+    return body.decode("utf-8", "replace") if isinstance(body, bytes) else None
 
 
 def _body_view(message: email.message.Message) -> email.message.Message:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import time
 import unicodedata
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -423,3 +424,69 @@ def test_the_everyday_from_shortcut_reads_what_the_address_parser_reads(value):
 def test_the_everyday_from_takes_the_shortcut():
     for value in ("Reader 0 <reader0@example.net>", "Renée Dupré <r.d+x@example.fr>", "carole@example.net"):
         assert intake._SIMPLE_MAILBOX.fullmatch(value), value
+
+
+# --- the plain-body shortcut: what mail-parser would read, without its walk -----------------
+
+_content_types = st.sampled_from([
+    "text/plain", "TEXT/Plain", "text/plain; charset=utf-8", 'text/plain; charset="UTF-8"',
+    "text/plain; charset=us-ascii", "text/plain;\r\n charset=utf-8", "text/plain; charset=utf-8; format=flowed",
+    'text/plain; charset="utf-8"; format=flowed; delsp=yes', "text/plain;", " text/plain ",
+    "text/plain; charset=iso-8859-1", "text/plain; charset=utf8", "text/plain; charset=bogus",
+    'text/plain; name="a.txt"', "text/plain; format=flowed; charset=utf-8", "text/plain; charset=utf-8; charset=latin1",
+    "text/html; charset=utf-8", "text", "", "multipart/mixed; boundary=b", "application/octet-stream",
+    "text/plain; charset==?utf-8?q?x?=",
+]) | st.text(st.sampled_from(list('text/plain; charset="utf-8"\r\n\t=?')), max_size=30)
+_encodings = st.sampled_from(["7bit", "8bit", "8BIT", " 8bit ", "", "binary", "quoted-printable", "base64", "x-uuencode"])
+_body_pieces = st.sampled_from([
+    b"Merci pour ce billet.", b"r\xc3\xa9cit", "日本".encode(), b"\xff\xfe", b"\xc3", b"\r\n", b"\n", b"\r", b"\x00",
+    b"> quoted", b"-- ", b"=C3=A9", b"TWVyY2k=", b"<b>bold</b>", b" ", b"\t", b"begin 644 a\n",
+])
+
+
+@settings(max_examples=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    content_type=st.none() | _content_types,
+    second=st.none() | _content_types,
+    encoding=st.lists(_encodings, max_size=2),
+    others=st.lists(st.sampled_from([
+        "Content-Disposition: inline", "Content-Disposition: attachment", 'Content-Disposition: inline; filename="a.txt"',
+        "Content-ID: <x@example.net>", "Content-Description: note", "Content-Language: fr", "MIME-Version: 1.0",
+        "Content-Type : text/html", "Content-Base: x",
+    ]), max_size=3),
+    body=st.lists(_body_pieces, max_size=12).map(b"".join),
+)
+def test_the_plain_body_shortcut_reads_what_mail_parser_reads(content_type, second, encoding, others, body):
+    lines = ["From: Carole <carole@example.net>", "Subject: s"]
+    if content_type is not None:
+        lines.append(f"Content-Type: {content_type}")
+    if second is not None:
+        lines.append(f"Content-Type: {second}")
+    lines += [f"Content-Transfer-Encoding: {e}" for e in encoding]
+    lines += others
+    raw = "\r\n".join(lines).encode() + b"\r\n\r\n" + body
+    try:
+        fast = parse(raw)
+    except IntakeError:
+        fast = None
+    with mock.patch.object(intake, "_plain_body", lambda message, headers: None):
+        try:
+            walked = parse(raw)
+        except IntakeError:
+            walked = None
+    assert fast == walked
+
+
+def test_an_everyday_comment_takes_the_plain_body_shortcut():
+    everyday = [
+        mail(HEAD + b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: 8bit\r\n',
+             "Merci pour le récit.\r\n\r\n-- \r\nRenée\r\n".encode()),
+        mail(HEAD + b"Content-Type: text/plain; charset=us-ascii; format=flowed\r\nContent-Language: en-US\r\n",
+             b"Thanks.\r\n"),
+        mail(HEAD + b"Content-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: quoted-printable\r\n",
+             b"Un r=C3=A9cit.\r\n"),
+        mail(b"From: carole@example.net\r\nSubject: s\r\n", b"No MIME headers at all.\n"),
+    ]
+    with mock.patch.object(intake, "_BodyParser", side_effect=AssertionError("mail-parser was called")):
+        texts = [parse(raw).text for raw in everyday]
+    assert texts == ["Merci pour le récit.\n\n-- \nRenée", "Thanks.", "Un récit.", "No MIME headers at all."]
