@@ -39,7 +39,10 @@ def slugify(text: str) -> str:
     Letters with no ASCII base (Greek, Cyrillic, CJK…) are dropped like punctuation.
     """
     decomposed = unicodedata.normalize("NFKD", text.casefold().translate(_LETTERS))
-    ascii_text = "".join(c for c in decomposed if not unicodedata.combining(c))
+    if decomposed.isascii():  # nothing to drop: most subjects
+        ascii_text = decomposed
+    else:
+        ascii_text = "".join(c for c in decomposed if not unicodedata.combining(c))
     return _NOT_ALNUM.sub("-", ascii_text.lower()).strip("-")
 
 
