@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import doctest
+import email
 import time
 import unicodedata
 from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from listbridge import intake
 from listbridge.intake import Incoming, IntakeError, parse
@@ -434,13 +435,14 @@ _content_types = st.sampled_from([
     'text/plain; charset="utf-8"; format=flowed; delsp=yes', "text/plain;", " text/plain ",
     "text/plain; charset=iso-8859-1", "text/plain; charset=utf8", "text/plain; charset=bogus",
     'text/plain; name="a.txt"', "text/plain; format=flowed; charset=utf-8", "text/plain; charset=utf-8; charset=latin1",
-    "text/html; charset=utf-8", "text", "", "multipart/mixed; boundary=b", "application/octet-stream",
+    "text/html; charset=utf-8", "text", "", "multipart/mixed; boundary=b", "application/octet-stream", "message/rfc822",
     "text/plain; charset==?utf-8?q?x?=",
 ]) | st.text(st.sampled_from(list('text/plain; charset="utf-8"\r\n\t=?')), max_size=30)
 _encodings = st.sampled_from(["7bit", "8bit", "8BIT", " 8bit ", "", "binary", "quoted-printable", "base64", "x-uuencode"])
 _body_pieces = st.sampled_from([
     b"Merci pour ce billet.", b"r\xc3\xa9cit", "日本".encode(), b"\xff\xfe", b"\xc3", b"\r\n", b"\n", b"\r", b"\x00",
     b"> quoted", b"-- ", b"=C3=A9", b"TWVyY2k=", b"<b>bold</b>", b" ", b"\t", b"begin 644 a\n",
+    b"\r\n--b\r\nContent-Type: text/plain\r\n\r\npart\r\n--b--\r\n", b"Subject: inner\r\n\r\ninner body",
 ])
 
 
@@ -455,21 +457,31 @@ _body_pieces = st.sampled_from([
         "Content-Type : text/html", "Content-Base: x",
     ]), max_size=3),
     body=st.lists(_body_pieces, max_size=12).map(b"".join),
+    noise=st.sampled_from(["", "From carole@example.net Mon Jan  1 00:00:00 2026\r\n", "X-Folded: a\r\n b\r\n",
+                           "not a header\r\n", "X-Bare: a\n", "X-Cr: a\rb\r\n", "\r\n", " continued\r\n",
+                           "X-8bit: caf\udce9\r\n"]),
+    end=st.sampled_from(["\r\n\r\n", "\r\n\r\n", "\r\n\r\n", "\n\n", "\r\n\n", "\r\n", ""]),
 )
-def test_the_plain_body_shortcut_reads_what_mail_parser_reads(content_type, second, encoding, others, body):
-    lines = ["From: Carole <carole@example.net>", "Subject: s"]
+@example("multipart/mixed; boundary=b", None, [], [], b"\r\n--b\r\nContent-Type: text/plain\r\n\r\npart\r\n--b--\r\n",
+         "", "\r\n\r\n")
+@example("message/rfc822", None, [], [], b"Subject: inner\r\n\r\ninner body", "", "\r\n\r\n")
+def test_the_plain_body_shortcuts_read_what_mail_parser_reads(content_type, second, encoding, others, body, noise, end):
+    """Both shortcuts (the header parsed alone, the plain body read without mail-parser's walk)
+    against the email package and mail-parser reading the whole message."""
+    lines = [noise + "From: Carole <carole@example.net>", "Subject: s"]
     if content_type is not None:
         lines.append(f"Content-Type: {content_type}")
     if second is not None:
         lines.append(f"Content-Type: {second}")
     lines += [f"Content-Transfer-Encoding: {e}" for e in encoding]
     lines += others
-    raw = "\r\n".join(lines).encode() + b"\r\n\r\n" + body
+    raw = "\r\n".join(lines).encode("utf-8", "surrogateescape") + end.encode() + body
     try:
         fast = parse(raw)
     except IntakeError:
         fast = None
-    with mock.patch.object(intake, "_plain_body", lambda message, headers: None):
+    whole = mock.patch.object(intake, "_read_message", email.message_from_bytes)
+    with whole, mock.patch.object(intake, "_plain_body", lambda message, headers: None):
         try:
             walked = parse(raw)
         except IntakeError:
@@ -485,8 +497,14 @@ def test_an_everyday_comment_takes_the_plain_body_shortcut():
              b"Thanks.\r\n"),
         mail(HEAD + b"Content-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: quoted-printable\r\n",
              b"Un r=C3=A9cit.\r\n"),
-        mail(b"From: carole@example.net\r\nSubject: s\r\n", b"No MIME headers at all.\n"),
+        b"From: carole@example.net\nSubject: s\n\nNo MIME headers at all.\n",
     ]
-    with mock.patch.object(intake, "_BodyParser", side_effect=AssertionError("mail-parser was called")):
+    read = []
+    reader = email.message_from_bytes
+    walked = mock.patch.object(intake, "_BodyParser", side_effect=AssertionError("mail-parser was called"))
+    recorded = mock.patch.object(email, "message_from_bytes", lambda data: read.append(data) or reader(data))
+    with walked, recorded:
         texts = [parse(raw).text for raw in everyday]
+    # Only the last one's header (LF line ends) made the email package read a body.
+    assert [raw for raw in everyday if raw in read] == everyday[3:]
     assert texts == ["Merci pour le récit.\n\n-- \nRenée", "Thanks.", "Un récit.", "No MIME headers at all."]
