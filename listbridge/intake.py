@@ -90,15 +90,13 @@ def parse(raw: bytes, envelope_sender: str = "") -> Incoming:
     """Parse one message. Raises IntakeError when nothing usable can be read."""
     try:
         message = _read_message(raw)
-        headers = list(message.raw_items())
-        items = [(key, _header_text(value)) for name, value in headers if (key := str(name).lower()) in _READ]
-        plain = _plain_body(message, headers)
-        if plain is not None:
-            text, attachments = clean_text(plain).strip(), 0
-        else:
+        headers = [(str(name).lower(), value) for name, value in message.raw_items()]
+        items = [(key, _header_text(value)) for key, value in headers if key in _READ]
+        body, attachments = _plain_body(message, headers), 0
+        if body is None:
             mail = _BodyParser(_body_view(message))
-            text = _text(mail)
-            attachments = len(mail.attachments)
+            body, attachments = _text(mail), len(mail.attachments)
+        text = clean_text(body).strip()
     except Exception as exc:  # mail-parser raises many kinds on hostile input
         raise IntakeError(f"message cannot be parsed ({type(exc).__name__})") from exc
     if not headers:
@@ -153,10 +151,10 @@ def _plain_body(message: email.message.Message, headers: list[tuple[str, object]
     or ASCII (or nothing), in any transfer encoding. For such a message mail-parser returns the
     decoded body's bytes read as UTF-8, bad bytes replaced, whichever of those charsets is
     declared; this does the same without its walk of the parts (a Hypothesis test holds the two
-    equal). None for anything else, which goes to mail-parser."""
+    equal). `headers`: (lower-case name, value). None for anything else, which goes to
+    mail-parser."""
     types: list[str] = []
-    for name, value in headers:
-        key = str(name).lower()
+    for key, value in headers:
         if key == "content-type":
             types.append(str(value))
         elif key.startswith("content-") and key not in _PLAIN_EXTRAS:
@@ -348,12 +346,10 @@ def _loop_value(value: str) -> str:
 def _text(mail: mailparser.MailParser) -> str:
     """The text body: text/plain preferred, else HTML turned into text."""
     if mail.text_plain:
-        text = "\n".join(mail.text_plain)
-    elif mail.text_html:
-        text = html_to_text("\n".join(mail.text_html))
-    else:
-        text = _unstructured(mail)
-    return clean_text(text).strip()
+        return "\n".join(mail.text_plain)
+    if mail.text_html:
+        return html_to_text("\n".join(mail.text_html))
+    return _unstructured(mail)
 
 
 def _unstructured(mail: mailparser.MailParser) -> str:
