@@ -10,10 +10,11 @@ from typing import Any, Awaitable, Callable
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from . import dispatch
 from .config import Settings
+from .smtpdata import DataAssembler, read_data
 from .store import MAIL_QUEUED, SITE_CHANGED
 
 log = logging.getLogger(__name__)
@@ -170,12 +171,60 @@ class _PlainPathsFirst(SMTP):
         return address, rest
 
 
-class _LongLinesSMTP(_PlainPathsFirst):
+class _BulkData(SMTP):
+    """aiosmtpd's DATA, read in bulk (smtpdata) rather than a line per await; the same checks,
+    limits and replies. The deprecated process_message() handler API is not called: handlers
+    here implement handle_DATA."""
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        block = DataAssembler(self.data_size_limit, self.line_length_limit)
+        try:
+            await read_data(self._reader, block)
+        except (asyncio.CancelledError, asyncio.IncompleteReadError) as exc:
+            log.info("Connection lost during DATA")
+            self._writer.close()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        if block.error is not None:
+            await self.push(block.error)
+            self._set_post_data_state()
+            return
+        content = block.content()
+        if self._decode_data:
+            if not self.enable_SMTPUTF8:
+                try:
+                    self.envelope.content = content.decode("ascii")
+                except UnicodeDecodeError:
+                    await self.push("500 Error: strict ASCII mode")
+                    return
+            else:
+                self.envelope.content = content.decode("utf-8", errors="surrogateescape")
+        else:
+            self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+
+class _LongLinesSMTP(_PlainPathsFirst, _BulkData):
     # Real mail breaks the 1000-octet line limit; refusing it would lose comments.
     line_length_limit = 64 * 1024
 
 
-class _LongLinesLMTP(_PlainPathsFirst, LMTP):
+class _LongLinesLMTP(_PlainPathsFirst, _BulkData, LMTP):
     line_length_limit = 64 * 1024
 
 
