@@ -22,7 +22,9 @@ class DataAssembler:
     "." line and never beyond it. Lines end at CRLF, as in aiosmtpd (a bare CR or LF is
     data). A line longer than `line_limit`, its CRLF counted, makes the block LINE_TOO_LONG;
     more than `size_limit` bytes (None or 0: no limit) make it TOO_MUCH_DATA; the first to
-    happen counts, and what comes after it is only drained, not kept."""
+    happen counts, and what comes after it is only drained, not kept (memory stays bounded by
+    the limits, whatever comes). As in aiosmtpd, a line over `line_limit` before its CRLF is
+    refused before its bytes are counted, and a line over it only by its CRLF after."""
 
     def __init__(self, size_limit: int | None, line_limit: int) -> None:
         self.size_limit = size_limit or None
@@ -64,18 +66,22 @@ class DataAssembler:
         if self.error is not None:
             return
         size = sum(map(len, lines)) + 2 * len(lines)
-        if max(map(len, lines)) + 2 > self.line_limit or (self.size_limit and self._size + size > self.size_limit):
-            for line in lines:  # which limit comes first, in aiosmtpd's order
-                if len(line) > self.line_limit:  # over its reader's limit: refused unread
-                    return self._fail(LINE_TOO_LONG)
-                self._size += len(line) + 2
-                if self.size_limit and self._size > self.size_limit:
-                    return self._fail(TOO_MUCH_DATA)
-                if len(line) + 2 > self.line_limit:  # read, counted, then found too long
-                    return self._fail(LINE_TOO_LONG)
-        self._size += size
-        # Each line starts right after a CRLF: one replace undoes the stuffing of all of them.
-        self._pieces.append((b"\r\n" + b"\r\n".join(lines) + b"\r\n").replace(b"\r\n.", b"\r\n")[2:])
+        if max(map(len, lines)) + 2 <= self.line_limit and not (
+            self.size_limit and self._size + size > self.size_limit
+        ):
+            self._size += size
+            # Each line starts right after a CRLF: one replace undoes the stuffing of all of them.
+            self._pieces.append((b"\r\n" + b"\r\n".join(lines) + b"\r\n").replace(b"\r\n.", b"\r\n")[2:])
+            return
+        for line in lines:  # a limit is crossed: which one first, in aiosmtpd's order
+            if len(line) > self.line_limit:  # over its reader's limit: refused unread
+                return self._fail(LINE_TOO_LONG)
+            self._size += len(line) + 2
+            if self.size_limit and self._size > self.size_limit:
+                return self._fail(TOO_MUCH_DATA)
+            if len(line) + 2 > self.line_limit:  # read, counted, then found too long
+                return self._fail(LINE_TOO_LONG)
+        raise AssertionError("a limit was crossed by no line")  # pragma: no cover
 
     def _fail(self, reply: str) -> None:
         if self.error is None:
@@ -102,6 +108,7 @@ async def read_data(reader: asyncio.StreamReader, block: DataAssembler) -> None:
                     return
                 except asyncio.LimitOverrunError as exc:  # over the reader's limit: in parts
                     block.feed(await reader.read(exc.consumed))
+                    # and on to the end of the line this leaves us in, below
         try:
             block.feed(await reader.readuntil(b"\r\n"))
             at_line_start = True

@@ -1,12 +1,15 @@
 """DATA read in bulk (listbridge.smtpdata) answers every byte stream exactly as aiosmtpd's own
 line-by-line DATA does: the same replies, the same stored bytes, and not one byte read past
-the terminating line. Both servers run side by side on loopback and get the same bytes, cut
-into the same pieces."""
+the terminating line. Both servers run side by side on loopback and get the same bytes, sent
+in the same pieces (how the server's reads cut them is up to TCP: the DataAssembler tests
+below fix the cuts)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -16,7 +19,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from conftest import free_port
 from listbridge.smtp import _BulkData
-from listbridge.smtpdata import LINE_TOO_LONG, TOO_MUCH_DATA, DataAssembler
+from listbridge.smtpdata import LINE_TOO_LONG, TOO_MUCH_DATA, DataAssembler, read_data
 
 # (line limit, data size limit): small ones, so that generated blocks cross them and the
 # reader's buffer limit (the line limit) often cuts a block; and the receiver's own.
@@ -159,6 +162,9 @@ def test_the_assembler_refuses_bytes_after_the_terminating_line() -> None:
         ([b"abcd\r\n" * 2, b"x" * 11 + b"\r\n.\r\n"], LINE_TOO_LONG),
         # A piece that ends on the CR of a line at the limit: not yet known to be over it.
         ([b"abcd\r\n" * 2, b"x" * 10 + b"\r", b"\n.\r\n"], TOO_MUCH_DATA),
+        # A refused long line ending in "." (or cut on its CR) does not end the block.
+        ([b"x" * 20 + b".", b"\r\na\r\n.\r\n"], LINE_TOO_LONG),
+        ([b"x" * 20 + b"\r", b"\n.\r\n"], LINE_TOO_LONG),
     ],
 )
 def test_the_assembler_reports_the_first_limit_crossed(pieces: list[bytes], error: str | None) -> None:
@@ -166,3 +172,43 @@ def test_the_assembler_reports_the_first_limit_crossed(pieces: list[bytes], erro
     for piece in pieces:
         block.feed(piece)
     assert block.done and block.error == error
+
+
+def test_an_everyday_message_is_read_in_one_go_and_not_one_byte_further() -> None:
+    """The point of the module: one bulk read, not a read per line; and the client's next
+    command, already sent, is left for the command loop."""
+
+    class Counting(asyncio.StreamReader):
+        calls = 0
+
+        async def readuntil(self, separator: bytes = b"\n") -> bytes:
+            Counting.calls += 1
+            return await super().readuntil(separator)
+
+    async def read() -> tuple[DataAssembler, bytes]:
+        reader = Counting(limit=64 * 1024)
+        reader.feed_data(b"From: a\r\n\r\n" + b"Merci.\r\n" * 40 + b".\r\nNOOP\r\n")
+        reader.feed_eof()
+        block = DataAssembler(None, 64 * 1024)
+        await read_data(reader, block)
+        return block, await reader.read()
+
+    block, rest = asyncio.run(read())
+    assert block.content() == b"From: a\r\n\r\n" + b"Merci.\r\n" * 40
+    assert rest == b"NOOP\r\n"
+    assert Counting.calls == 1
+
+
+def test_a_huge_line_is_drained_in_bounded_memory() -> None:
+    block = DataAssembler(None, 64 * 1024)
+    piece = b"x" * 65536
+    tracemalloc.start()
+    try:
+        for _ in range(320):  # 20 MB, no CRLF
+            block.feed(piece)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    block.feed(b"\r\n.\r\n")
+    assert block.done and block.error == LINE_TOO_LONG
+    assert peak < 1_000_000, peak
