@@ -8,10 +8,10 @@ same machine's aiosmtpd Controller with a handler that does nothing.
 Each client is its own process (so clients do not compete with the server for its GIL) and
 reuses one connection. Mail to the bare list address is stored as a held message, committed
 before the 250 (SQLite synchronous=FULL, as shipped). The null handler and listbridge run in
-turns, round after round, and the median of the per-round ratios is reported: the machine's
-speed drifts by tens of percent from one minute to the next, and each ratio compares two runs
-a few seconds apart. CPU ms per message is the server's own (for listbridge, both of its
-processes).
+turns, round after round, each going first in every other round, and the median of the
+per-round ratios is reported: the machine's speed drifts by tens of percent from one minute to
+the next, and each ratio compares two runs a few seconds apart. CPU ms per message is the
+server's own (for listbridge, both of its processes).
 """
 
 from __future__ import annotations
@@ -157,8 +157,14 @@ def main() -> None:
     ratios = []
     with tempfile.TemporaryDirectory(prefix="listbridge-ingest-") as tmp:
         for round_ in range(1, args.rounds + 1):
-            null, null_cpu = run_null(args.clients, total, args.null_uvloop)
-            lb, lb_cpu, pg_cpu = run_listbridge(args.database_url or None, Path(tmp), args.clients, total)
+            # Which runs first alternates, so that a drift or an after-effect of the previous
+            # run (a checkpoint, a cold cache) does not always fall on the same side.
+            if round_ % 2:
+                null, null_cpu = run_null(args.clients, total, args.null_uvloop)
+                lb, lb_cpu, pg_cpu = run_listbridge(args.database_url or None, Path(tmp), args.clients, total)
+            else:
+                lb, lb_cpu, pg_cpu = run_listbridge(args.database_url or None, Path(tmp), args.clients, total)
+                null, null_cpu = run_null(args.clients, total, args.null_uvloop)
             postgres = f" + PostgreSQL {pg_cpu:.2f}" if pg_cpu else ""
             ratios.append(lb / null)
             print(
