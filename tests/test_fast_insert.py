@@ -132,3 +132,62 @@ def test_staged_rows_go_with_the_transaction_that_staged_them(db: Database) -> N
         savepoint.rollback()  # leaves the outer transaction's rows alone
     session.close()
     assert [row["message_id"] for row in stored(db)] == ["<outer@example.net>"]
+
+
+def postgresql_only(db: Database) -> None:
+    if not db.url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only: BEGIN sent with the first staged INSERT")
+
+
+def test_on_postgresql_begin_goes_out_with_the_first_staged_insert(db: Database, monkeypatch) -> None:
+    postgresql_only(db)
+    from listbridge import pgbegin
+
+    sent = []
+    real = pgbegin.begin_and_execute
+    monkeypatch.setattr(pgbegin, "begin_and_execute", lambda *args: sent.append(args) or real(*args))
+    fast = FastInsert(Comment.__table__, COLUMNS)
+    # int2 then int4 for the same column: two prepared statements, each reused
+    batches = [[values(message_id=f"<{b}.{n}@example.net>", attachments=a) for n in range(2)]
+               for b, a in enumerate((2, 40_000, 3, 40_001))]
+    for rows in batches:
+        with db.transaction() as session:
+            for row in rows:
+                fast.stage(session, row)
+    assert len(sent) == 4
+    assert stored(db) == [row for rows in batches for row in rows]
+
+
+def test_on_postgresql_a_refused_first_insert_leaves_nothing_and_its_statement_serves_again(db: Database) -> None:
+    postgresql_only(db)
+    fast = FastInsert(Comment.__table__, COLUMNS)
+    with pytest.raises(IntegrityError) as caught:
+        with db.transaction() as session:
+            fast.stage(session, values(sender=None))  # prepared, then refused: NOT NULL
+    assert not caught.value.connection_invalidated
+    with db.transaction() as session:
+        fast.stage(session, values())  # the same statement, already prepared
+    assert stored(db) == [values()]
+
+
+def test_begin_and_execute_leaves_the_transaction_to_the_caller(db: Database) -> None:
+    """Nothing is stored until COMMIT: a process killed before it leaves nothing."""
+    postgresql_only(db)
+    import psycopg
+
+    from listbridge import pgbegin
+
+    url = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    fast = FastInsert(Comment.__table__, COLUMNS)
+    sql = fast._statement(db.engine.dialect, 1, False).sql
+    row = {f"r0_{c}": v for c, v in values().items()}
+    with psycopg.connect(url) as writer, psycopg.connect(url, autocommit=True) as reader:
+        count = "SELECT count(*) FROM comments"
+        pgbegin.begin_and_execute(writer, sql, row)
+        assert writer.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        assert reader.execute(count).fetchone() == (0,)
+        writer.rollback()
+        assert reader.execute(count).fetchone() == (0,)
+        pgbegin.begin_and_execute(writer, sql, row)
+        writer.commit()
+        assert reader.execute(count).fetchone() == (1,)
