@@ -11,7 +11,6 @@ from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, create_eng
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
-from . import pgbegin
 from .resources import shipped_path
 
 if TYPE_CHECKING:
@@ -121,8 +120,7 @@ class FastInsert:
     `insert()` writes a row now and returns its id. `stage()` queues it, and the rows queued in
     a transaction are written by one multi-row INSERT as it commits: for rows nothing reads
     back before then (a held comment). On PostgreSQL that is one round trip for a batch of
-    comments instead of one per comment, and BEGIN goes out in that same round trip when the
-    INSERT opens the transaction (pgbegin)."""
+    comments instead of one per comment."""
 
     MAX_ROWS = 64  # per statement
 
@@ -152,20 +150,12 @@ class FastInsert:
         """Write `rows`, removing each statement's rows once written: a commit tried again after
         a failure writes only what is left."""
         connection = session.connection()
-        if len(rows) <= self.MAX_ROWS and pgbegin.can_begin(connection.connection.dbapi_connection):
-            self._execute(connection, rows, returning=False, begin=True)  # BEGIN in the same round trip
-            del rows[:]
         while rows:
-            cursor = self._execute(connection, rows[: self.MAX_ROWS], returning=False)
-            if cursor is not None:
-                cursor.close()
+            self._execute(connection, rows[: self.MAX_ROWS], returning=False).close()
             del rows[: self.MAX_ROWS]
 
-    def _execute(
-        self, connection: Connection, rows: Sequence[Mapping[str, object]], returning: bool, begin: bool = False
-    ) -> Any:
-        """An open cursor that has run the INSERT of `rows`; or with `begin` (PostgreSQL, no
-        transaction open yet: pgbegin.can_begin), None once BEGIN and the INSERT have run."""
+    def _execute(self, connection: Connection, rows: Sequence[Mapping[str, object]], returning: bool) -> Any:
+        """An open cursor that has run the INSERT of `rows`."""
         dialect = connection.dialect
         compiled = self._statement(dialect, len(rows), returning)
         convert = compiled.convert
@@ -173,17 +163,12 @@ class FastInsert:
         converted = [(name, convert[name](v) if name in convert else v) for name, v in values]
         params: Any = tuple(v for _, v in converted) if compiled.positional else dict(converted)
         dbapi_connection = connection.connection
-        cursor = None
+        cursor = dbapi_connection.cursor()
         try:
-            if begin:
-                pgbegin.begin_and_execute(dbapi_connection.dbapi_connection, compiled.sql, params)
-            else:
-                cursor = dbapi_connection.cursor()
-                cursor.execute(compiled.sql, params)
+            cursor.execute(compiled.sql, params)
         except dialect.loaded_dbapi.Error as exc:
             lost = dialect.is_disconnect(exc, dbapi_connection, cursor)
-            if cursor is not None:
-                cursor.close()
+            cursor.close()
             if lost:
                 connection.invalidate(exc)
             raise DBAPIError.instance(
