@@ -174,8 +174,14 @@ class _PlainPathsFirst(SMTP):
 class _BulkData(SMTP):
     """aiosmtpd's DATA, read in bulk (smtpdata) rather than a line per await; the same checks,
     limits and replies, copied from aiosmtpd 1.4's smtp_DATA. tests/test_smtpdata.py compares
-    the two on the installed aiosmtpd, so a change there shows. The deprecated
-    process_message() handler API is not called: handlers here implement handle_DATA."""
+    the two on the installed aiosmtpd, so a change there shows. The handler gets the bytes
+    (decode_data is refused, not half-supported), through handle_DATA: the deprecated
+    process_message() API is not called."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("decode_data"):
+            raise ValueError("listbridge's SMTP handler reads DATA as bytes: decode_data is not supported")
+        super().__init__(*args, **kwargs)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -200,19 +206,7 @@ class _BulkData(SMTP):
             await self.push(block.error)
             self._set_post_data_state()
             return
-        content = block.content()
-        if self._decode_data:
-            if not self.enable_SMTPUTF8:
-                try:
-                    self.envelope.content = content.decode("ascii")
-                except UnicodeDecodeError:
-                    await self.push("500 Error: strict ASCII mode")
-                    return
-            else:
-                self.envelope.content = content.decode("utf-8", errors="surrogateescape")
-        else:
-            self.envelope.content = content
-        self.envelope.original_content = content
+        self.envelope.content = self.envelope.original_content = block.content()
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)

@@ -127,6 +127,11 @@ def test_bulk_data_reads_every_block_as_aiosmtpd_does(servers: Any, session: Any
     assert bulk.capture.contents == stock.capture.contents
 
 
+def test_the_bulk_reader_refuses_to_decode_data() -> None:
+    with pytest.raises(ValueError, match="decode_data"):
+        _BulkData(Capture(), decode_data=True)
+
+
 def test_a_block_past_the_reader_limit_is_read_in_parts_and_whole(servers: Any) -> None:
     """5 MB: many times the reader's 64 KiB limit, so the bulk read overruns and goes on."""
     stock, bulk = servers[(64 * 1024, None)]
