@@ -159,8 +159,10 @@ class FastInsert:
         dialect = connection.dialect
         compiled = self._statement(dialect, len(rows), returning)
         convert = compiled.convert
-        values = [(name, rows[row][column]) for name, row, column in compiled.slots]
-        converted = [(name, convert[name](v) if name in convert else v) for name, v in values]
+        converted = [
+            (name, convert[name](rows[row][column]) if name in convert else rows[row][column])
+            for name, row, column in compiled.slots
+        ]
         params: Any = tuple(v for _, v in converted) if compiled.positional else dict(converted)
         dbapi_connection = connection.connection
         cursor = dbapi_connection.cursor()
