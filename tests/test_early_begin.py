@@ -1,0 +1,128 @@
+"""Database.begin_early: on PostgreSQL the store process sends the next transaction's BEGIN while
+it waits for the batch, and rolls it back when no batch comes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+
+from listbridge import dispatch
+from listbridge.models import Comment
+from listbridge.store import Database
+
+from conftest import send
+
+LIST = "bla@bla.example.org"
+
+
+@pytest.fixture
+def pinned(db: Database) -> Database:
+    if not db.url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only: SQLite has no round trip to save")
+    db.pin_connection()
+    return db
+
+
+def backend_state(db: Database, pid: int) -> str | None:
+    """pg_stat_activity's state of backend `pid`, seen from another connection."""
+    engine = create_engine(db.url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as other:
+            return other.scalar(text("SELECT state FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid})
+    finally:
+        engine.dispose()
+
+
+def backend_pid(db: Database) -> int:
+    assert db._pinned is not None
+    return int(db._pinned.connection.dbapi_connection.info.backend_pid)
+
+
+def test_the_next_transaction_runs_in_the_one_begun_early(pinned: Database) -> None:
+    assert pinned.begin_early()
+    time.sleep(0.2)
+    with pinned.transaction() as session:
+        began, now = session.execute(text("SELECT now(), statement_timestamp()")).one()
+        session.add(Comment(list_address=LIST, sender="a@example.net", raw=b"x"))
+    # now() is the transaction's start: the early BEGIN, not a BEGIN sent with this statement
+    assert now - began >= dt.timedelta(seconds=0.15)
+    assert backend_state(pinned, backend_pid(pinned)) == "idle"  # committed, not left open
+    with pinned.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Comment)) == 1
+
+
+def test_an_unused_early_transaction_is_rolled_back(pinned: Database) -> None:
+    pid = backend_pid(pinned)
+    assert pinned.begin_early()
+    assert backend_state(pinned, pid) == "idle in transaction"
+    assert not pinned.begin_early()  # one is open already
+    pinned.end_early()
+    assert backend_state(pinned, pid) == "idle"
+    with pinned.transaction() as session:  # and the next transaction begins as usual
+        began, now = session.execute(text("SELECT now(), statement_timestamp()")).one()
+    assert now - began < dt.timedelta(seconds=0.1)
+
+
+def test_a_transaction_in_use_is_left_alone(pinned: Database) -> None:
+    with pinned.transaction() as session:
+        session.add(Comment(list_address=LIST, sender="a@example.net", raw=b"x"))
+        session.flush()
+        assert not pinned.begin_early()
+        pinned.end_early()  # must not roll back the work under way
+    with pinned.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Comment)) == 1
+
+
+def test_an_isolation_level_is_honoured_not_replaced_by_a_plain_begin(pinned: Database) -> None:
+    assert pinned._pinned is not None
+    pinned._pinned.execution_options(isolation_level="SERIALIZABLE")
+    assert not pinned.begin_early()
+    with pinned.transaction() as session:
+        assert session.scalar(text("SHOW transaction_isolation")) == "serializable"
+
+
+def test_elsewhere_nothing_is_begun_early(db: Database) -> None:
+    assert not db.begin_early()  # not pinned (and on SQLite, never)
+    db.end_early()
+    if db.url.startswith("sqlite"):
+        db.pin_connection()
+        assert not db.begin_early()
+
+
+def test_a_connection_dropped_after_an_early_begin_is_replaced_and_the_batch_stored(pinned: Database, settings) -> None:
+    assert pinned.begin_early()
+    victim = backend_pid(pinned)
+    engine = create_engine(pinned.url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as other:
+        assert other.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": victim})
+    engine.dispose()
+    time.sleep(0.2)
+    assert not pinned.begin_early()  # a dead connection: no error here, the batch finds out
+    raw = f"From: A <a@example.net>\r\nTo: {LIST}\r\nSubject: hi\r\nMessage-ID: <1@example.net>\r\n\r\nHi.\r\n"
+    accepted = dispatch.accept_many(pinned, settings, [dispatch.Received(raw.encode(), "a@example.net", (LIST,))])
+    assert [r.code for r in accepted.replies[0]] == [250]
+    assert backend_pid(pinned) != victim
+    with pinned.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Comment)) == 1
+
+
+def test_the_store_process_holds_no_transaction_open_once_idle(settings, service) -> None:
+    if not settings.database.url.startswith("postgresql"):
+        pytest.skip("PostgreSQL only")
+    assert send(settings.smtp.port, LIST, subject="one") == {}
+    engine = create_engine(settings.database.url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as other:
+            query = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                         "AND state = 'idle in transaction'")
+            deadline = time.monotonic() + 5
+            while other.scalar(query) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert other.scalar(query) == 0
+    finally:
+        engine.dispose()
+    with service.db.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Comment)) == 1
