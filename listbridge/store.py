@@ -77,13 +77,18 @@ class Database:
         """PostgreSQL, on the pinned connection: send BEGIN now, while this process waits for its
         next batch, so that the batch's transaction finds one open and does not wait a round
         trip for psycopg's BEGIN (psycopg sends none when libpq reports a transaction under
-        way). True if a transaction was opened: the next transaction() runs in it, or
-        end_early() rolls it back. Until then the server shows the session "idle in
-        transaction", holding no snapshot, no lock and no transaction id."""
+        way). True if such a transaction is open, begun now or by an earlier call that no
+        transaction used (every message of the batch was refused unparsed): the next
+        transaction() runs in it, or end_early() rolls it back. Until then the server shows the
+        session "idle in transaction", holding no snapshot, no table lock and no transaction
+        id."""
         raw = self._plain_psycopg()
-        if raw is None or raw.pgconn.transaction_status != _pq().TransactionStatus.IDLE:
+        if raw is None:
             return False
-        return self._exec(raw, b"BEGIN")
+        status = raw.pgconn.transaction_status
+        if status == _pq().TransactionStatus.INTRANS:  # begun early before, and still unused
+            return True
+        return status == _pq().TransactionStatus.IDLE and self._exec(raw, b"BEGIN")
 
     def end_early(self) -> None:
         """Roll back the transaction begin_early() opened, if nothing ran in it."""

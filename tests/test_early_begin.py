@@ -4,6 +4,7 @@ it waits for the batch, and rolls it back when no batch comes."""
 from __future__ import annotations
 
 import datetime as dt
+import smtplib
 import time
 
 import pytest
@@ -58,7 +59,7 @@ def test_an_unused_early_transaction_is_rolled_back(pinned: Database) -> None:
     pid = backend_pid(pinned)
     assert pinned.begin_early()
     assert backend_state(pinned, pid) == "idle in transaction"
-    assert not pinned.begin_early()  # one is open already
+    assert pinned.begin_early()  # still open and unused: the same one, no second BEGIN
     pinned.end_early()
     assert backend_state(pinned, pid) == "idle"
     with pinned.transaction() as session:  # and the next transaction begins as usual
@@ -92,27 +93,49 @@ def test_elsewhere_nothing_is_begun_early(db: Database) -> None:
         assert not db.begin_early()
 
 
-def test_a_connection_dropped_after_an_early_begin_is_replaced_and_the_batch_stored(pinned: Database, settings) -> None:
-    assert pinned.begin_early()
-    victim = backend_pid(pinned)
-    engine = create_engine(pinned.url, isolation_level="AUTOCOMMIT")
+def terminate(db: Database) -> int:
+    """End the pinned connection's backend from another connection, as a server restart would."""
+    victim = backend_pid(db)
+    engine = create_engine(db.url, isolation_level="AUTOCOMMIT")
     with engine.connect() as other:
         assert other.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": victim})
     engine.dispose()
     time.sleep(0.2)
-    assert not pinned.begin_early()  # a dead connection: no error here, the batch finds out
-    raw = f"From: A <a@example.net>\r\nTo: {LIST}\r\nSubject: hi\r\nMessage-ID: <1@example.net>\r\n\r\nHi.\r\n"
-    accepted = dispatch.accept_many(pinned, settings, [dispatch.Received(raw.encode(), "a@example.net", (LIST,))])
-    assert [r.code for r in accepted.replies[0]] == [250]
+    return victim
+
+
+def test_a_dropped_connection_is_replaced_and_the_batch_stored(pinned: Database, settings) -> None:
+    def store(n: int) -> list[int]:
+        raw = f"From: A <a@example.net>\r\nTo: {LIST}\r\nSubject: {n}\r\nMessage-ID: <{n}@example.net>\r\n\r\nHi.\r\n"
+        accepted = dispatch.accept_many(pinned, settings, [dispatch.Received(raw.encode(), "a@example.net", (LIST,))])
+        return [reply.code for reply in accepted.replies[0]]
+
+    # dropped while a transaction begun early waits: its ROLLBACK fails quietly
+    assert pinned.begin_early()
+    victim = terminate(pinned)
+    pinned.end_early()
+    assert store(1) == [250]
+    assert backend_pid(pinned) != victim
+    # dropped while idle: the early BEGIN fails quietly, and the batch finds out
+    victim = terminate(pinned)
+    assert not pinned.begin_early()
+    assert store(2) == [250]
     assert backend_pid(pinned) != victim
     with pinned.transaction() as session:
-        assert session.scalar(select(func.count()).select_from(Comment)) == 1
+        assert sorted(session.scalars(select(Comment.subject))) == ["1", "2"]
 
 
-def test_the_store_process_holds_no_transaction_open_once_idle(settings, service) -> None:
+@pytest.mark.parametrize("batch", ["stored", "refused unparsed"])
+def test_the_store_process_holds_no_transaction_open_once_idle(settings, service, batch) -> None:
     if not settings.database.url.startswith("postgresql"):
         pytest.skip("PostgreSQL only")
-    assert send(settings.smtp.port, LIST, subject="one") == {}
+    if batch == "refused unparsed":  # no transaction of its own: the early one stays unused
+        with smtplib.SMTP("127.0.0.1", settings.smtp.port, timeout=10) as client:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail("a@example.net", [LIST], b"no header at all\r\n")
+        assert refused.value.smtp_code == 554
+    else:
+        assert send(settings.smtp.port, LIST, subject="one") == {}
     engine = create_engine(settings.database.url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as other:
@@ -125,4 +148,4 @@ def test_the_store_process_holds_no_transaction_open_once_idle(settings, service
     finally:
         engine.dispose()
     with service.db.transaction() as session:
-        assert session.scalar(select(func.count()).select_from(Comment)) == 1
+        assert session.scalar(select(func.count()).select_from(Comment)) == (batch == "stored")
