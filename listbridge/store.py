@@ -110,15 +110,19 @@ class Database:
             return None
         return raw if raw.pgconn.pipeline_status == _pq().PipelineStatus.OFF else None
 
-    @staticmethod
-    def _exec(raw: Any, command: bytes) -> bool:
+    def _exec(self, raw: Any, command: bytes) -> bool:
         """Run `command` through libpq itself (psycopg reads the transaction state from libpq,
-        so it stays in step). False if it failed: on a dropped connection, the next
-        transaction finds out, as it would have anyway, and replaces it."""
+        so it stays in step). False if it failed; if that is because the connection dropped
+        (a server restart while this process was idle), it is flagged invalid, so that the
+        next transaction starts on a new one."""
         try:
-            return bool(raw.pgconn.exec_(command).status == _pq().ExecStatus.COMMAND_OK)
+            if raw.pgconn.exec_(command).status == _pq().ExecStatus.COMMAND_OK:
+                return True
         except Exception:  # psycopg's own errors, or a libpq call on a closed connection
-            return False
+            pass
+        if raw.closed and self._pinned is not None:
+            self._pinned.invalidate()
+        return False
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -212,12 +216,14 @@ class FastInsert:
         ]
         params: Any = tuple(v for _, v in converted) if compiled.positional else dict(converted)
         dbapi_connection = connection.connection
-        cursor = dbapi_connection.cursor()
+        cursor = None
         try:
+            cursor = dbapi_connection.cursor()  # raises on a connection already known closed
             cursor.execute(compiled.sql, params)
         except dialect.loaded_dbapi.Error as exc:
             lost = dialect.is_disconnect(exc, dbapi_connection, cursor)
-            cursor.close()
+            if cursor is not None:
+                cursor.close()
             if lost:
                 connection.invalidate(exc)
             raise DBAPIError.instance(

@@ -86,6 +86,21 @@ def test_a_refused_row_raises_sqlalchemys_error_and_leaves_nothing(db: Database)
         assert fast.insert(session, values()) > 0  # the connection is still good
 
 
+def test_a_connection_known_closed_is_flagged_lost_as_sqlalchemy_would(db: Database) -> None:
+    fast = FastInsert(Comment.__table__, COLUMNS)
+    db.pin_connection()
+    assert db._pinned is not None
+    session = db.sessions()
+    session.begin()
+    session.connection().connection.dbapi_connection.close()  # as a dropped connection ends up
+    with pytest.raises(DBAPIError) as caught:  # not the driver's own error
+        fast.insert(session, values())
+    assert caught.value.connection_invalidated
+    session.close()
+    with db.transaction() as session:  # and the next transaction runs on a new connection
+        assert fast.insert(session, values()) > 0
+
+
 def stored(db: Database) -> list[dict[str, object]]:
     with db.transaction() as session:
         ids = session.scalars(select(Comment.id).order_by(Comment.id)).all()
