@@ -73,57 +73,6 @@ class Database:
         self._pinned = self.engine.connect()
         self.sessions = sessionmaker(self._pinned, expire_on_commit=False)
 
-    def begin_early(self) -> bool:
-        """PostgreSQL, on the pinned connection: send BEGIN now, while this process waits for its
-        next batch, so that the batch's transaction finds one open and does not wait a round
-        trip for psycopg's BEGIN (psycopg sends none when libpq reports a transaction under
-        way). True if such a transaction is open, begun now or by an earlier call that no
-        transaction used (every message of the batch was refused unparsed): the next
-        transaction() runs in it, or end_early() rolls it back. Until then the server shows the
-        session "idle in transaction", holding no snapshot, no table lock and no transaction
-        id."""
-        raw = self._plain_psycopg()
-        if raw is None:
-            return False
-        status = raw.pgconn.transaction_status
-        if status == _pq().TransactionStatus.INTRANS:  # begun early before, and still unused
-            return True
-        return status == _pq().TransactionStatus.IDLE and self._exec(raw, b"BEGIN")
-
-    def end_early(self) -> None:
-        """Roll back the transaction begin_early() opened, if nothing ran in it."""
-        raw = self._plain_psycopg()
-        if raw is not None and raw.pgconn.transaction_status == _pq().TransactionStatus.INTRANS:
-            self._exec(raw, b"ROLLBACK")
-
-    def _plain_psycopg(self) -> Any:
-        """The pinned psycopg connection when no SQLAlchemy transaction is using it and psycopg
-        would open its transactions with a plain BEGIN (not in autocommit, and no isolation
-        level, read-only or deferrable mode set); else None."""
-        pinned = self._pinned
-        if pinned is None or pinned.invalidated or pinned.in_transaction():
-            return None
-        raw = pinned.connection.dbapi_connection
-        if getattr(raw, "pgconn", None) is None or raw.closed or raw.autocommit:
-            return None
-        if (raw.isolation_level, raw.read_only, raw.deferrable) != (None, None, None):
-            return None
-        return raw if raw.pgconn.pipeline_status == _pq().PipelineStatus.OFF else None
-
-    def _exec(self, raw: Any, command: bytes) -> bool:
-        """Run `command` through libpq itself (psycopg reads the transaction state from libpq,
-        so it stays in step). False if it failed; if that is because the connection dropped
-        (a server restart while this process was idle), it is flagged invalid, so that the
-        next transaction starts on a new one."""
-        try:
-            if raw.pgconn.exec_(command).status == _pq().ExecStatus.COMMAND_OK:
-                return True
-        except Exception:  # psycopg's own errors, or a libpq call on a closed connection
-            pass
-        if raw.closed and self._pinned is not None:
-            self._pinned.invalidate()
-        return False
-
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A session whose work is committed on success and rolled back on any error."""
@@ -285,12 +234,6 @@ def _write_staged(session: Session) -> None:
 def _drop_staged(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # the outermost transaction ended: committed, rolled back or closed
         session.info.pop(_STAGED, None)
-
-
-def _pq() -> Any:
-    from psycopg import pq  # only with PostgreSQL: psycopg is an optional dependency
-
-    return pq
 
 
 def alembic_config(connection: object | None) -> "AlembicConfig":

@@ -19,7 +19,6 @@ import logging
 import multiprocessing
 import os
 import pickle
-import select
 import signal
 import socket
 import struct
@@ -40,9 +39,6 @@ _CONTEXT.set_forkserver_preload([__name__])
 READY = b"ready"
 # Far beyond any batch's work (SQLite waits 30 s for its lock): a child this late is wedged.
 REPLY_TIMEOUT = 300.0
-# How long a transaction opened ahead of the next batch (Database.begin_early) waits for it:
-# under load, the next batch is a few milliseconds away; an idle server holds none open.
-EARLY_BEGIN_HOLD = 0.1
 _LENGTH = struct.Struct("!Q")  # each frame: its length, then a pickle
 
 
@@ -178,13 +174,6 @@ def _recv_frame(sock: socket.socket) -> bytes:
     return exactly(size)
 
 
-def _readable(sock: socket.socket, timeout: float) -> bool:
-    """True once `sock` has data to read (or its end closed), False after `timeout` seconds."""
-    poll = select.poll()
-    poll.register(sock, select.POLLIN)
-    return bool(poll.poll(timeout * 1000))
-
-
 def _serve(sock: socket.socket, settings: Settings, cwd: str, level: int, log_format: str | None) -> None:
     """In the child: accept batches until the parent closes its end."""
     # Ctrl-C reaches the whole process group: the parent shuts down, and the child finishes the
@@ -203,9 +192,6 @@ def _serve(sock: socket.socket, settings: Settings, cwd: str, level: int, log_fo
     try:
         sock.sendall(_frame(READY))
         while True:
-            # PostgreSQL: the next batch's BEGIN goes out now, while the parent gathers that batch.
-            if db.begin_early() and not _readable(sock, EARLY_BEGIN_HOLD):
-                db.end_early()
             try:
                 batch: list[dispatch.Received] = pickle.loads(_recv_frame(sock))
             except (EOFError, OSError):  # the parent closed its end, or died
