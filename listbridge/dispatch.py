@@ -198,8 +198,8 @@ def _act(
         if action == addresses.POST:
             comment = comments.receive(session, ctx, incoming, posts(), automated)
             name = comment.id if comment.id is not None else incoming.message_id or "without Message-ID"
-            log.info("comment %s from <%s> on %s: %s %s", name, incoming.sender, comment.post_slug, comment.status,
-                     comment.reason)
+            log.info("comment %s from <%s> on %s: %s %s", name, incoming.sender, comment.post_slug or "no post",
+                     comment.status, comment.reason)
             return OK
         if action == addresses.OWNER:
             return _forward_to_owner(session, ctx, incoming)

@@ -57,4 +57,9 @@ def test_serve_on_defaults_then_sigterm(tmp_path: Path):
         if server.poll() is None:
             server.kill()
             server.wait()
-    assert "Traceback" not in server.stderr.read()
+    log = server.stderr.read()
+    assert "Traceback" not in log
+    assert "listening on 127.0.0.1:8025" in log and "subscribe sent to zoe@example.org" in log
+    # aiosmtpd's per-command lines (and its start-up probe, which reads as a lost connection)
+    # only with -v
+    assert "mail.log" not in log and "EOF received" not in log

@@ -63,6 +63,9 @@ def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     )
     if not verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        # aiosmtpd logs every SMTP command of every session, addresses included, at INFO
+        # (and the listener's own start-up probe as a lost connection): -v shows them.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
     ctx.obj = App(config_path)
 
 
