@@ -179,6 +179,20 @@ def test_a_store_process_killed_between_batches_is_replaced(service):
     assert count(service.db, Comment) == 2
 
 
+def test_a_store_process_stopped_after_batches_exits_at_once(service):
+    """The event loop's transport holds the socket: stop() must still end the child's wait."""
+    assert transaction(service.settings.smtp.port, [LIST], raw_message(subject="one"))[1][0] == 250
+    child = service.store.pid
+    assert child is not None
+    started = time.monotonic()
+    assert service.store.stop() == 0  # it left on EOF, not killed after the 30 s grace
+    assert time.monotonic() - started < 10
+    assert service.store.pid is None
+    assert transaction(service.settings.smtp.port, [LIST], raw_message(subject="two"))[1][0] == 250
+    assert service.store.pid not in (None, child)
+    assert count(service.db, Comment) == 2
+
+
 @pytest.mark.parametrize("path", ["<a@", '<"', "<@"])
 def test_a_path_the_address_parser_trips_over_is_a_syntax_error(service, path):
     """aiosmtpd's parser raises on these; the client must hear "553 5.1.3 malformed address",
