@@ -25,7 +25,9 @@ from .sanitize import clean_text, html_to_text, one_line
 
 # RFC 2047 encoded word; the encoded text is printable ASCII without "?".
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([qQbB])\?([!->@-~]*)\?=")
-_MSG_ID = re.compile(r"<[^<>\s]{1,996}>")
+# No control character inside: an id is printed to the moderator's terminal and written back in
+# the headers of list mail.
+_MSG_ID = re.compile(r"<[^<>\s\x00-\x1f\x7f-\x9f\u2028\u2029]{1,996}>")
 _ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[^\s@<>()\[\],;:\"\\]+")
 _COMMENT = re.compile(r"\([^()]*\)")
 _FOLDING = re.compile(r"\r?\n(?=[ \t])|\r(?=[ \t])")

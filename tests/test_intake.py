@@ -163,6 +163,14 @@ def test_message_ids_keep_only_the_ids():
     assert incoming.references == ("<r.1@bla.example.org>", "<r.2@bla.example.org>")
 
 
+def test_an_id_with_a_control_character_is_no_id():
+    """Found by Hypothesis: `References: <ESC>` came through as an id, escape and all."""
+    raw = mail(b"From: a@example.net\r\nReferences: <\x1b> <r.1@bla.example.org>\r\nIn-Reply-To: <p\x07@x>\r\n")
+    incoming = parse(raw)
+    assert incoming.references == ("<r.1@bla.example.org>",)
+    assert no_control(incoming.in_reply_to)
+
+
 # --- automatic mail ----------------------------------------------------------------------
 
 
