@@ -83,6 +83,8 @@ class Service:
                 log.exception("could not release stale outbox claims")
 
     def stop(self) -> None:
+        # Queued before the controller's own stop, so it runs on the loop first.
+        self.controller.loop.call_soon_threadsafe(self.store.close_channel)
         self.controller.stop()
         self.store.stop()
         self.stopping.set()

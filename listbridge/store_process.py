@@ -56,7 +56,6 @@ class StoreProcess:
         self._lock = threading.Lock()  # start() and stop() come from other threads
         self._process: BaseProcess | None = None
         self._sock: socket.socket | None = None
-        self._exit_watch: select.poll | None = None  # the child's sentinel: readable once it exits
         self._channel: _ReplyChannel | None = None  # the event loop's end of the socket
 
     def start(self) -> None:
@@ -73,11 +72,12 @@ class StoreProcess:
             await asyncio.to_thread(self.start)  # forking and waiting for "ready" would block the loop
         sock = self._sock
         assert sock is not None
+        loop = asyncio.get_running_loop()
         try:
-            if self._channel is None or self._channel.sock is not sock:  # a new child
-                loop = asyncio.get_running_loop()
-                _, self._channel = await loop.connect_accepted_socket(lambda: _ReplyChannel(sock), sock)
-            asked = self._channel.ask(_frame(pickle.dumps(list(batch), pickle.HIGHEST_PROTOCOL)))
+            channel = self._channel
+            if channel is None or channel.sock is not sock or channel.loop is not loop:  # a new child
+                channel = self._channel = await _ReplyChannel.open(loop, sock)
+            asked = channel.ask(_frame(pickle.dumps(list(batch), pickle.HIGHEST_PROTOCOL)))
             async with asyncio.timeout(REPLY_TIMEOUT):  # no task per batch, unlike wait_for
                 reply = await asked
         except TimeoutError as exc:
@@ -92,6 +92,13 @@ class StoreProcess:
         accepted: dispatch.Accepted = pickle.loads(reply)
         return accepted
 
+    def close_channel(self) -> None:
+        """On the event loop's thread, before it closes: close the loop's end of the socket, so
+        that no transport is left open at the loop's close. A batch in hand gets StoreCrashed."""
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
+
     def stop(self, kill: bool = False) -> int | None:
         """Let the child finish its batch and exit (or kill it); its exit code."""
         with self._lock:
@@ -100,15 +107,16 @@ class StoreProcess:
             return self._end_child()
 
     def _running(self) -> bool:
-        # One poll(2) of the child's sentinel. is_alive() on a forkserver child builds and closes
-        # a selector each time: a third of the event loop's cost of a batch.
-        return self._sock is not None and self._exit_watch is not None and not self._exit_watch.poll(0)
+        process, sock, channel = self._process, self._sock, self._channel
+        if sock is None or process is None or not _alive(process):
+            return False
+        return channel is None or channel.sock is not sock or channel.lost is None  # EOF: it is leaving
 
     @property
     def pid(self) -> int | None:
         """The child's pid, if one is running."""
         process = self._process
-        return process.pid if process is not None and self._running() else None
+        return process.pid if process is not None and _alive(process) else None
 
     def _start_child(self) -> None:
         ours, theirs = socket.socketpair()
@@ -130,20 +138,19 @@ class StoreProcess:
             process.join(5)
             raise StoreCrashed(f"the store process did not start (exit code {process.exitcode})") from exc
         ours.setblocking(False)
-        self._exit_watch = select.poll()
-        self._exit_watch.register(process.sentinel, select.POLLIN)
         self._process, self._sock = process, ours
 
     def _end_child(self) -> int | None:
         """Close the socket (the child exits on EOF) and reap the child; its exit code."""
         if self._sock is not None:
-            # shutdown() first: the event loop's transport holds a reference on the socket, so
-            # close() alone would leave it open and the child waiting. The transport sees the
-            # EOF too, and closes its end on the loop's thread.
+            # The event loop's transport has a socket of its own (a dup): shutdown() sends the
+            # EOF through both at once, and the child, if busy, still sends its reply.
             with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
+                self._sock.shutdown(socket.SHUT_WR)
             self._sock.close()
-        process, self._process, self._sock, self._exit_watch = self._process, None, None, None
+        if self._channel is not None:
+            self._channel.close()
+        process, self._process, self._sock, self._channel = self._process, None, None, None
         if process is None:
             return None
         process.join(30)
@@ -153,21 +160,66 @@ class StoreProcess:
         return process.exitcode
 
 
+def _alive(process: BaseProcess) -> bool:
+    """One poll(2) of the child's sentinel, which turns readable when it exits: is_alive() on a
+    forkserver child builds and closes a selector each time, a third of the event loop's cost
+    of a batch. A poll object of its own for each call: one may not be polled by two threads."""
+    watch = select.poll()
+    watch.register(process.sentinel, select.POLLIN)
+    return not watch.poll(0)
+
+
 class _ReplyChannel(asyncio.Protocol):
     """The event loop's end of the socket pair, as a protocol: the socket stays registered with
     the loop, and each reply is cut from what arrives, where reading it with loop.sock_recv
     added and removed a reader for each of its parts (a third of the loop's cost of a batch).
-    One question at a time: the child sends nothing unasked."""
+    One question at a time: the child sends nothing unasked.
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    The transport gets a duplicate of the socket and is the only one to close it, on the loop's
+    thread: a socket closed under a live transport leaves its number registered with the
+    loop's selector, where the next child's socket, given the same number, would go unheard."""
+
+    def __init__(self, sock: socket.socket, own: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self.sock = sock  # the StoreProcess's, to tell which child this channel is for
+        self.own = own  # its dup, the transport's
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.received = bytearray()
         self.waiting: asyncio.Future[bytes] | None = None
         self.lost: Exception | None = None
 
+    @classmethod
+    async def open(cls, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> "_ReplyChannel":
+        own = sock.dup()
+        try:
+            _, channel = await loop.connect_accepted_socket(lambda: cls(sock, own, loop), own)
+        except BaseException:
+            own.close()
+            raise
+        return channel
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+    def close(self) -> None:
+        """Close the transport, from any thread: on the loop's own thread, at once; from another,
+        by the loop (still running, or about to run its shutdown); once the loop is closed,
+        its socket directly."""
+        transport = self.transport
+        if transport is None:
+            return
+        try:
+            here = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            here = False
+        if here:
+            transport.abort()
+        elif not self.loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                self.loop.call_soon_threadsafe(transport.abort)
+                return
+        if self.loop.is_closed():
+            self.own.close()  # (uvloop closed it with the loop already: then a no-op)
 
     def ask(self, frame: bytes) -> asyncio.Future[bytes]:
         """Send `frame`; the future of the reply's payload (EOFError if the child is gone)."""

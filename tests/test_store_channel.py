@@ -22,7 +22,7 @@ class Recorder(asyncio.Transport):
 def channel() -> tuple[_ReplyChannel, Recorder]:
     a, b = socket.socketpair()
     a.close(), b.close()
-    reply_channel, transport = _ReplyChannel(a), Recorder()
+    reply_channel, transport = _ReplyChannel(a, b, asyncio.get_running_loop()), Recorder()
     reply_channel.connection_made(transport)
     return reply_channel, transport
 
@@ -78,3 +78,47 @@ def test_a_reset_is_passed_on_as_it_came() -> None:
             await asyncio.wait_for(asked, 5)
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
+def test_after_a_cancelled_exchange_the_next_child_is_heard(settings, kind, monkeypatch) -> None:
+    """The cancelled exchange kills its child on the loop's own thread; the next child's socket
+    may get the same number as the old one, and must still be read (stock asyncio kept the old
+    number registered when the socket was closed under its transport)."""
+    import os
+    import signal
+    import time
+
+    from listbridge import store_process
+    from listbridge.smtp import new_event_loop
+
+    monkeypatch.setattr(store_process, "REPLY_TIMEOUT", 10.0)
+    store = store_process.StoreProcess(settings)
+    store.start()
+    loop = new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
+    fds = len(os.listdir("/proc/self/fd"))
+
+    async def rounds() -> None:
+        for _ in range(3):
+            assert (await store.accept_many([])).replies == []
+            child = store.pid
+            assert child is not None
+            os.kill(child, signal.SIGSTOP)  # alive, silent
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await store.accept_many([])
+            started = time.monotonic()
+            assert (await store.accept_many([])).replies == []  # a new child, heard at once
+            assert time.monotonic() - started < 5
+            assert store.pid not in (None, child)
+
+    try:
+        loop.run_until_complete(rounds())
+        loop.run_until_complete(asyncio.sleep(0.1))  # let the old transports close
+        assert len(os.listdir("/proc/self/fd")) <= fds + 2  # this child's socket and its dup
+        loop.run_until_complete(asyncio.to_thread(store.stop))
+        loop.run_until_complete(asyncio.sleep(0.1))
+        assert len(os.listdir("/proc/self/fd")) <= fds  # nothing left behind
+    finally:
+        store.stop()
+        loop.close()
