@@ -203,8 +203,10 @@ class _ReplyChannel(asyncio.Protocol):
 
     def close(self) -> None:
         """Close the transport, from any thread: on the loop's own thread, at once; from another,
-        by the loop (still running, or about to run its shutdown); once the loop is closed,
-        its socket directly."""
+        by the loop, the next time it runs; once the loop is closed, its socket directly. A loop
+        stopped for good but not yet closed never runs that close: its own close() then does it
+        (uvloop) or leaves the socket to the garbage collector (asyncio). Service closes the
+        channel on the loop, before the loop stops."""
         transport = self.transport
         if transport is None:
             return
