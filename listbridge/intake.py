@@ -21,13 +21,13 @@ from email import quoprimime
 
 import mailparser
 
-from .sanitize import clean_text, html_to_text, one_line
+from .sanitize import CONTROL_CHARS, clean_text, html_to_text, one_line
 
 # RFC 2047 encoded word; the encoded text is printable ASCII without "?".
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([qQbB])\?([!->@-~]*)\?=")
 # No control character inside: an id is printed to the moderator's terminal and written back in
 # the headers of list mail.
-_MSG_ID = re.compile(r"<[^<>\s\x00-\x1f\x7f-\x9f\u2028\u2029]{1,996}>")
+_MSG_ID = re.compile(rf"<[^<>\s{CONTROL_CHARS}]{{1,996}}>")
 _ADDRESS = re.compile(r"[^\s@<>()\[\],;:\"\\]+@[^\s@<>()\[\],;:\"\\]+")
 _COMMENT = re.compile(r"\([^()]*\)")
 _FOLDING = re.compile(r"\r?\n(?=[ \t])|\r(?=[ \t])")

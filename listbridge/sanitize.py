@@ -7,8 +7,10 @@ import re
 
 import bleach
 
-# Control characters (CR and LF included) that must never survive in a one-line value.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# Control characters (CR and LF included) that must never survive in a one-line value, as a
+# character-class body for other patterns to use too.
+CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+_CONTROL = re.compile(f"[{CONTROL_CHARS}]+")
 # The same, minus line feed and tab, for multi-line text (an ESC in a comment must not reach
 # the moderator's terminal).
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]+")

@@ -42,6 +42,7 @@ READY = b"ready"
 # Far beyond any batch's work (SQLite waits 30 s for its lock): a child this late is wedged.
 REPLY_TIMEOUT = 300.0
 _LENGTH = struct.Struct("!Q")  # each frame: its length, then a pickle
+_GONE = "the store process closed its socket"
 
 
 class StoreCrashed(Exception):
@@ -93,8 +94,9 @@ class StoreProcess:
         return accepted
 
     def close_channel(self) -> None:
-        """On the event loop's thread, before it closes: close the loop's end of the socket, so
-        that no transport is left open at the loop's close. A batch in hand gets StoreCrashed."""
+        """Close the loop's end of the socket, from any thread (_ReplyChannel.close). Service
+        calls it on the loop before the loop closes, so that no transport is left open at its
+        close. A batch in hand gets StoreCrashed."""
         channel, self._channel = self._channel, None
         if channel is not None:
             channel.close()
@@ -148,9 +150,8 @@ class StoreProcess:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_WR)
             self._sock.close()
-        if self._channel is not None:
-            self._channel.close()
-        process, self._process, self._sock, self._channel = self._process, None, None, None
+        self.close_channel()
+        process, self._process, self._sock = self._process, None, None
         if process is None:
             return None
         process.join(30)
@@ -216,19 +217,21 @@ class _ReplyChannel(asyncio.Protocol):
             here = False
         if here:
             transport.abort()
-        elif not self.loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # closed meanwhile
+            return
+        if not self.loop.is_closed():
+            try:
                 self.loop.call_soon_threadsafe(transport.abort)
                 return
-        if self.loop.is_closed():
-            self.own.close()  # (uvloop closed it with the loop already: then a no-op)
+            except RuntimeError:  # closed meanwhile
+                pass
+        self.own.close()  # (uvloop closed it with the loop already: then a no-op)
 
     def ask(self, frame: bytes) -> asyncio.Future[bytes]:
         """Send `frame`; the future of the reply's payload (EOFError if the child is gone)."""
         assert self.waiting is None or self.waiting.done(), "one question at a time"
         self.waiting = asyncio.get_running_loop().create_future()
         if self.lost is not None or self.transport is None:
-            self.waiting.set_exception(self.lost or EOFError("the store process closed its socket"))
+            self.waiting.set_exception(self.lost or EOFError(_GONE))
         else:
             self.transport.write(frame)
         return self.waiting
@@ -246,7 +249,7 @@ class _ReplyChannel(asyncio.Protocol):
             self.waiting.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = exc or EOFError("the store process closed its socket")
+        self.lost = exc or EOFError(_GONE)
         if self.waiting is not None and not self.waiting.done():
             self.waiting.set_exception(self.lost)
 
