@@ -124,7 +124,7 @@ def request(session: Session, ctx: ListContext, action: str, address: str, name:
     if not within_reply_limit(session, ctx, address, template):
         return f"{template} not sent: reply limit reached for {address}"
     if not template.startswith("confirm_"):
-        send(session, ctx, template, address)
+        send(session, ctx, template, address, name=name, address=address)
         return f"{template} sent to {address}"
     token = new_token()
     now = utcnow()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+import time
 
+import pytest
 from sqlalchemy import select
 
 from listbridge.models import Subscriber
+from listbridge.service import Service
+from listbridge.subscriptions import ListContext, subscribe
 
 from conftest import send, wait_for
 
@@ -53,3 +57,30 @@ def _refusal(port: int, to: str) -> str:
     except smtplib.SMTPDataError as exc:
         return f"{exc.smtp_code} {exc.smtp_error.decode()}"
     return "250"
+
+
+@pytest.mark.parametrize("language, already, not_subscribed", [
+    ("en", "is already subscribed to bla", "is not subscribed to bla"),
+    ("fr", "est déjà abonné à bla", "n'est pas abonné à bla"),
+])
+def test_resubscribe_and_a_strangers_unsubscribe_get_one_polite_reply(make_settings, sink, language, already,
+                                                                      not_subscribed):
+    lists = [{"address": "bla@bla.example.org", "title": "bla", "owner": "owner@example.org", "language": language}]
+    svc = Service(make_settings(lists=lists))
+    svc.start()
+    try:
+        with svc.db.transaction() as session:
+            subscribe(session, ListContext(svc.settings, svc.settings.lists[0]), "carole@example.net")
+        port = svc.settings.smtp.port
+        assert send(port, "bla+subscribe@bla.example.org") == {}  # 250, not 451
+        assert send(port, "bla+unsubscribe@bla.example.org", sender="zoe@example.net", name="Zoé") == {}
+        reply = wait_for(lambda: sink.handler.to("carole@example.net"))[0].message
+        stranger = wait_for(lambda: sink.handler.to("zoe@example.net"))[0].message
+        time.sleep(0.3)  # nothing more comes
+        assert len(sink.handler.to("carole@example.net")) == len(sink.handler.to("zoe@example.net")) == 1
+    finally:
+        svc.stop()
+    assert reply["Subject"] == f"carole@example.net {already}"
+    assert "carole@example.net" in reply.get_content() and reply["Auto-Submitted"] == "auto-replied"
+    assert stranger["Subject"] == f"zoe@example.net {not_subscribed}"
+    assert "bla+unsubscribe@bla.example.org" in stranger.get_content()

@@ -33,6 +33,9 @@ def test_both_languages_have_the_same_texts():
 
 @pytest.mark.parametrize("language", ["en", "fr"])
 def test_every_text_renders(language):
+    """Every text compiles and fills in with a full context. Whether each caller passes what its
+    text needs is tested through that caller (test_subscription_flow, test_outage, …): a full
+    context here would hide a missing name."""
     mlist = build_settings({"lists": [{"address": "bla@d", "language": language}]}).lists[0]
     for name in names(language):
         subject, body = render_mail(mlist, name, **CONTEXT)
