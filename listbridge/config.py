@@ -45,6 +45,8 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("port", 8025, "port listbridge listens on", minimum=1, maximum=65535),
         Option("lmtp", False, "speak LMTP instead of SMTP"),
         Option("max_message_size", 1048576, "larger messages are refused with 552", minimum=1),
+        Option("data_timeout", 120.0, "seconds one DATA may take in all; a slower client gets 421",
+               minimum=0.1, maximum=300),
         Option("separator", "+", "separator between the list name and its sub-address"),
     ),
     "relay": (
@@ -145,6 +147,7 @@ class SmtpSettings:
     port: int
     lmtp: bool
     max_message_size: int
+    data_timeout: float
     separator: str
 
 
