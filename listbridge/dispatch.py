@@ -153,11 +153,24 @@ def _act_on(
     replies: list[list[Reply]],
     posts: Callable[[], dict[str, Post]],
 ) -> frozenset[str]:
-    """Act on the parsed messages in one transaction; fill in their replies; the effects."""
+    """Act on the parsed messages in one transaction; fill in their replies; the effects. What
+    was done is logged once it is committed, and not at all when the transaction fails."""
     with db.transaction() as session:
+        said = session.info.setdefault(_SAID, [])
         for i, incoming, message in todo:
             replies[i] = _act_all(session, settings, incoming, message, posts)
-        return effects(session)
+        done = effects(session)
+    for level, args in said:
+        log.log(level, *args)
+    return done
+
+
+_SAID = "listbridge.said"  # session.info key: log lines waiting for the commit
+
+
+def _say(session: Session, level: int, *args: object) -> None:
+    """Log `args` (a format and its values) once the session's transaction commits."""
+    session.info.setdefault(_SAID, []).append((level, args))
 
 
 def _act_all(
@@ -196,10 +209,14 @@ def _act(
     automated = incoming.is_automated(envelope_from, mlist.address)
     try:
         if action == addresses.POST:
+            if incoming.carries_loop(mlist.address):
+                _say(session, logging.WARNING, "dropped a comment from <%s> carrying %s's own X-Loop: its own mail "
+                     "came back", incoming.sender, mlist.address)
+                return OK
             comment = comments.receive(session, ctx, incoming, posts(), automated)
             name = comment.id if comment.id is not None else incoming.message_id or "without Message-ID"
-            log.info("comment %s from <%s> on %s: %s %s", name, incoming.sender, comment.post_slug or "no post",
-                     comment.status, comment.reason)
+            _say(session, logging.INFO, "comment %s from <%s> on %s: %s %s", name, incoming.sender,
+                 comment.post_slug or "no post", comment.status, comment.reason)
             return OK
         if action == addresses.OWNER:
             return _forward_to_owner(session, ctx, incoming)
@@ -223,9 +240,9 @@ def _act(
         else:  # pragma: no cover - route() only returns the actions above
             return UNKNOWN
     except Rejected as exc:
-        log.info("%s: %s", rcpt, exc.reply)
+        _say(session, logging.INFO, "%s: %s", rcpt, exc.reply)
         return Reply(exc.reply)
-    log.info("%s from <%s>: %s", rcpt, incoming.sender, done)
+    _say(session, logging.INFO, "%s from <%s>: %s", rcpt, incoming.sender, done)
     return OK
 
 
@@ -243,7 +260,7 @@ def _forward_to_owner(session: Session, ctx: ListContext, incoming: Incoming) ->
     if not owner:
         return Reply("550 5.1.1 This list has no owner address")
     if incoming.carries_loop(ctx.mlist.address):
-        log.warning("dropped a looping message to the owner of %s", ctx.mlist.address)
+        _say(session, logging.WARNING, "dropped a looping message to the owner of %s", ctx.mlist.address)
         return OK
     # A null envelope sender: a bounce from the owner's side can never loop back here.
     outbox.enqueue(
