@@ -20,6 +20,7 @@ from . import outbox
 from .addresses import subaddress
 from .compose import personal_headers
 from .config import Settings
+from .failurelog import FailureLog
 from .models import OutboxMessage
 from .relay import RelayClient, RelayError, prepare
 from .store import Database
@@ -197,16 +198,21 @@ def run_workers(
 ) -> list[threading.Thread]:
     """Start `[relay] connections` worker threads. With `until_idle`, each exits once nothing is due."""
 
+    failures = FailureLog(log, "delivery batch failed; it will be retried after the claim lease",
+                          "delivery works again")
+
     def loop(worker: Worker) -> None:
         try:
             while not stop.is_set():
                 try:
                     done = worker.run_once(defer_record=True)
-                except Exception:  # a worker must survive a database hiccup; the rows stay claimed
-                    log.exception("delivery batch failed; it will be retried after the claim lease")
+                except Exception as exc:  # a worker must survive a database hiccup; the rows stay claimed
+                    failures.failed(exc)
                     done = 0
                     if until_idle:
                         return
+                else:
+                    failures.succeeded()
                 if done and progress:
                     progress(done)
                 if not done:

@@ -11,6 +11,7 @@ import time
 
 from . import delivery, outbox, publish
 from .config import Settings
+from .failurelog import FailureLog
 from .smtp import ListController, ListHandler
 from .store import Database
 from .store_process import StoreProcess
@@ -64,6 +65,7 @@ class Service:
 
     def _publisher(self) -> None:
         """Render and commit approved comments (and retry pushes) a few seconds after intake."""
+        failures = FailureLog(log, "could not publish to the site repo; will retry", "publishing works again")
         while not self.stopping.is_set():
             self.published.wait(PUBLISH_EVERY)
             self.published.clear()
@@ -71,16 +73,21 @@ class Service:
                 return
             try:
                 publish.publish_pending(self.db, self.settings)
-            except Exception:
-                log.exception("could not publish to the site repo; will retry")
+            except Exception as exc:
+                failures.failed(exc)
+            else:
+                failures.succeeded()
 
     def _janitor(self) -> None:
+        failures = FailureLog(log, "could not release stale outbox claims", "stale claims released again")
         while not self.stopping.wait(60):
             try:
                 with self.db.transaction() as session:
                     outbox.release_stale(session, CLAIM_LEASE)
-            except Exception:
-                log.exception("could not release stale outbox claims")
+            except Exception as exc:
+                failures.failed(exc)
+            else:
+                failures.succeeded()
 
     def stop(self) -> None:
         # Queued before the controller's own stop, so it runs on the loop first.

@@ -1,0 +1,50 @@
+"""A database that stays down fills the log with one line per failure, and one traceback."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from listbridge import delivery
+from listbridge.store import Database
+
+from conftest import free_port
+
+
+def test_workers_facing_a_down_database_log_one_traceback(make_settings, caplog):
+    settings = make_settings(relay={"connections": 2})
+    db = Database(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing")  # nobody listens there
+    caplog.set_level(logging.INFO, logger="listbridge")
+    stop, wakeup = threading.Event(), threading.Event()
+    threads = delivery.run_workers(db, settings, stop, wakeup)
+    time.sleep(2.5)  # each worker fails about once a second
+    stop.set()
+    wakeup.set()
+    for thread in threads:
+        thread.join(10)
+    db.dispose()
+    failures = [r for r in caplog.records if r.name == "listbridge.delivery" and r.levelno == logging.ERROR]
+    assert len(failures) >= 4
+    assert sum(1 for r in failures if r.exc_info) == 1
+    assert all("Connection refused" in r.getMessage() for r in failures), failures[0].getMessage()
+    assert all("\n" not in r.getMessage() for r in failures)
+
+
+def test_a_new_failure_gets_its_traceback_and_recovery_is_said_once(caplog):
+    from listbridge.failurelog import FailureLog
+
+    caplog.set_level(logging.INFO)
+    failures = FailureLog(logging.getLogger("t"), "work failed", "work works again")
+    for exc in (OSError("disk full"), OSError("disk full"), ValueError("bad"), ValueError("bad")):
+        failures.failed(exc)
+    failures.succeeded()
+    failures.succeeded()
+    records = [(r.levelname, r.getMessage(), bool(r.exc_info)) for r in caplog.records]
+    assert records == [
+        ("ERROR", "work failed: disk full", True),
+        ("ERROR", "work failed (again): disk full", False),
+        ("ERROR", "work failed: bad", True),
+        ("ERROR", "work failed (again): bad", False),
+        ("INFO", "work works again", False),
+    ]
