@@ -137,3 +137,10 @@ def test_missing_configuration_exits_75(tmp_path):
     result = deliver(tmp_path / "no-such.toml", raw, LIST)
     assert result.returncode == 75  # the admin fixes the file; the MTA keeps the mail meanwhile
     assert "no-such.toml" in assert_one_clean_line(result.stderr)
+
+
+def test_a_stray_unsubscribe_exits_0_with_one_reply_queued(config, db):
+    _, raw = message("unsubscribe", sender="zoe@example.net")
+    result = deliver(config, raw, "bla+unsubscribe@bla.example.org", sender="zoe@example.net")
+    assert result.returncode == 0, result.stderr  # not 75: the MTA would retry for days
+    assert count(db, OutboxRecipient, OutboxRecipient.address == "zoe@example.net") == 1
