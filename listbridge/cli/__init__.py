@@ -11,7 +11,7 @@ import click
 from sqlalchemy.exc import OperationalError
 
 from ..config import ConfigError, ConfigWarning, Settings, load_settings
-from ..store import Database
+from ..store import BadURL, Database
 
 
 class App:
@@ -26,7 +26,10 @@ class App:
 
     @cached_property
     def db(self) -> Database:
-        return Database(self.settings.database.url)
+        try:
+            return Database(self.settings.database.url)
+        except BadURL as exc:
+            raise ConfigError(f"[database] url {exc}.") from None
 
     def ready_db(self) -> Database:
         """The database, upgraded to the newest schema if it is behind."""
