@@ -15,6 +15,28 @@ from . import App, cli, pass_app
 from .output import emit
 
 
+class CommentId(click.ParamType):
+    """A comment id: a whole number the database can hold (SQLite INTEGER, PostgreSQL BIGINT).
+    Anything else is one sentence, not an overflow in the driver nor a usage screen."""
+
+    name = "id"
+    largest = 2**63 - 1
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise click.ClickException(f"{value!r} is not a comment id (a whole number).") from None
+        if not 1 <= number <= self.largest:
+            raise click.ClickException(f"no comment with id {number}.")
+        return number
+
+
+COMMENT_ID = CommentId()
+
+
 @cli.group(invoke_without_command=True)
 @click.pass_context
 def moderate(ctx: click.Context) -> None:
@@ -76,7 +98,7 @@ def _show(c: Comment) -> str:
 
 
 @moderate.command()
-@click.argument("comment_id", type=int)
+@click.argument("comment_id", type=COMMENT_ID)
 @pass_app
 def show(app: App, comment_id: int) -> None:
     """The comment's text as it will be published."""
@@ -94,7 +116,7 @@ def _post(app: App, slug: str | None) -> Post | None:
 
 
 @moderate.command()
-@click.argument("ids", nargs=-1, type=int, required=True)
+@click.argument("ids", nargs=-1, type=COMMENT_ID, required=True)
 @click.option("--post", "slug", metavar="SLUG", help="attach the comments to this post first")
 @pass_app
 def approve(app: App, ids: tuple[int, ...], slug: str | None) -> None:
@@ -122,7 +144,7 @@ def approve(app: App, ids: tuple[int, ...], slug: str | None) -> None:
 
 
 @moderate.command()
-@click.argument("ids", nargs=-1, type=int, required=True)
+@click.argument("ids", nargs=-1, type=COMMENT_ID, required=True)
 @click.option("--reason", default="", help="why (kept in the log, and told to the author with --notify)")
 @click.option("--notify", is_flag=True, help="tell the author (never for an automatic message)")
 @click.option("--unpublish", is_flag=True, help="also reject comments already approved (their pages drop them)")

@@ -12,7 +12,7 @@ def roster() -> None:
 
 
 @roster.command()
-@click.argument("path")
+@click.argument("path", type=click.Path())
 @pass_app
 def export(app: App, path: str) -> None:
     """Write the confirmed subscribers to PATH, atomically (run it often: it is a heartbeat)."""
@@ -22,7 +22,7 @@ def export(app: App, path: str) -> None:
 
 
 @roster.command("import")
-@click.argument("path")
+@click.argument("path", type=click.Path())
 @pass_app
 def import_(app: App, path: str) -> None:
     """Replace the subscribers of the lists in PATH with its content."""
