@@ -37,6 +37,8 @@ class Snapshot:
 def export(session: Session, path: str | Path) -> Snapshot:
     """Write every confirmed subscriber to `path`, atomically; streams, whatever the size."""
     target = Path(path)
+    if target.is_dir():
+        raise RosterError(f"{path} is a directory: give the roster's file name, such as {target / 'roster.sqlite3'}.")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".roster-", suffix=".tmp")
     os.close(fd)

@@ -16,8 +16,11 @@ def roster() -> None:
 @pass_app
 def export(app: App, path: str) -> None:
     """Write the confirmed subscribers to PATH, atomically (run it often: it is a heartbeat)."""
-    with app.ready_db().transaction() as session:
-        snapshot = roster_file.export(session, path)
+    try:
+        with app.ready_db().transaction() as session:
+            snapshot = roster_file.export(session, path)
+    except roster_file.RosterError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"{snapshot.subscribers} subscribers of {len(snapshot.lists)} list(s) written to {path}")
 
 
