@@ -62,6 +62,29 @@ def imports(db_url: str) -> int:
         db.dispose()
 
 
+def test_watch_once_from_cron_sends_the_notices_it_queues(tmp_path, db_url, sink, home):
+    config = watcher_config(tmp_path, db_url, sink.port)
+    with home.transaction() as session:
+        roster.export(session, tmp_path / "roster.sqlite3")
+    ticks = []
+    for n in range(3):  # the MX port is closed: three failed probes open the outage
+        result = run(config, "watch", "--once", "--json")
+        assert result.exit_code == 0, result.output
+        ticks.append(json.loads(result.output))
+        assert imports(db_url) == 1  # read once; the next runs find the same export
+    assert [(t["ok"], t["failures"], t["event"]) for t in ticks] == [(False, 1, None), (False, 2, None), (False, 3, "down")]
+    received = Counter(a for r in sink.handler.received for a in r.rcpt_tos)
+    assert received == {a: 1 for a in [*READERS, "owner@example.org"]}  # delivered before exiting
+    assert (ticks[-1]["mail_sent"], ticks[-1]["mail_queued"]) == (len(READERS) + 1, 0)
+    text = run(config, "watch", "--once")
+    assert text.exit_code == 0 and "DOWN at connect" in text.output and "mail:" not in text.output
+    assert len(sink.handler.received) == len(READERS) + 1  # nothing sent twice
+
+    with home.transaction() as session:  # a new export is a new heartbeat: read again
+        roster.export(session, tmp_path / "roster.sqlite3")
+    assert run(config, "watch", "--once").exit_code == 0 and imports(db_url) == 2
+
+
 def test_roster_export_to_a_directory_is_one_sentence(tmp_path, db_url):
     config = tmp_path / "lb.toml"
     config.write_text(f'[database]\nurl = "{db_url}"\n')

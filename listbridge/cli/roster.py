@@ -34,4 +34,4 @@ def import_(app: App, path: str) -> None:
             snapshot = roster_file.import_(session, path)
     except roster_file.RosterError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{snapshot.subscribers} subscribers imported, exported {snapshot.exported_at.isoformat()} UTC")
+    click.echo(f"{snapshot.subscribers} subscribers imported, exported {snapshot.exported_at.isoformat(timespec='seconds')} UTC")
