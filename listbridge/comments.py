@@ -10,8 +10,9 @@ import getpass
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from . import authresults, commenttext, compose, outbox
 from .archive import page_path
@@ -159,7 +160,7 @@ def receive(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[
     if decision.status == APPROVED:
         approve(session, ctx, comment, actor="policy")
     else:
-        _decide(session, comment, REJECTED, "policy", decision.reason)
+        reject(session, ctx, comment, "policy", decision.reason)
     return Stored(comment_id, decision.status, decision.reason, post.slug if post else None)
 
 
@@ -171,39 +172,88 @@ def actor() -> str:
         return "unknown"
 
 
-def _decide(session: Session, comment: Comment, status: str, by: str, detail: str = "") -> None:
-    comment.status = status
-    comment.decided_at = utcnow()
-    comment.decided_by = by
-    session.add(ModerationEvent(comment_id=comment.id, action=status, actor=by, at=comment.decided_at, detail=detail))
+class NotHeld(ValueError):
+    """Someone else decided on the comment first, or it is in a state the action does not take."""
+
+    def __init__(self, comment: Comment) -> None:
+        self.comment_id, self.status = comment.id, comment.status  # the row is expired by the rollback
+        super().__init__(f"comment {comment.id} is no longer held: {decided(comment)}")
 
 
-def approve(session: Session, ctx: ListContext, comment: Comment, actor: str, post: Post | None = None) -> None:
-    """Publish (on the next render) and broadcast one comment. Raises ValueError when it has no post."""
-    if post is not None:
-        comment.post_slug, comment.post_title, comment.post_path = post.slug, post.title, post.path
-    if not comment.post_slug:
+def decided(comment: Comment) -> str:
+    """Its state and who set it when: `approved by alice at 2026-12-02 08:01 UTC`."""
+    who = f" by {comment.decided_by}" if comment.decided_by else ""
+    when = f" at {comment.decided_at:%Y-%m-%d %H:%M} UTC" if comment.decided_at else ""
+    return f"{comment.status}{who}{when}"
+
+
+def _transition(session: Session, comment: Comment, source: str, values: dict[str, object]) -> bool:
+    """Move the comment from `source` to `values` in one conditional UPDATE, so that of two
+    moderators acting at once only one changes it (the row lock, or SQLite's write lock, orders
+    them; the second finds no row in `source`). False, with the comment reloaded, if it was
+    not in `source`."""
+    result = session.execute(
+        update(Comment).where(Comment.id == comment.id, Comment.status == source).values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.refresh(comment)
+        return False
+    for key, value in values.items():
+        set_committed_value(comment, key, value)
+    return True
+
+
+def approve(session: Session, ctx: ListContext, comment: Comment, actor: str, post: Post | None = None) -> bool:
+    """Publish (on the next render) and broadcast a held comment, once whatever the concurrency.
+    False if it was approved already (nothing done); NotHeld if it was decided otherwise;
+    ValueError when it has no post."""
+    target = post.slug if post is not None else comment.post_slug
+    if not target and comment.status == HELD:
         raise ValueError(f"comment {comment.id} is not attached to a post: give one with --post SLUG.")
-    if comment.status == APPROVED:
-        return
-    _decide(session, comment, APPROVED, actor, f"post {comment.post_slug}")
-    comment.published = False
+    values: dict[str, object] = {"status": APPROVED, "decided_at": utcnow(), "decided_by": actor, "published": False}
+    if post is not None:
+        values.update(post_slug=post.slug, post_title=post.title, post_path=post.path)
+    if not _transition(session, comment, HELD, values):
+        if comment.status == APPROVED:
+            return False
+        raise NotHeld(comment)
+    session.add(ModerationEvent(comment_id=comment.id, action=APPROVED, actor=actor, at=comment.decided_at,
+                                detail=f"post {comment.post_slug}"))
     note_effect(session, SITE_CHANGED)
     broadcast(session, ctx, comment)
+    return True
 
 
-def reject(session: Session, ctx: ListContext, comment: Comment, actor: str, reason: str = "", notify: bool = False) -> bool:
-    """Reject a comment; with `notify`, tell its author (never an automatic message). True if told."""
-    was_public = comment.status == APPROVED
-    _decide(session, comment, REJECTED, actor, reason)
-    comment.reason = reason or comment.reason
-    if was_public:
-        comment.published = False  # its page must drop it
+@dataclass(frozen=True)
+class Rejection:
+    changed: bool  # False: it was rejected already, nothing done
+    told: bool  # its author was sent the "rejected" notice
+
+
+def reject(
+    session: Session, ctx: ListContext, comment: Comment, actor: str, reason: str = "", notify: bool = False,
+    unpublish: bool = False,
+) -> Rejection:
+    """Reject a held comment (with `unpublish`, an approved one too: its page drops it), once
+    whatever the concurrency; with `notify`, tell its author (never an automatic message).
+    NotHeld if it was decided otherwise."""
+    values: dict[str, object] = {"status": REJECTED, "decided_at": utcnow(), "decided_by": actor}
+    if reason:
+        values["reason"] = reason
+    if _transition(session, comment, HELD, values):
+        pass
+    elif unpublish and comment.status == APPROVED and _transition(session, comment, APPROVED, {**values, "published": False}):
         note_effect(session, SITE_CHANGED)
+    elif comment.status == REJECTED:
+        return Rejection(changed=False, told=False)
+    else:
+        raise NotHeld(comment)
+    session.add(ModerationEvent(comment_id=comment.id, action=REJECTED, actor=actor, at=comment.decided_at, detail=reason))
     if notify and comment.sender and not comment.auto_submitted:
         send(session, ctx, "rejected", comment.sender, name=comment.display_name, subject=comment.subject, reason=reason)
-        return True
-    return False
+        return Rejection(changed=True, told=True)
+    return Rejection(changed=True, told=False)
 
 
 def broadcast(session: Session, ctx: ListContext, comment: Comment) -> None:

@@ -236,6 +236,18 @@ def flush(db: Database, settings: Settings, progress: Callable[[int], None] | No
     with db.transaction() as session:
         outbox.release_stale(session, dt.timedelta(minutes=10))
         outbox.make_all_due(session)
+    _until_idle(db, settings, progress)
+
+
+def deliver_due(db: Database, settings: Settings) -> None:
+    """Deliver what is due now, backoff kept, then return (`watch --once` run by cron: a relay
+    that refuses is tried again at the next run that finds the row due)."""
+    with db.transaction() as session:
+        outbox.release_stale(session, dt.timedelta(minutes=10))
+    _until_idle(db, settings, None)
+
+
+def _until_idle(db: Database, settings: Settings, progress: Callable[[int], None] | None) -> None:
     stop, wakeup = threading.Event(), threading.Event()
     for thread in run_workers(db, settings, stop, wakeup, until_idle=True, progress=progress):
         thread.join()

@@ -37,10 +37,12 @@ class Snapshot:
 def export(session: Session, path: str | Path) -> Snapshot:
     """Write every confirmed subscriber to `path`, atomically; streams, whatever the size."""
     target = Path(path)
+    if target.is_dir():
+        raise RosterError(f"{path} is a directory: give the roster's file name, such as {target / 'roster.sqlite3'}.")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".roster-", suffix=".tmp")
     os.close(fd)
-    exported_at = utcnow().replace(microsecond=0)
+    exported_at = utcnow()  # to the microsecond: two exports in one second are told apart
     count, lists = 0, set()
     try:
         out = sqlite3.connect(temp)
@@ -117,6 +119,13 @@ def import_(session: Session, path: str | Path) -> Snapshot:
         conn.close()
     session.add(RosterImport(source=str(path), exported_at=snapshot.exported_at, subscribers=snapshot.subscribers))
     return snapshot
+
+
+def is_imported(session: Session, snapshot: Snapshot) -> bool:
+    """True when the newest import was this very export (same time and count): a watcher
+    started again, or `watch --once` from cron, then has nothing to read."""
+    last = last_import(session)
+    return last is not None and (last.exported_at, last.subscribers) == (snapshot.exported_at, snapshot.subscribers)
 
 
 def last_import(session: Session) -> RosterImport | None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
-from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, create_engine, event, insert, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import URL, Connection, Dialect, Engine, Table, bindparam, create_engine, event, insert, make_url, text
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from .resources import shipped_path
@@ -20,11 +23,21 @@ if TYPE_CHECKING:
 # "is the schema current?" question costs one query and no alembic import (deliver runs per mail).
 SCHEMA_HEAD = "0004"
 
+log = logging.getLogger(__name__)
+
+
+class BadURL(ValueError):
+    """The database URL names no database that can be opened; the message is the predicate of
+    a sentence about the URL, which it never repeats (it may hold a password)."""
+
 
 def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL, a busy timeout and durable commits."""
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    """An engine for `url`; SQLite gets WAL, a busy timeout and durable commits, and a file
+    only its owner can read (it holds live tokens). BadURL when `url` cannot be used."""
+    parsed = _parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        prepare_sqlite_file(parsed)
+        engine = _create_engine(url, parsed, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
@@ -37,7 +50,52 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return _create_engine(url, parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _parse_url(url: str) -> URL:
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise BadURL("is not a database URL (sqlite:///FILE or postgresql+psycopg://USER@HOST/DB)") from None
+
+
+def _create_engine(url: str, parsed: URL, **options: Any) -> Engine:
+    """create_engine, its errors said without the URL (it may hold a password)."""
+    try:
+        return create_engine(url, **options)
+    except NoSuchModuleError:
+        raise BadURL(f"names no known database, {parsed.drivername!r} (sqlite or postgresql+psycopg)") from None
+    except ImportError as exc:
+        raise BadURL(f"needs the {parsed.drivername} driver, which is not installed ({exc})") from None
+    except (ArgumentError, TypeError, ValueError) as exc:
+        raise BadURL(f"is refused by {parsed.drivername} ({exc})") from None
+
+
+def prepare_sqlite_file(url: URL) -> None:
+    """Create the database file 0600 before SQLite opens it (SQLite then gives its -wal and
+    -shm files the same mode), or log one line when an existing one is open to other users."""
+    name = url.database or ""
+    if not name or name == ":memory:" or name.startswith("file:") or url.query.get("mode") == "memory":
+        return
+    path = Path(name)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return
+    except FileExistsError:
+        pass
+    exposed = [f for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if _others_may_read(f)]
+    if exposed:
+        mode = stat.S_IMODE(exposed[0].stat().st_mode)
+        log.warning("database %s can be read by other users (mode %03o) and holds live tokens: chmod 600 %s",
+                    exposed[0], mode, " ".join(map(str, exposed)))
+
+
+def _others_may_read(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & stat.S_IROTH)
+    except FileNotFoundError:
+        return False
 
 
 # What a transaction left for the background workers, noted on the session as it happens so

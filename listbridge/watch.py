@@ -48,7 +48,9 @@ class Watcher:
         self._warned_at: dt.datetime | None = None
 
     def refresh_roster(self) -> None:
-        """Import the roster snapshot when it changed on disk (each export is a heartbeat)."""
+        """Import the roster snapshot when it changed (each export is a heartbeat): its mtime
+        is remembered while this process runs, and its export time and count are compared with
+        the last import, which a new process (`watch --once`) reads back."""
         path = Path(self.settings.watch.roster)
         try:
             mtime = path.stat().st_mtime
@@ -58,11 +60,20 @@ class Watcher:
             self._warn_if_stale()
             return
         try:
+            snapshot = roster.read_meta(path)
             with self.db.transaction() as session:
-                snapshot = roster.import_(session, path)
-            log.info("roster imported: %d subscribers, exported %s", snapshot.subscribers, snapshot.exported_at)
+                fresh = not roster.is_imported(session, snapshot)
+                if fresh:
+                    roster.import_(session, path)
         except roster.RosterError as exc:
             log.error("%s", exc)
+        else:
+            if fresh:
+                log.info("roster imported: %d subscribers, exported %s UTC", snapshot.subscribers,
+                         snapshot.exported_at.isoformat(timespec="seconds"))
+            else:
+                log.debug("roster unchanged since its import (exported %s UTC)", snapshot.exported_at.isoformat(timespec="seconds"))
+                self._warn_if_stale()
         self._roster_mtime = mtime
 
     def _warn_if_stale(self) -> None:

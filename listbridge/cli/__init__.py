@@ -11,7 +11,7 @@ import click
 from sqlalchemy.exc import OperationalError
 
 from ..config import ConfigError, ConfigWarning, Settings, load_settings
-from ..store import Database
+from ..store import BadURL, Database
 
 
 class App:
@@ -26,7 +26,10 @@ class App:
 
     @cached_property
     def db(self) -> Database:
-        return Database(self.settings.database.url)
+        try:
+            return Database(self.settings.database.url)
+        except BadURL as exc:
+            raise ConfigError(f"[database] url {exc}.") from None
 
     def ready_db(self) -> Database:
         """The database, upgraded to the newest schema if it is behind."""
@@ -48,9 +51,51 @@ class App:
 
 pass_app = click.make_pass_decorator(App)
 
+def refuse_undecodable(command: click.Command, ctx: click.Context) -> None:
+    """Refuse a text argument that came from bytes that are not UTF-8 (Python hands them over
+    as lone surrogates, which no database, mail or terminal can encode). Paths are exempt:
+    a file name may be any bytes."""
+    for param in command.params:
+        if isinstance(param.type, (click.Path, click.File)):
+            continue
+        value = ctx.params.get(param.name or "")
+        for text in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(text, str) and not _is_utf8(text):
+                shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                raise click.ClickException(f"{param.get_error_hint(ctx)} is not UTF-8 text: '{shown}'.")
 
-@click.group()
-@click.option("--config", "config_path", metavar="PATH", help="configuration file (else $LISTBRIDGE_CONFIG, else ./listbridge.toml)")
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class Command(click.Command):
+    """A command whose text arguments are checked as they are parsed."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        refuse_undecodable(self, ctx)
+        return rest
+
+
+class Group(click.Group):
+    """A group whose own options, commands and subgroups are checked the same way."""
+
+    command_class = Command
+    group_class = type  # subgroups are Groups too
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        refuse_undecodable(self, ctx)
+        return rest
+
+
+@click.group(cls=Group)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="PATH", help="configuration file (else $LISTBRIDGE_CONFIG, else ./listbridge.toml)")
 @click.option("-v", "--verbose", is_flag=True, help="log more detail")
 @click.version_option(package_name="listbridge")
 @click.pass_context

@@ -7,12 +7,34 @@ from sqlalchemy import select
 
 from .. import comments, publish
 from ..dispatch import site_posts
-from ..models import HELD, Comment
+from ..models import APPROVED, HELD, Comment
 from ..posts import Post
 from ..slugs import slugify
 from ..subscriptions import ListContext
 from . import App, cli, pass_app
 from .output import emit
+
+
+class CommentId(click.ParamType):
+    """A comment id: a whole number the database can hold (SQLite INTEGER, PostgreSQL BIGINT).
+    Anything else is one sentence, not an overflow in the driver nor a usage screen."""
+
+    name = "id"
+    largest = 2**63 - 1
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise click.ClickException(f"{value!r} is not a comment id (a whole number).") from None
+        if not 1 <= number <= self.largest:
+            raise click.ClickException(f"no comment with id {number}.")
+        return number
+
+
+COMMENT_ID = CommentId()
 
 
 @cli.group(invoke_without_command=True)
@@ -76,7 +98,7 @@ def _show(c: Comment) -> str:
 
 
 @moderate.command()
-@click.argument("comment_id", type=int)
+@click.argument("comment_id", type=COMMENT_ID)
 @pass_app
 def show(app: App, comment_id: int) -> None:
     """The comment's text as it will be published."""
@@ -94,36 +116,56 @@ def _post(app: App, slug: str | None) -> Post | None:
 
 
 @moderate.command()
-@click.argument("ids", nargs=-1, type=int, required=True)
+@click.argument("ids", nargs=-1, type=COMMENT_ID, required=True)
 @click.option("--post", "slug", metavar="SLUG", help="attach the comments to this post first")
 @pass_app
 def approve(app: App, ids: tuple[int, ...], slug: str | None) -> None:
-    """Publish comments on the site and send them to the subscribers."""
+    """Publish held comments on the site and send them to the subscribers."""
     post = _post(app, slug)
     db = app.ready_db()
+    approved, already = [], []
     try:
         with db.transaction() as session:
             for c in _load(session, ids):
-                comments.approve(session, _ctx(app, c), c, comments.actor(), post)
-    except ValueError as exc:  # nothing was approved: the transaction rolled back
+                if comments.approve(session, _ctx(app, c), c, comments.actor(), post):
+                    approved.append(str(c.id))
+                else:
+                    already.append(f"comment {c.id} was already {comments.decided(c)}")
+    except comments.NotHeld as exc:  # nothing was approved: the transaction rolled back
+        raise click.ClickException(f"{exc}; nothing was approved.") from None
+    except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     for sha in publish.publish_pending(db, app.settings):
         click.echo(f"site commit {sha[:10]}")
-    click.echo(f"approved: {' '.join(map(str, ids))}")
+    for line in already:
+        click.echo(line)
+    if approved:
+        click.echo(f"approved: {' '.join(approved)}")
 
 
 @moderate.command()
-@click.argument("ids", nargs=-1, type=int, required=True)
+@click.argument("ids", nargs=-1, type=COMMENT_ID, required=True)
 @click.option("--reason", default="", help="why (kept in the log, and told to the author with --notify)")
 @click.option("--notify", is_flag=True, help="tell the author (never for an automatic message)")
+@click.option("--unpublish", is_flag=True, help="also reject comments already approved (their pages drop them)")
 @pass_app
-def reject(app: App, ids: tuple[int, ...], reason: str, notify: bool) -> None:
-    """Refuse comments (a published one is taken off the site)."""
+def reject(app: App, ids: tuple[int, ...], reason: str, notify: bool, unpublish: bool) -> None:
+    """Refuse held comments (with --unpublish, take approved ones off the site too)."""
     db = app.ready_db()
-    with db.transaction() as session:
-        for c in _load(session, ids):
-            told = comments.reject(session, _ctx(app, c), c, comments.actor(), reason, notify)
-            click.echo(f"rejected: {c.id}{' (author told)' if told else ''}")
+    lines = []
+    try:
+        with db.transaction() as session:
+            for c in _load(session, ids):
+                done = comments.reject(session, _ctx(app, c), c, comments.actor(), reason, notify, unpublish)
+                if not done.changed:
+                    lines.append(f"comment {c.id} was already {comments.decided(c)}")
+                else:
+                    lines.append(f"rejected: {c.id}{' (author told)' if done.told else ''}")
+    except comments.NotHeld as exc:
+        hint = "" if unpublish or exc.status != APPROVED else " (--unpublish takes it off the site)"
+        raise click.ClickException(f"{exc}; nothing was rejected{hint}.") from None
+    for line in lines:  # only once committed
+        click.echo(line)
     publish.publish_pending(db, app.settings)
 
 
@@ -154,15 +196,24 @@ def interactive(app: App) -> None:
                                   show_choices=False)
             if choice == "q":
                 break
-            if choice == "a":
-                slug = None if c.post_slug else click.prompt("No post matched: attach to which post (slug)")
-                try:
-                    comments.approve(session, _ctx(app, c), c, comments.actor(), _post(app, slug))
-                except (ValueError, click.ClickException) as exc:
-                    click.echo(f"not approved: {exc}")
-                    continue
-            elif choice == "r":
-                reason = click.prompt("Reason (empty: none)", default="", show_default=False)
-                comments.reject(session, _ctx(app, c), c, comments.actor(), reason,
-                                notify=click.confirm("Tell the author?", default=False))
+            if choice != "s":
+                click.echo(_decide_one(app, session, c, choice))
     publish.publish_pending(db, app.settings)
+
+
+def _decide_one(app: App, session, c: Comment, choice: str) -> str:  # type: ignore[no-untyped-def]
+    """Approve ("a") or reject ("r") one comment, asking what is needed; what became of it."""
+    try:
+        if choice == "a":
+            slug = None if c.post_slug else click.prompt("No post matched: attach to which post (slug)")
+            if not comments.approve(session, _ctx(app, c), c, comments.actor(), _post(app, slug)):
+                return f"comment {c.id} was already {comments.decided(c)}"
+            return f"approved: {c.id}"
+        reason = click.prompt("Reason (empty: none)", default="", show_default=False)
+        notify = click.confirm("Tell the author?", default=False)
+        done = comments.reject(session, _ctx(app, c), c, comments.actor(), reason, notify=notify)
+        return f"rejected: {c.id}" if done.changed else f"comment {c.id} was already {comments.decided(c)}"
+    except comments.NotHeld as exc:  # another moderator decided meanwhile
+        return f"skipped: {exc}"
+    except (ValueError, click.ClickException) as exc:
+        return f"not {'approved' if choice == 'a' else 'rejected'}: {exc}"

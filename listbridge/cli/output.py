@@ -1,9 +1,10 @@
-"""Shared output helpers: --json listings, tables and progress (bar on a terminal, lines elsewhere)."""
+"""Shared output helpers: --json listings, tables and progress (bar on a terminal, a last line elsewhere)."""
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -27,21 +28,24 @@ def emit(rows: Sequence[dict[str, Any]], as_json: bool, columns: Sequence[str]) 
 
 @contextmanager
 def progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    """A progress callback: a bar on a terminal, one line per 10% (or per 1,000) otherwise."""
+    """A progress callback, safe to call from worker threads: on a terminal, one bar redrawn in
+    place; elsewhere (a log, a pipe) nothing until the one final line."""
+    lock = threading.Lock()
     if sys.stderr.isatty():
         with click.progressbar(length=total or 0, label=label, file=sys.stderr) as bar:
-            yield bar.update
+
+            def redraw(n: int) -> None:
+                with lock:
+                    bar.update(n)
+
+            yield redraw
         return
     done = 0
-    step = max(1, (total or 10_000) // 10)
-    mark = step
 
-    def update(n: int) -> None:
-        nonlocal done, mark
-        done += n
-        while done >= mark:
-            click.echo(f"{label}: {done}" + (f"/{total}" if total else ""), err=True)
-            mark += step
+    def count(n: int) -> None:
+        nonlocal done
+        with lock:
+            done += n
 
-    yield update
-    click.echo(f"{label}: {done} done", err=True)
+    yield count
+    click.echo(f"{label}: {done}" + (f"/{total}" if total else "") + " done", err=True)

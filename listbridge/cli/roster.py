@@ -12,17 +12,20 @@ def roster() -> None:
 
 
 @roster.command()
-@click.argument("path")
+@click.argument("path", type=click.Path())
 @pass_app
 def export(app: App, path: str) -> None:
     """Write the confirmed subscribers to PATH, atomically (run it often: it is a heartbeat)."""
-    with app.ready_db().transaction() as session:
-        snapshot = roster_file.export(session, path)
+    try:
+        with app.ready_db().transaction() as session:
+            snapshot = roster_file.export(session, path)
+    except roster_file.RosterError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"{snapshot.subscribers} subscribers of {len(snapshot.lists)} list(s) written to {path}")
 
 
 @roster.command("import")
-@click.argument("path")
+@click.argument("path", type=click.Path())
 @pass_app
 def import_(app: App, path: str) -> None:
     """Replace the subscribers of the lists in PATH with its content."""
@@ -31,4 +34,4 @@ def import_(app: App, path: str) -> None:
             snapshot = roster_file.import_(session, path)
     except roster_file.RosterError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{snapshot.subscribers} subscribers imported, exported {snapshot.exported_at.isoformat()} UTC")
+    click.echo(f"{snapshot.subscribers} subscribers imported, exported {snapshot.exported_at.isoformat(timespec='seconds')} UTC")

@@ -6,13 +6,14 @@ import threading
 
 import click
 
+from .. import delivery, outbox
 from ..site import ensure_repo
 from ..watch import Watcher
 from . import App, cli, pass_app
 
 
 @cli.command()
-@click.option("--once", is_flag=True, help="probe once, record the result, print it and exit")
+@click.option("--once", is_flag=True, help="probe once, record the result, send the mail due, print it and exit")
 @click.option("--json", "as_json", is_flag=True, help="with --once: print JSON")
 @pass_app
 def watch(app: App, once: bool, as_json: bool) -> None:
@@ -21,14 +22,31 @@ def watch(app: App, once: bool, as_json: bool) -> None:
     watcher = Watcher(app.settings, app.ready_db())
     if once:
         tick = watcher.tick()
+        sent, queued = _deliver(app)
         if as_json:
-            click.echo(json.dumps(tick.as_dict()))
-        else:
-            click.echo(f"{tick.mx}: {'up' if tick.ok else 'DOWN'} at {tick.step} ({tick.detail}, {tick.seconds}s); "
-                       f"state {tick.state}, {tick.failures} failure(s), {tick.successes} success(es)"
-                       + (f"; event: {tick.event}" if tick.event else ""))
+            click.echo(json.dumps({**tick.as_dict(), "mail_sent": sent, "mail_queued": queued}))
+            return
+        click.echo(f"{tick.mx}: {'up' if tick.ok else 'DOWN'} at {tick.step} ({tick.detail}, {tick.seconds}s); "
+                   f"state {tick.state}, {tick.failures} failure(s), {tick.successes} success(es)"
+                   + (f"; event: {tick.event}" if tick.event else ""))
+        if sent or queued:
+            click.echo(f"mail: {sent} delivered or failed, {queued} still queued"
+                       + (" (retried by the next run once due)" if queued else ""))
         return
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     watcher.run(stop)
+
+
+def _deliver(app: App) -> tuple[int, int]:
+    """Send the notices a probe queued (and any mail now due), as `queue flush` does: a cron
+    job running `watch --once` has no other sender. (delivered or failed, still queued)"""
+    db = app.ready_db()
+    with db.transaction() as session:
+        before = outbox.pending_count(session)
+    if before:
+        delivery.deliver_due(db, app.settings)
+    with db.transaction() as session:
+        after = outbox.pending_count(session)
+    return before - after, after

@@ -1,0 +1,76 @@
+"""The database as a file and as a URL: a new SQLite database (and its -wal/-shm) is readable by
+its owner only, an existing one open to others is reported once, and a URL that cannot be used
+is one sentence naming the key, through the real CLI."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from sqlalchemy import text
+
+from listbridge.store import Database
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def modes(folder: Path, name: str) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.glob(f"{name}*")}
+
+
+def listbridge(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "lb.toml"
+    config.write_text(f'[database]\nurl = "{url}"\n')
+    return subprocess.run([sys.executable, "-m", "listbridge", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+
+def test_a_new_database_and_its_wal_are_private(tmp_path: Path, umask_022: None) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'lb.sqlite3'}")
+    try:
+        db.upgrade()
+        with db.engine.connect() as connection:  # -wal and -shm exist while a connection is open
+            connection.execute(text("INSERT INTO moderation_events (action, actor, at, detail) "
+                                    "VALUES ('x', 'y', '2026-01-01', '')"))
+            connection.commit()
+            assert modes(tmp_path, "lb.sqlite3") == {"lb.sqlite3": 0o600, "lb.sqlite3-wal": 0o600,
+                                                     "lb.sqlite3-shm": 0o600}
+    finally:
+        db.dispose()
+
+
+def test_an_existing_database_open_to_others_is_reported_once(tmp_path: Path, umask_022: None) -> None:
+    path = tmp_path / "lb.sqlite3"
+    sqlite3.connect(path).close()  # as an older listbridge left it: 0644
+    assert modes(tmp_path, "lb.sqlite3") == {"lb.sqlite3": 0o644}
+    result = listbridge(tmp_path, f"sqlite:///{path}", "subscribers", "list")
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "other users" in line]
+    assert "WARNING" in line and "mode 644" in line and f"chmod 600 {path}" in line
+    path.chmod(0o600)
+    again = listbridge(tmp_path, f"sqlite:///{path}", "subscribers", "list")
+    assert again.returncode == 0 and "other users" not in again.stderr
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("nonsense://x", "names no known database, 'nonsense'"),
+    ("mysql://lb:s3cret@db.example.org/lb", "needs the mysql driver, which is not installed"),
+    ("not a url at all", "is not a database URL"),
+])
+def test_an_unusable_database_url_is_one_sentence(tmp_path: Path, url: str, said: str) -> None:
+    result = listbridge(tmp_path, url, "subscribers", "list")
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("listbridge: error: [database] url ") and said in line and line.endswith("."), line
+    assert "s3cret" not in line
