@@ -8,6 +8,7 @@ makes no commit.
 from __future__ import annotations
 
 import logging
+import subprocess
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Iterable
@@ -18,12 +19,15 @@ from . import archive
 from .archive import PostSummary, PublishedComment
 from .config import ListSettings, Settings
 from .models import APPROVED, REMOVED, Comment, PostIndexEntry
-from .site import SiteRepo
+from .site import GitError, SiteRepo
 from .store import Database
 
 log = logging.getLogger(__name__)
 
 SHOWN = (APPROVED, REMOVED)  # a removed comment leaves a note in its place
+# What writing and committing the pages can fail with: git refusing (a held index.lock, a
+# full disk), git hanging past its timeout, the work tree not writable.
+SITE_ERRORS = (GitError, subprocess.SubprocessError, OSError)
 
 
 def repo_for(settings: Settings, mlist: ListSettings) -> SiteRepo:
@@ -131,17 +135,17 @@ def render_list(
 
 
 def write_and_commit(repo: SiteRepo, pages: dict[str, str | None], message: str, push: bool) -> str | None:
-    """Write pages and commit them; push when asked. The commit id or None.
+    """Write pages and commit those that differ from HEAD; push when asked. The commit id or
+    None. Every path is handed to the commit, not only those written now: a page written by
+    an earlier attempt whose commit failed is on disk already and must still be committed.
     The caller holds repo.lock() from rendering to here, so an older render never overwrites
     a newer page."""
-    changed = []
     for path, content in pages.items():
         if content is None:
-            if repo.remove(path):
-                changed.append(path)
-        elif repo.write(path, content):
-            changed.append(path)
-    sha = repo.commit(changed, message)
+            repo.remove(path)
+        else:
+            repo.write(path, content)
+    sha = repo.commit(pages, message)
     if push and (sha or repo.unpushed()):
         repo.push()
     return sha
@@ -160,7 +164,11 @@ def _render_and_commit(
 
 
 def publish_pending(db: Database, settings: Settings) -> list[str]:
-    """Render and commit every change not yet on the site; the commit ids made."""
+    """Render and commit every change not yet on the site; the commit ids made.
+
+    A comment is marked published only once the commit that shows it exists. When git fails
+    (another git holding index.lock for longer than the waits, say), that list's rows stay
+    unpublished, one line is logged, and the next call tries again; the other lists go on."""
     with db.transaction() as session:
         rows = session.execute(
             select(Comment.id, Comment.list_address, Comment.post_slug, Comment.display_name, Comment.status)
@@ -180,7 +188,12 @@ def publish_pending(db: Database, settings: Settings) -> list[str]:
         if mlist is None:
             continue
         slugs = {c.post_slug for c in changes if c.post_slug}
-        sha = _render_and_commit(db, settings, mlist, slugs, commit_message(changes))
+        try:
+            sha = _render_and_commit(db, settings, mlist, slugs, commit_message(changes))
+        except SITE_ERRORS as exc:
+            log.warning("the site commit for %s failed, %d change(s) stay pending and will be retried: %s",
+                        list_address, len(changes), one_line(exc))
+            continue
         with db.transaction() as session:
             session.execute(
                 update(Comment).where(Comment.id.in_([c.id for c in changes])).values(published=True)
@@ -190,6 +203,18 @@ def publish_pending(db: Database, settings: Settings) -> list[str]:
             commits.append(sha)
             log.info("site commit %s: %s", sha[:10], commit_message(changes))
     return commits
+
+
+def has_pending(db: Database) -> bool:
+    """True while some comment's current state is not committed to the site yet."""
+    with db.transaction() as session:
+        return bool(session.scalar(select(exists().where(Comment.published.is_(False)))))
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error (git's advice that follows it is for a terminal)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__
 
 
 def republish(db: Database, settings: Settings, touched: dict[str, set[str]], message: str) -> list[str]:

@@ -101,7 +101,9 @@ class SiteRepo:
         return True
 
     def commit(self, paths: Iterable[str], message: str) -> str | None:
-        """Commit exactly `paths` (added, changed or removed); None when nothing changed."""
+        """Commit exactly those of `paths` that differ from HEAD (added, changed or removed);
+        None when none does. Judged against HEAD, not the work tree, so a page written by a
+        run whose commit failed is committed by the next one."""
         paths = sorted(set(paths))
         if not paths:
             return None
