@@ -124,13 +124,13 @@ def render_list(
         # One query for the comments of every page rendered, however many.
         shown = _shown_comments(session, mlist.address, None if slugs is None else wanted)
         for slug in wanted:
-            path = archive.page_path(settings.site, slug)
+            path = archive.page_path(mlist, slug)
             if slug in posts:
                 pages[path] = archive.post_page(mlist, settings.site, posts[slug], shown.get(slug, []))
             else:
                 pages[path] = None  # no comment left on that post
-        pages[archive.index_path(settings.site)] = archive.index_from_lines(mlist, _index_lines(session, mlist.address))
-        pages[archive.feed_path(settings.site)] = archive.atom_feed(mlist, settings.site, _latest(session, mlist.address))
+        pages[archive.index_path(mlist)] = archive.index_from_lines(mlist, _index_lines(session, mlist.address))
+        pages[archive.feed_path(mlist)] = archive.atom_feed(mlist, settings.site, _latest(session, mlist.address))
     return pages, wanted
 
 
@@ -231,24 +231,32 @@ def republish(db: Database, settings: Settings, touched: dict[str, set[str]], me
 
 
 def rebuild(db: Database, settings: Settings, progress: Callable[[int], None] | None = None) -> list[str]:
-    """Render the whole archive from the database; commit only what differs."""
+    """Render every list's whole archive from the database; commit only what differs from HEAD.
+    Each list's stale pages are deleted in its own folder only (see stale_pages)."""
     commits = []
-    folder = Path(settings.site.repo) / settings.site.comments_dir
-
-    def drop_stale(pages: dict[str, str | None], slugs: list[str]) -> None:
-        if progress:
-            progress(len(slugs))
-        ours = {archive.page_path(settings.site, s) for s in slugs} | {archive.index_path(settings.site)}
-        for stale in sorted(folder.glob("*.gmi")) if folder.is_dir() else []:
-            relative = stale.relative_to(settings.site.repo).as_posix()
-            if relative not in ours:
-                pages[relative] = None
-
     for mlist in settings.lists:
+
+        def drop_stale(pages: dict[str, str | None], slugs: list[str], mlist: ListSettings = mlist) -> None:
+            if progress:
+                progress(len(slugs))
+            for stale in stale_pages(Path(settings.site.repo), mlist, pages):
+                pages[stale] = None
+
         sha = _render_and_commit(db, settings, mlist, None, "Rebuild the comment archive", drop_stale)
         if sha:
             commits.append(sha)
     return commits
+
+
+def stale_pages(repo: Path, mlist: ListSettings, pages: dict[str, str | None]) -> list[str]:
+    """The `.gmi` files directly in the list's comments folder that its render did not produce:
+    pages of posts that lost their comments. Nothing in another list's folder or in a sub-folder
+    is ever one."""
+    folder = repo / mlist.comments_dir
+    if not folder.is_dir():
+        return []
+    found = (p.relative_to(repo).as_posix() for p in sorted(folder.glob("*.gmi")) if p.is_file())
+    return [path for path in found if path not in pages]
 
 
 def _retry_pushes(settings: Settings) -> None:
