@@ -21,7 +21,7 @@ from email.policy import compat32, default
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from .models import APPROVED, HELD, QUEUED, REJECTED, REMOVED, AutoReply, Comment, Confirmation, OutboxMessage, OutboxRecipient, Subscriber
+from .models import APPROVED, HELD, QUEUED, REJECTED, REMOVED, SENDING, AutoReply, Comment, Confirmation, OutboxMessage, OutboxRecipient, Subscriber
 
 BROADCAST_KIND = "comment"  # comments.broadcast
 OWNER_KIND = "owner"  # dispatch's forward of +owner mail
@@ -41,7 +41,7 @@ class Forgotten:
 
 
 def forget(session: Session, address: str, delete_published: bool) -> Forgotten:
-    """Remove every trace of `address` (lower case) that listbridge keeps, but the site's history."""
+    """Remove every trace of `address` (lower case) that listbridge keeps, save the site's git history."""
     done = Forgotten()
     done.subscriptions = session.execute(delete(Subscriber).where(Subscriber.address == address)).rowcount
     session.execute(delete(Confirmation).where(Confirmation.address == address))
@@ -83,8 +83,10 @@ def _erase_outbox(session: Session, address: str, comments: list[Comment]) -> in
     broadcasts = _broadcasts_of(session, comments)
     for message in broadcasts:
         message.body = b""
+        # Not yet delivered: dropped. A row `sending` (SQLite) goes too, or a crash would queue
+        # it again with the emptied body; its worker holds the body already and finishes.
         session.execute(delete(OutboxRecipient).where(OutboxRecipient.message_id == message.id,
-                                                      OutboxRecipient.state == QUEUED))
+                                                      OutboxRecipient.state.in_((QUEUED, SENDING))))
     return len(gone) + len(broadcasts)
 
 

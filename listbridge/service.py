@@ -76,8 +76,11 @@ class Service:
             try:
                 publish.publish_pending(self.db, self.settings)
                 stuck = publish.has_pending(self.db)
-            except Exception:
-                log.exception("could not publish to the site repo; will retry")
+            except Exception as exc:  # the database, say: the traceback once, then one line
+                if retry:
+                    log.warning("could not publish to the site repo, will retry: %s", publish.one_line(exc))
+                else:
+                    log.exception("could not publish to the site repo; will retry")
                 stuck = True
             retry = next_retry(retry) if stuck else 0.0
 

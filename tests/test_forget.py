@@ -148,3 +148,27 @@ def test_forget_drops_held_comments_and_their_queued_broadcasts(config, site):
 def db_comments(db: Database) -> list[Comment]:
     with db.transaction() as session:
         return list(session.scalars(select(Comment).order_by(Comment.id)))
+
+
+def test_forget_while_git_fails_says_so_and_the_note_is_committed_later(config, site):
+    from listbridge import publish
+    from listbridge.models import APPROVED
+
+    settings = load_settings(config)
+    db = Database(settings.database.url)
+    db.upgrade()
+    with db.transaction() as session:
+        session.add(Comment(list_address=LIST, sender=CAROLE, display_name="Carole", subject=SLUG, status=APPROVED,
+                            post_slug=SLUG, post_title="Un billet", text=APPROVED_TEXT, published=False, raw=b"x"))
+    assert publish.publish_pending(db, settings)
+    (site / ".git" / "index.lock").write_text("")
+    result = CliRunner().invoke(cli, ["--config", str(config), "forget", CAROLE])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output  # no traceback
+    assert "index.lock" in result.output and "archive rebuild" in result.output
+    assert APPROVED_TEXT in git(site, "show", f"HEAD:log/commentaires/{SLUG}.gmi")  # not committed yet
+    assert [c.published for c in db_comments(db)] == [False]
+    (site / ".git" / "index.lock").unlink()
+    assert publish.publish_pending(db, settings)  # what serve does on its next attempt
+    assert APPROVED_TEXT not in git(site, "show", f"HEAD:log/commentaires/{SLUG}.gmi")
+    assert [c.published for c in db_comments(db)] == [True]
+    db.dispose()

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from listbridge import publish
 from listbridge.cli import cli
 from listbridge.models import APPROVED, Comment
-from listbridge.service import Service
+from listbridge.service import PUBLISH_EVERY, PUBLISH_RETRY, Service, next_retry
 from listbridge.store import Database
 
 from conftest import send, wait_for
@@ -134,8 +134,14 @@ def test_rebuild_while_git_fails_is_one_sentence(settings, site, tmp_path):
     approved_comment(db, "Premier.\n")
     (site / ".git" / "index.lock").write_text("")
     result = CliRunner().invoke(cli, ["--config", str(config_file(settings, tmp_path)), "archive", "rebuild"])
-    assert result.exit_code == 1
-    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output  # no traceback
     (line,) = [x for x in result.output.splitlines() if "rendering" not in x]
     assert "index.lock" in line and "Traceback" not in result.output
     db.dispose()
+
+
+def test_the_retry_backs_off_up_to_the_usual_tick():
+    waits = [next_retry(0.0)]
+    while waits[-1] < PUBLISH_EVERY:
+        waits.append(next_retry(waits[-1]))
+    assert waits[0] == PUBLISH_RETRY and waits == sorted(waits) and next_retry(PUBLISH_EVERY) == PUBLISH_EVERY
