@@ -37,17 +37,17 @@ class PostSummary:
     count: int
 
 
-def page_path(site: SiteSettings, slug: str) -> str:
-    """Where a post's comment page lives in the repo."""
-    return f"{site.comments_dir.strip('/')}/{slug}.gmi"
+def page_path(mlist: ListSettings, slug: str) -> str:
+    """Where a post's comment page lives in the repo: in the list's own comments folder."""
+    return f"{mlist.comments_dir}/{slug}.gmi"
 
 
-def index_path(site: SiteSettings) -> str:
-    return f"{site.comments_dir.strip('/')}/index.gmi"
+def index_path(mlist: ListSettings) -> str:
+    return f"{mlist.comments_dir}/index.gmi"
 
 
-def feed_path(site: SiteSettings) -> str:
-    return f"{site.comments_dir.strip('/')}/atom.xml"
+def feed_path(mlist: ListSettings) -> str:
+    return f"{mlist.comments_dir}/atom.xml"
 
 
 def _url(site: SiteSettings, relpath: str) -> str:
@@ -97,8 +97,8 @@ def atom_feed(
     latest = sorted(latest, key=lambda pc: (pc[1].date, pc[1].id), reverse=True)[:FEED_ENTRIES]
     entries = [
         {
-            "id": f"{_url(site, page_path(site, post.slug))}#comment-{c.id}",
-            "url": _url(site, page_path(site, post.slug)),
+            "id": f"{_url(site, page_path(mlist, post.slug))}#comment-{c.id}",
+            "url": _url(site, page_path(mlist, post.slug)),
             "title": _xml(post.title),
             "author": _xml(c.author).strip(),
             "updated": _stamp(c.date),
@@ -111,9 +111,9 @@ def atom_feed(
         list=mlist,
         entries=entries,
         updated=updated,
-        feed_id=_url(site, feed_path(site)),
-        feed_url=_url(site, feed_path(site)),
-        index_url=_url(site, index_path(site)),
+        feed_id=_url(site, feed_path(mlist)),
+        feed_url=_url(site, feed_path(mlist)),
+        index_url=_url(site, index_path(mlist)),
     )
 
 

@@ -259,7 +259,7 @@ def reject(
 def broadcast(session: Session, ctx: ListContext, comment: Comment) -> None:
     """Put an approved comment in the outbox for every subscriber, threaded by post."""
     mlist, settings = ctx.mlist, ctx.settings
-    page_url = settings.site.base_url.rstrip("/") + "/" + quote(page_path(settings.site, comment.post_slug or ""))
+    page_url = settings.site.base_url.rstrip("/") + "/" + quote(page_path(mlist, comment.post_slug or ""))
     subject, body = render_mail(
         mlist,
         "comment",

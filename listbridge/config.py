@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+import posixpath
 import tomllib
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
     "site": (
         Option("repo", "site", "git work tree of the site; created if missing"),
         Option("posts", "log", "folder of the posts, to match comment subjects"),
-        Option("comments_dir", "log/commentaires", "folder of the comment archive"),
+        Option("comments_dir", "log/commentaires", "folder of the comment archive (a list's own comments_dir overrides it)"),
         Option("base_url", "gemini://localhost", "public URL of the site"),
         Option("push", False, "push the site repo after each commit"),
     ),
@@ -84,6 +85,7 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("deny", (), "addresses or @domains whose comments are always rejected"),
         Option("max_comment_chars", 20000, "longer comments are held for the moderator", minimum=1),
         Option("keep_from", False, "broadcast with the commenter's own From (not DMARC-safe)"),
+        Option("comments_dir", "", "this list's folder of the comment archive (empty: [site] comments_dir)"),
     ),
     "watch": (
         Option("mx", "localhost:25", "the home MX to probe, HOST:PORT"),
@@ -201,6 +203,8 @@ class ListSettings:
     deny: tuple[str, ...]
     max_comment_chars: int
     keep_from: bool
+    # Where its pages go, relative to the repo: build_settings fills an empty one with [site]'s.
+    comments_dir: str
 
     @property
     def local(self) -> str:
@@ -233,6 +237,11 @@ class Settings:
     lists: tuple[ListSettings, ...]
     watch: WatchSettings
     source: Path | None = field(default=None, compare=False)
+
+    @property
+    def comments_dirs(self) -> tuple[str, ...]:
+        """Every list's comment folder: the post scan skips them all."""
+        return tuple(m.comments_dir for m in self.lists)
 
     def list_for(self, address: str) -> ListSettings | None:
         """The configured list whose address is `address` (case-insensitive)."""
@@ -290,16 +299,50 @@ def build_settings(data: dict[str, Any], source: Path | None = None) -> Settings
     host, colon, port = watch.mx.rpartition(":")
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"[watch] mx must be HOST:PORT, not {watch.mx!r}.")
+    site = SiteSettings(**table("site"))
     return Settings(
         database=database,
         smtp=smtp,
         relay=relay,
         subscriptions=subs,
-        site=SiteSettings(**table("site")),
-        lists=tuple(lists),
+        site=site,
+        lists=_with_comment_folders(lists, site),
         watch=watch,
         source=source,
     )
+
+
+def _with_comment_folders(lists: list[ListSettings], site: SiteSettings) -> tuple[ListSettings, ...]:
+    """The lists with their own comment folder, normalised (an empty one is the site's). Two
+    lists writing to one folder would overwrite each other's index and feed, and a rebuild
+    deletes the stale pages of a list's folder: it may be neither the root nor the posts."""
+    placed: dict[str, str] = {}
+    out = []
+    for mlist in lists:
+        given = mlist.comments_dir or site.comments_dir
+        key = "[[lists]] comments_dir" if mlist.comments_dir else "[site] comments_dir"
+        folder = comment_folder(given)
+        if folder is None or folder == comment_folder(site.posts):
+            raise ConfigError(f"{key} of list {mlist.address} must be a folder inside the site repo "
+                              f"other than [site] posts, not {given!r}.")
+        if folder in placed:
+            raise ConfigError(f"lists {placed[folder]} and {mlist.address} would both write their comments "
+                              f"to {folder}/: give each its own [[lists]] comments_dir.")
+        placed[folder] = mlist.address
+        out.append(replace(mlist, comments_dir=folder))
+    return tuple(out)
+
+
+def comment_folder(path: str) -> str | None:
+    """`path` as a folder relative to the repo root, or None when it is the root or outside it.
+
+    >>> comment_folder("/log//commentaires/"), comment_folder("./a/../b"), comment_folder("."), comment_folder("../x")
+    ('log/commentaires', 'b', None, None)
+    """
+    folder = posixpath.normpath(path.strip().strip("/") or ".")
+    if folder == "." or folder == ".." or folder.startswith("../"):
+        return None
+    return folder
 
 
 def _check_list_address(address: str, index: int) -> None:

@@ -189,7 +189,7 @@ def _act_all(
 
 def site_posts(settings: Settings) -> dict[str, Post]:
     """The posts of the site repo, to attach comments to."""
-    return scan_posts(Path(settings.site.repo), settings.site.posts, settings.site.comments_dir)
+    return scan_posts(Path(settings.site.repo), settings.site.posts, settings.comments_dirs)
 
 
 def _act(

@@ -132,7 +132,8 @@ def notify(session: Session, settings: Settings, incident: Incident, change: Inc
 
 
 def render_status(session: Session, settings: Settings) -> dict[str, str]:
-    """status.gmi, one page per incident under status/, and status.xml (Atom)."""
+    """status.gmi, one page per incident under status/, and status.xml (Atom). One set for
+    the whole site, in the first list's language and templates (the README says so)."""
     mlist = settings.lists[0]
     env = environment(mlist.templates)
     incidents = list(session.scalars(select(Incident).order_by(Incident.opened_at.desc(), Incident.id.desc())))
@@ -154,7 +155,8 @@ def render_status(session: Session, settings: Settings) -> dict[str, str]:
 
 def publish_status(session: Session, settings: Settings, message: str) -> str | None:
     """Write the status pages into the site repo and commit (and push) them. Rendered under
-    the repo lock, like the comment pages, so an older render never overwrites a newer one."""
+    the repo lock, like the comment pages, so an older render never overwrites a newer one.
+    Committed as the first list (`listbridge <LIST@D>`): the status belongs to no one list."""
     repo = publish.repo_for(settings, settings.lists[0])
     with repo.lock():
         return publish.write_and_commit(repo, dict(render_status(session, settings)), message, settings.site.push)

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import date as Date
 from pathlib import Path
+from typing import Iterable
 
 from listbridge.slugs import slugify, subject_key
 
@@ -61,15 +62,15 @@ def read_post(repo: Path, file: Path) -> Post:
     return Post(slug=file.stem, title=title or file.stem, path=file.relative_to(repo).as_posix(), date=date)
 
 
-def _post_files(repo: Path, posts_dir: str, comments_dir: str) -> list[Path]:
-    """The post files under `posts_dir`, sorted; hidden entries, the comments and index pages
-    skipped; symlinked directories not followed."""
+def _post_files(repo: Path, posts_dir: str, comments_dirs: Iterable[str]) -> list[Path]:
+    """The post files under `posts_dir`, sorted; hidden entries, every comments folder and the
+    index pages skipped; symlinked directories not followed."""
     top = repo / posts_dir
-    skipped = (repo / comments_dir).resolve()
+    skipped = {(repo / d).resolve() for d in comments_dirs}
     found: list[Path] = []
     for root, dirs, files in os.walk(top):
         here = Path(root)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != skipped)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() not in skipped)
         found.extend(
             here / name
             for name in files
@@ -78,12 +79,14 @@ def _post_files(repo: Path, posts_dir: str, comments_dir: str) -> list[Path]:
     return sorted(found)
 
 
-def scan_posts(repo: Path, posts_dir: str, comments_dir: str) -> dict[str, Post]:
-    """Every post under `repo/posts_dir`, keyed by slugify(stem) and slugify(title).
+def scan_posts(repo: Path, posts_dir: str, comments_dirs: str | Iterable[str]) -> dict[str, Post]:
+    """Every post under `repo/posts_dir`, keyed by slugify(stem) and slugify(title); the
+    comments folders (one, or every list's) are not posts.
 
     On a clash the file-name key wins over a title key, then the first path in sorted order.
     """
-    posts = [read_post(repo, file) for file in _post_files(repo, posts_dir, comments_dir)]
+    folders = (comments_dirs,) if isinstance(comments_dirs, str) else tuple(comments_dirs)
+    posts = [read_post(repo, file) for file in _post_files(repo, posts_dir, folders)]
     by_key: dict[str, Post] = {}
     for post in posts:
         key = slugify(post.slug)
@@ -105,8 +108,9 @@ def find_post(posts: dict[str, Post], subject: str) -> Post | None:
 class PostCache:
     """scan_posts() remembered for `ttl` seconds, so a burst of comments scans the site once."""
 
-    def __init__(self, repo: Path, posts_dir: str, comments_dir: str, ttl: float = 30.0) -> None:
-        self.repo, self.posts_dir, self.comments_dir, self.ttl = repo, posts_dir, comments_dir, ttl
+    def __init__(self, repo: Path, posts_dir: str, comments_dirs: str | Iterable[str], ttl: float = 30.0) -> None:
+        self.repo, self.posts_dir, self.ttl = repo, posts_dir, ttl
+        self.comments_dirs = (comments_dirs,) if isinstance(comments_dirs, str) else tuple(comments_dirs)
         self._posts: dict[str, Post] = {}
         self._at = float("-inf")
         self._lock = threading.Lock()
@@ -114,6 +118,6 @@ class PostCache:
     def get(self) -> dict[str, Post]:
         with self._lock:
             if time.monotonic() - self._at > self.ttl:
-                self._posts = scan_posts(self.repo, self.posts_dir, self.comments_dir)
+                self._posts = scan_posts(self.repo, self.posts_dir, self.comments_dirs)
                 self._at = time.monotonic()
             return self._posts

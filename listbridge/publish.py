@@ -8,6 +8,7 @@ makes no commit.
 from __future__ import annotations
 
 import logging
+import subprocess
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Iterable
@@ -18,12 +19,15 @@ from . import archive
 from .archive import PostSummary, PublishedComment
 from .config import ListSettings, Settings
 from .models import APPROVED, REMOVED, Comment, PostIndexEntry
-from .site import SiteRepo
+from .site import GitError, SiteRepo
 from .store import Database
 
 log = logging.getLogger(__name__)
 
 SHOWN = (APPROVED, REMOVED)  # a removed comment leaves a note in its place
+# What writing and committing the pages can fail with: git refusing (a held index.lock, a
+# full disk), git hanging past its timeout, the work tree not writable.
+SITE_ERRORS = (GitError, subprocess.SubprocessError, OSError)
 
 
 def repo_for(settings: Settings, mlist: ListSettings) -> SiteRepo:
@@ -120,28 +124,28 @@ def render_list(
         # One query for the comments of every page rendered, however many.
         shown = _shown_comments(session, mlist.address, None if slugs is None else wanted)
         for slug in wanted:
-            path = archive.page_path(settings.site, slug)
+            path = archive.page_path(mlist, slug)
             if slug in posts:
                 pages[path] = archive.post_page(mlist, settings.site, posts[slug], shown.get(slug, []))
             else:
                 pages[path] = None  # no comment left on that post
-        pages[archive.index_path(settings.site)] = archive.index_from_lines(mlist, _index_lines(session, mlist.address))
-        pages[archive.feed_path(settings.site)] = archive.atom_feed(mlist, settings.site, _latest(session, mlist.address))
+        pages[archive.index_path(mlist)] = archive.index_from_lines(mlist, _index_lines(session, mlist.address))
+        pages[archive.feed_path(mlist)] = archive.atom_feed(mlist, settings.site, _latest(session, mlist.address))
     return pages, wanted
 
 
 def write_and_commit(repo: SiteRepo, pages: dict[str, str | None], message: str, push: bool) -> str | None:
-    """Write pages and commit them; push when asked. The commit id or None.
+    """Write pages and commit those that differ from HEAD; push when asked. The commit id or
+    None. Every path is handed to the commit, not only those written now: a page written by
+    an earlier attempt whose commit failed is on disk already and must still be committed.
     The caller holds repo.lock() from rendering to here, so an older render never overwrites
     a newer page."""
-    changed = []
     for path, content in pages.items():
         if content is None:
-            if repo.remove(path):
-                changed.append(path)
-        elif repo.write(path, content):
-            changed.append(path)
-    sha = repo.commit(changed, message)
+            repo.remove(path)
+        else:
+            repo.write(path, content)
+    sha = repo.commit(pages, message)
     if push and (sha or repo.unpushed()):
         repo.push()
     return sha
@@ -160,7 +164,11 @@ def _render_and_commit(
 
 
 def publish_pending(db: Database, settings: Settings) -> list[str]:
-    """Render and commit every change not yet on the site; the commit ids made."""
+    """Render and commit every change not yet on the site; the commit ids made.
+
+    A comment is marked published only once the commit that shows it exists. When git fails
+    (another git holding index.lock for longer than the waits, say), that list's rows stay
+    unpublished, one line is logged, and the next call tries again; the other lists go on."""
     with db.transaction() as session:
         rows = session.execute(
             select(Comment.id, Comment.list_address, Comment.post_slug, Comment.display_name, Comment.status)
@@ -180,7 +188,12 @@ def publish_pending(db: Database, settings: Settings) -> list[str]:
         if mlist is None:
             continue
         slugs = {c.post_slug for c in changes if c.post_slug}
-        sha = _render_and_commit(db, settings, mlist, slugs, commit_message(changes))
+        try:
+            sha = _render_and_commit(db, settings, mlist, slugs, commit_message(changes))
+        except SITE_ERRORS as exc:
+            log.warning("the site commit for %s failed, %d change(s) stay pending and will be retried: %s",
+                        list_address, len(changes), one_line(exc))
+            continue
         with db.transaction() as session:
             session.execute(
                 update(Comment).where(Comment.id.in_([c.id for c in changes])).values(published=True)
@@ -190,6 +203,18 @@ def publish_pending(db: Database, settings: Settings) -> list[str]:
             commits.append(sha)
             log.info("site commit %s: %s", sha[:10], commit_message(changes))
     return commits
+
+
+def has_pending(db: Database) -> bool:
+    """True while some comment's current state is not committed to the site yet."""
+    with db.transaction() as session:
+        return bool(session.scalar(select(exists().where(Comment.published.is_(False)))))
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error (git's advice that follows it is for a terminal)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__
 
 
 def republish(db: Database, settings: Settings, touched: dict[str, set[str]], message: str) -> list[str]:
@@ -206,24 +231,32 @@ def republish(db: Database, settings: Settings, touched: dict[str, set[str]], me
 
 
 def rebuild(db: Database, settings: Settings, progress: Callable[[int], None] | None = None) -> list[str]:
-    """Render the whole archive from the database; commit only what differs."""
+    """Render every list's whole archive from the database; commit only what differs from HEAD.
+    Each list's stale pages are deleted in its own folder only (see stale_pages)."""
     commits = []
-    folder = Path(settings.site.repo) / settings.site.comments_dir
-
-    def drop_stale(pages: dict[str, str | None], slugs: list[str]) -> None:
-        if progress:
-            progress(len(slugs))
-        ours = {archive.page_path(settings.site, s) for s in slugs} | {archive.index_path(settings.site)}
-        for stale in sorted(folder.glob("*.gmi")) if folder.is_dir() else []:
-            relative = stale.relative_to(settings.site.repo).as_posix()
-            if relative not in ours:
-                pages[relative] = None
-
     for mlist in settings.lists:
+
+        def drop_stale(pages: dict[str, str | None], slugs: list[str], mlist: ListSettings = mlist) -> None:
+            if progress:
+                progress(len(slugs))
+            for stale in stale_pages(Path(settings.site.repo), mlist, pages):
+                pages[stale] = None
+
         sha = _render_and_commit(db, settings, mlist, None, "Rebuild the comment archive", drop_stale)
         if sha:
             commits.append(sha)
     return commits
+
+
+def stale_pages(repo: Path, mlist: ListSettings, pages: dict[str, str | None]) -> list[str]:
+    """The `.gmi` files directly in the list's comments folder that its render did not produce:
+    pages of posts that lost their comments. Nothing in another list's folder or in a sub-folder
+    is ever one."""
+    folder = repo / mlist.comments_dir
+    if not folder.is_dir():
+        return []
+    found = (p.relative_to(repo).as_posix() for p in sorted(folder.glob("*.gmi")) if p.is_file())
+    return [path for path in found if path not in pages]
 
 
 def _retry_pushes(settings: Settings) -> None:

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 CLAIM_LEASE = dt.timedelta(minutes=10)
 PUBLISH_EVERY = 30.0  # seconds; an intake that stores an approval wakes it at once
+PUBLISH_RETRY = 2.0  # seconds before a failed site commit is first tried again
 
 
 class ListenError(Exception):
@@ -64,19 +65,25 @@ class Service:
         log.info("listening on %s:%d (%s)", s.host, s.port, "LMTP" if s.lmtp else "SMTP")
 
     def _publisher(self) -> None:
-        """Render and commit approved comments (and retry pushes) a few seconds after intake."""
+        """Render and commit approved comments (and retry pushes) a few seconds after intake.
+        While changes stay pending (a failed commit: publish_pending logs one line), it tries
+        again sooner, with a backoff from PUBLISH_RETRY up to PUBLISH_EVERY."""
         failures = FailureLog(log, "could not publish to the site repo; will retry", "publishing works again")
+        retry = 0.0  # 0: nothing left pending after the last attempt
         while not self.stopping.is_set():
-            self.published.wait(PUBLISH_EVERY)
+            self.published.wait(retry or PUBLISH_EVERY)
             self.published.clear()
             if self.stopping.is_set():
                 return
             try:
                 publish.publish_pending(self.db, self.settings)
-            except Exception as exc:
+                stuck = publish.has_pending(self.db)
+            except Exception as exc:  # the database, say: the traceback once, then one line
                 failures.failed(exc)
+                stuck = True
             else:
                 failures.succeeded()
+            retry = next_retry(retry) if stuck else 0.0
 
     def _janitor(self) -> None:
         failures = FailureLog(log, "could not release stale outbox claims", "stale claims released again")
@@ -113,3 +120,12 @@ class Service:
         done.wait()
         log.info("shutting down")
         self.stop()
+
+
+def next_retry(previous: float) -> float:
+    """The wait before the next publish attempt while one keeps failing.
+
+    >>> [next_retry(w) for w in (0.0, 2.0, 16.0, 30.0)]
+    [2.0, 4.0, 30.0, 30.0]
+    """
+    return min(PUBLISH_EVERY, previous * 2) if previous else PUBLISH_RETRY

@@ -10,8 +10,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import secrets
 import subprocess
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,7 +83,7 @@ class SiteRepo:
         if target.exists() and target.read_bytes() == data:
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".listbridge-")
+        fd, temp = _create_beside(target)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -101,7 +101,9 @@ class SiteRepo:
         return True
 
     def commit(self, paths: Iterable[str], message: str) -> str | None:
-        """Commit exactly `paths` (added, changed or removed); None when nothing changed."""
+        """Commit exactly those of `paths` that differ from HEAD (added, changed or removed);
+        None when none does. Judged against HEAD, not the work tree, so a page written by a
+        run whose commit failed is committed by the next one."""
         paths = sorted(set(paths))
         if not paths:
             return None
@@ -146,3 +148,16 @@ class SiteRepo:
         spec = f"{remote}/{branch}..HEAD" if known.returncode == 0 else "HEAD"
         count = self.git("rev-list", "--count", spec, check=False)
         return int(count.stdout.strip() or 0) if count.returncode == 0 else 0
+
+
+def _create_beside(target: Path) -> tuple[int, Path]:
+    """A new temporary file next to `target`, created 0666 less the umask as git and a plain
+    open() would (mkstemp makes 0600, which a web or Gemini server running as another user
+    cannot read)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        temp = target.parent / f".listbridge-{secrets.token_hex(6)}"
+        try:
+            return os.open(temp, flags, 0o666), temp
+        except FileExistsError:
+            continue

@@ -289,7 +289,7 @@ def _serve(sock: socket.socket, settings: Settings, cwd: str, level: int, log_fo
     db = Database(settings.database.url)
     db.pin_connection()
     site = settings.site
-    posts = PostCache(Path(site.repo), site.posts, site.comments_dir)
+    posts = PostCache(Path(site.repo), site.posts, settings.comments_dirs)
     try:
         sock.sendall(_frame(READY))
         while True:

@@ -166,6 +166,7 @@ def test_several_lists_need_list_option(tmp_path, db_url):
     config = tmp_path / "two.toml"
     config.write_text(
         f'[database]\nurl = "{db_url}"\n[[lists]]\naddress = "a@x.org"\n[[lists]]\naddress = "b@x.org"\n'
+        'comments_dir = "log/b"\n'
     )
     result = CliRunner().invoke(cli, ["--config", str(config), "subscribers", "add", "z@y.org"])
     assert result.exit_code != 0 and "--list" in result.output

@@ -53,7 +53,10 @@ def test_every_default_comes_from_the_table():
     for section, options in OPTIONS.items():
         values = settings.lists[0] if section == "lists" else getattr(settings, section)
         for option in options:
-            assert getattr(values, option.key) == option.default, f"[{section}] {option.key}"
+            expected = option.default
+            if (section, option.key) == ("lists", "comments_dir"):
+                expected = settings.site.comments_dir  # empty: the site's folder
+            assert getattr(values, option.key) == expected, f"[{section}] {option.key}"
 
 
 def test_toml_overlay_keeps_the_other_defaults(tmp_path):
@@ -61,7 +64,7 @@ def test_toml_overlay_keeps_the_other_defaults(tmp_path):
         tmp_path / "lb.toml",
         '[smtp]\nport = 2525\nseparator = "-"\n[relay]\ntimeout = 5\n'
         '[[lists]]\naddress = "Bla@Bla.Example.ORG"\nlanguage = "fr"\n'
-        '[[lists]]\naddress = "autre@bla.example.org"\nmoderation = "none"\n',
+        '[[lists]]\naddress = "autre@bla.example.org"\nmoderation = "none"\ncomments_dir = "log/autre/"\n',
     )
     settings = load_settings(path)
     assert settings.source == path
@@ -70,6 +73,7 @@ def test_toml_overlay_keeps_the_other_defaults(tmp_path):
     assert [m.address for m in settings.lists] == ["bla@bla.example.org", "autre@bla.example.org"]
     assert settings.lists[0].language == "fr" and settings.lists[0].moderation == "first-post"
     assert settings.lists[1].moderation == "none" and settings.lists[1].language == "en"
+    assert [m.comments_dir for m in settings.lists] == ["log/commentaires", "log/autre"]
     assert settings.list_for("BLA@bla.example.org") is settings.lists[0]
     assert settings.list_for("nobody@bla.example.org") is None
     assert settings.database == build_settings({}).database
@@ -141,6 +145,15 @@ def test_unknown_key_warning_through_load_settings(tmp_path):
         ({"smtp": {"separator": "<"}}, "[smtp] separator must be one punctuation character"),
         ({"smtp": {"separator": '"'}}, "[smtp] separator must be one punctuation character"),
         ({"smtp": {"separator": "-"}, "lists": [{"address": "my-list@example.org"}]}, "contains the separator '-'"),
+        ({"lists": [{"address": "a@x.org"}, {"address": "b@x.org"}]},
+         "lists a@x.org and b@x.org would both write their comments to log/commentaires/: give each its own"),
+        ({"lists": [{"address": "a@x.org", "comments_dir": "c"}, {"address": "b@x.org", "comments_dir": "/c/./"}]},
+         "lists a@x.org and b@x.org would both write their comments to c/"),
+        ({"lists": [{"address": "a@x.org", "comments_dir": "../c"}]},
+         "[[lists]] comments_dir of list a@x.org must be a folder inside the site repo other than [site] posts, not '../c'."),
+        ({"site": {"comments_dir": "/"}}, "[site] comments_dir of list bla@localhost must be a folder inside the site repo"),
+        ({"lists": [{"comments_dir": "log/"}]}, "[[lists]] comments_dir of list bla@localhost must be a folder inside"),
+        ({"lists": [{"comments_dir": 3}]}, "[lists 1] comments_dir must be a string"),
     ],
 )
 def test_invalid_values_raise_one_sentence(data, fragment):
@@ -247,6 +260,13 @@ def test_readme_example_is_a_valid_configuration():
     assert settings.lists[0].address == "bla@bla.example.org"
 
 
+def test_comment_folders_are_normalised_and_default_to_the_sites():
+    settings = build_settings({"site": {"comments_dir": "/gemlog/comments/"},
+                               "lists": [{"address": "a@x.org"}, {"address": "b@x.org", "comments_dir": "./b//c/"}]})
+    assert [m.comments_dir for m in settings.lists] == ["gemlog/comments", "b/c"]
+    assert settings.comments_dirs == ("gemlog/comments", "b/c")
+
+
 def test_relay_password_file(tmp_path):
     secret = write(tmp_path / "secret", "s3cret\n")
     assert build_settings({"relay": {"password_file": str(secret)}}).relay.password() == "s3cret"
@@ -266,6 +286,9 @@ def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         ('[relay]\nsecurity = "tls"\n', "listbridge: error: [relay] security must be one of none, starttls, ssl, not 'tls'."),
         ("[smtp\n", "listbridge: error: configuration file bad.toml is not valid TOML"),
         ('[[lists]]\naddress = "nope"\n', "listbridge: error: [[lists]] entry 1 has an invalid address 'nope'."),
+        ('[[lists]]\naddress = "a@x.org"\n[[lists]]\naddress = "b@x.org"\n',
+         "listbridge: error: lists a@x.org and b@x.org would both write their comments to log/commentaires/: "
+         "give each its own [[lists]] comments_dir."),
     ],
 )
 def test_cli_reports_a_bad_config_in_one_line(tmp_path, text, message):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import threading
 from pathlib import Path
@@ -122,3 +124,20 @@ def test_an_index_lock_that_stays_fails_with_gits_reason(tmp_path: Path):
     (repo.path / ".git" / "index.lock").write_text("")  # a crashed git left it behind
     with pytest.raises(GitError, match="index.lock"):
         repo.commit(["a.gmi"], "never")
+
+
+def test_pages_are_written_as_git_would_under_the_umask(tmp_path: Path):
+    """A Gemini or web server running as another user must be able to read the pages."""
+    repo = SiteRepo(tmp_path / "site", "listbridge", "bla@x.org")
+    previous = os.umask(0o022)
+    try:
+        repo.write("log/commentaires/a.gmi", "first\n")
+        repo.write("log/commentaires/a.gmi", "second\n")  # replaced: a new file again
+        os.umask(0o027)
+        repo.write("log/commentaires/b.gmi", "b\n")
+    finally:
+        os.umask(previous)
+    folder = repo.path / "log" / "commentaires"
+    assert stat.S_IMODE((folder / "a.gmi").stat().st_mode) == 0o644
+    assert stat.S_IMODE((folder / "b.gmi").stat().st_mode) == 0o640
+    assert not [p for p in folder.iterdir() if p.name.startswith(".listbridge-")]

@@ -20,9 +20,15 @@ def rebuild(app: App) -> None:
     db = app.ready_db()
     with db.transaction() as session:
         total = session.query(Comment.post_slug).filter(Comment.status == APPROVED).distinct().count()
-    with progress("rendering posts", total) as tick:
-        commits = publish.rebuild(db, app.settings, progress=tick)
-    click.echo(f"site commit {commits[0][:10]}" if commits else "archive unchanged: nothing to commit")
+    try:
+        with progress("rendering posts", total) as tick:
+            commits = publish.rebuild(db, app.settings, progress=tick)
+    except publish.SITE_ERRORS as exc:
+        raise click.ClickException(f"the site repo could not be updated: {publish.one_line(exc)}") from exc
+    for sha in commits:
+        click.echo(f"site commit {sha[:10]}")
+    if not commits:
+        click.echo("archive unchanged: nothing to commit")
 
 
 @archive.command()

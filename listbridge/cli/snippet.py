@@ -24,7 +24,7 @@ def snippet(app: App, post: str, list_address: str | None) -> None:
             list=mlist,
             slug=slug,
             separator=app.settings.smtp.separator,
-            archive="/" + app.settings.site.comments_dir.strip("/") + "/",
+            archive=f"/{mlist.comments_dir}/",
         ),
         nl=False,
     )
