@@ -4,6 +4,8 @@ the innocent mail is answered 250 in its usual time and the poison 250 (held) or
 from __future__ import annotations
 
 import smtplib
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -11,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from listbridge import dispatch
 from listbridge.models import Comment
@@ -19,6 +21,8 @@ from listbridge.models import Comment
 from conftest import wait_for
 
 LIST = "bla@bla.example.org"
+# Nested comments the email package's address parser recurses into, until RecursionError.
+DEEP_FROM = "(" * 500 + "x@example.net"
 
 
 def raw_message(subject: str, sender: str = "Carole <carole@example.net>", content_type: str = "text/plain",
@@ -70,6 +74,25 @@ def database_write_lock(db) -> Iterator[None]:
             conn.rollback()
 
 
+def test_a_from_header_the_parser_recurses_on_costs_only_its_own_message(service):
+    """Poison and innocent messages in one batch: the poison gets 554, the others 250."""
+    port = service.settings.smtp.port
+    replies: dict[str, tuple[int, str] | str] = {}
+    with database_write_lock(service.db):
+        threads = [in_thread(port, raw_message("first"), replies, "first", timeout=60)]
+        time.sleep(0.5)  # the first batch is now waiting for the lock in the store process
+        threads += [in_thread(port, raw_message("poison", sender=DEEP_FROM), replies, "poison", timeout=60)]
+        threads += [in_thread(port, raw_message(f"innocent {n}"), replies, f"innocent {n}", timeout=60)
+                    for n in range(4)]
+        time.sleep(1.0)  # all of them are queued for the next batch
+    for thread in threads:
+        thread.join(30)
+    poison = replies.pop("poison")
+    assert isinstance(poison, tuple) and poison[0] == 554, poison
+    assert all(isinstance(r, tuple) and r[0] == 250 for r in replies.values()), replies
+    assert subjects(service.db) == ["first", "innocent 0", "innocent 1", "innocent 2", "innocent 3"]
+
+
 def test_unclosed_heads_do_not_hold_up_the_mail_beside_them(service):
     """600 KB of "<head " in an HTML body (within the 1 MB limit) once held the store process
     for minutes; the mail sent beside it waited as long."""
@@ -102,3 +125,17 @@ def test_a_message_over_the_time_limit_is_refused_alone(make_settings, db, monke
     assert [[r.code for r in rs] for rs in replies] == [[250], [554, 554], [250]]
     assert "slow@example.net" in caplog.text and "not read within" in caplog.text
     assert subjects(db) == ["after", "before"]
+
+
+def test_deliver_refuses_a_poison_from_with_65_not_75(tmp_path: Path, db):
+    """`deliver` is the same dispatch: a message that cannot be read bounces (65); a 75 would
+    have the MTA retry it for days."""
+    config = tmp_path / "listbridge.toml"
+    config.write_text(f'[database]\nurl = "{db.url}"\n\n[site]\nrepo = "{tmp_path / "site"}"\n\n'
+                      f'[[lists]]\naddress = "{LIST}"\nowner = "owner@example.org"\n', encoding="utf-8")
+    args = [sys.executable, "-m", "listbridge", "--config", str(config), "deliver", "-f", "x@example.net", "-r", LIST]
+    result = subprocess.run(args, input=raw_message("poison", sender=DEEP_FROM), capture_output=True, timeout=60)
+    assert result.returncode == 65, result.stderr
+    assert "554" in result.stderr.decode() and "Traceback" not in result.stderr.decode()
+    with db.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Comment)) == 0
