@@ -18,6 +18,7 @@ from .intake import Incoming, IntakeError, parse
 from .posts import Post, scan_posts
 from .store import Database, effects
 from .subscriptions import ListContext, Rejected, confirm, request, unsubscribe_with_token, within_reply_limit, send
+from .timelimit import Overtime, TimeLimit
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,10 @@ class Reply:
 OK = Reply("250 2.0.0 OK: stored")
 TEMPORARY_FAILURE = Reply("451 4.3.0 Internal error, try again later")
 UNKNOWN = Reply("550 5.1.1 No such list or address here")
+# The most one message may take to parse, in the store process and in `deliver`: tens of times
+# what the largest message accepted takes, so only a parser gone wrong on hostile input meets it.
+PARSE_SECONDS = 5.0
+TOO_SLOW = Reply("554 5.6.0 message takes too long to read")
 
 
 def route(settings: Settings, address: str) -> addresses.Recipient | None:
@@ -99,13 +104,7 @@ def accept_many(
     If that transaction fails, each message is tried again alone, so one bad message never
     takes the others down with it. The replies are final only once this returns."""
     posts = posts or (lambda: site_posts(settings))
-    parsed: list[Incoming | list[Reply]] = []
-    for message in messages:
-        try:
-            parsed.append(parse(message.raw, message.envelope_from))
-        except IntakeError as exc:
-            log.warning("refused unparseable message from <%s>: %s", message.envelope_from, exc)
-            parsed.append([Reply(f"554 5.6.0 {exc}")] * len(message.recipients))
+    parsed = [_parse(message) for message in messages]
     work = [(i, p, messages[i]) for i, p in enumerate(parsed) if isinstance(p, Incoming)]
     todo = [i for i, _, _ in work]
     replies: list[list[Reply]] = [p if isinstance(p, list) else [] for p in parsed]
@@ -144,6 +143,21 @@ def accept_many(
             log.exception("unexpected error while storing a message from <%s>", messages[i].envelope_from)
             replies[i] = [TEMPORARY_FAILURE] * len(messages[i].recipients)
     return Accepted(replies, done)
+
+
+def _parse(message: Received) -> Incoming | list[Reply]:
+    """The message parsed, or its refusal (one per recipient) when it cannot be read, or not
+    within PARSE_SECONDS: then it alone is refused, and the rest of its batch goes on."""
+    try:
+        with TimeLimit(PARSE_SECONDS):
+            return parse(message.raw, message.envelope_from)
+    except IntakeError as exc:
+        log.warning("refused unparseable message from <%s>: %s", message.envelope_from, exc)
+        return [Reply(f"554 5.6.0 {exc}")] * len(message.recipients)
+    except Overtime:
+        log.warning("refused a message from <%s> (%d bytes): not read within %g s",
+                    message.envelope_from, len(message.raw), PARSE_SECONDS)
+        return [TOO_SLOW] * len(message.recipients)
 
 
 def _act_on(

@@ -89,20 +89,28 @@ class Incoming:
 
 
 def parse(raw: bytes, envelope_sender: str = "") -> Incoming:
-    """Parse one message. Raises IntakeError when nothing usable can be read."""
+    """Parse one message. Raises IntakeError when nothing usable can be read, whatever went
+    wrong inside (mail-parser and the email package raise many kinds on hostile input, the
+    address parser RecursionError on deeply nested comments): it costs that message alone."""
     try:
-        message = _read_message(raw)
-        headers = [(str(name).lower(), value) for name, value in message.raw_items()]
-        items = [(key, _header_text(value)) for key, value in headers if key in _READ]
-        body, attachments = _plain_body(message, headers), 0
-        if body is None:
-            mail = _BodyParser(_body_view(message))
-            body, attachments = _text(mail), len(mail.attachments)
-        text = clean_text(body).strip()
-    except Exception as exc:  # mail-parser raises many kinds on hostile input
+        return _parse(raw, envelope_sender)
+    except IntakeError:
+        raise
+    except Exception as exc:
         raise IntakeError(f"message cannot be parsed ({type(exc).__name__})") from exc
+
+
+def _parse(raw: bytes, envelope_sender: str) -> Incoming:
+    message = _read_message(raw)
+    headers = [(str(name).lower(), value) for name, value in message.raw_items()]
     if not headers:
         raise IntakeError("message has no header")
+    items = [(key, _header_text(value)) for key, value in headers if key in _READ]
+    body, attachments = _plain_body(message, headers), 0
+    if body is None:
+        mail = _BodyParser(_body_view(message))
+        body, attachments = _text(mail), len(mail.attachments)
+    text = clean_text(body).strip()
 
     def values(name: str) -> list[str]:
         return [value for key, value in items if key == name]

@@ -1,0 +1,141 @@
+"""One hostile message costs only itself: over real SMTP, with innocent mail in flight beside it,
+the innocent mail is answered 250 in its usual time and the poison 250 (held) or 5xx, never 451."""
+
+from __future__ import annotations
+
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from sqlalchemy import func, select, text
+
+from listbridge import dispatch
+from listbridge.models import Comment
+
+from conftest import wait_for
+
+LIST = "bla@bla.example.org"
+# Nested comments the email package's address parser recurses into, until RecursionError.
+DEEP_FROM = "(" * 500 + "x@example.net"
+
+
+def raw_message(subject: str, sender: str = "Carole <carole@example.net>", content_type: str = "text/plain",
+                body: str = "Hello.\r\n") -> bytes:
+    return (f"From: {sender}\r\nTo: {LIST}\r\nSubject: {subject}\r\nMessage-ID: <{time.time_ns()}@example.net>\r\n"
+            f"MIME-Version: 1.0\r\nContent-Type: {content_type}; charset=utf-8\r\n\r\n{body}").encode()
+
+
+def transaction(port: int, data: bytes, timeout: float = 10) -> tuple[int, str]:
+    """One SMTP transaction to the list; the DATA reply."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=timeout) as client:
+        client.ehlo()
+        assert client.mail("carole@example.net")[0] == 250
+        assert client.rcpt(LIST)[0] == 250
+        code, msg = client.data(data)
+        return code, msg.decode()
+
+
+def in_thread(port: int, data: bytes, replies: dict[str, tuple[int, str] | str], key: str, timeout: float = 10) -> threading.Thread:
+    def run() -> None:
+        try:
+            replies[key] = transaction(port, data, timeout)
+        except (OSError, smtplib.SMTPException) as exc:
+            replies[key] = f"no reply: {exc!r}"
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def subjects(db) -> list[str]:
+    with db.transaction() as session:
+        return sorted(session.scalars(select(Comment.subject)))
+
+
+@contextmanager
+def database_write_lock(db) -> Iterator[None]:
+    """Hold the lock a comment's insert needs, from another connection, until the block ends:
+    the batch in the store process waits, and what arrives meanwhile makes one next batch."""
+    with db.engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.begin()
+            conn.execute(text("LOCK TABLE comments IN EXCLUSIVE MODE"))
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+
+def test_a_from_header_the_parser_recurses_on_costs_only_its_own_message(service):
+    """Poison and innocent messages in one batch: the poison gets 554, the others 250."""
+    port = service.settings.smtp.port
+    replies: dict[str, tuple[int, str] | str] = {}
+    with database_write_lock(service.db):
+        threads = [in_thread(port, raw_message("first"), replies, "first", timeout=60)]
+        time.sleep(0.5)  # the first batch is now waiting for the lock in the store process
+        threads += [in_thread(port, raw_message("poison", sender=DEEP_FROM), replies, "poison", timeout=60)]
+        threads += [in_thread(port, raw_message(f"innocent {n}"), replies, f"innocent {n}", timeout=60)
+                    for n in range(4)]
+        time.sleep(1.0)  # all of them are queued for the next batch
+    for thread in threads:
+        thread.join(30)
+    poison = replies.pop("poison")
+    assert isinstance(poison, tuple) and poison[0] == 554, poison
+    assert all(isinstance(r, tuple) and r[0] == 250 for r in replies.values()), replies
+    assert subjects(service.db) == ["first", "innocent 0", "innocent 1", "innocent 2", "innocent 3"]
+
+
+def test_unclosed_heads_do_not_hold_up_the_mail_beside_them(service):
+    """600 KB of "<head " in an HTML body (within the 1 MB limit) once held the store process
+    for minutes; the mail sent beside it waited as long."""
+    port = service.settings.smtp.port
+    replies: dict[str, tuple[int, str] | str] = {}
+    poison = in_thread(port, raw_message("poison", content_type="text/html", body=("<head " * 60 + "\r\n") * 1600), replies,
+                       "poison", timeout=60)
+    time.sleep(0.2)
+    started = time.monotonic()
+    innocent = [in_thread(port, raw_message(f"innocent {n}"), replies, f"innocent {n}") for n in range(3)]
+    for thread in innocent:
+        thread.join(30)
+    assert time.monotonic() - started < 10
+    poison.join(30)
+    assert all(isinstance(r, tuple) and r[0] == 250 for r in replies.values()), replies
+    assert subjects(service.db) == ["innocent 0", "innocent 1", "innocent 2", "poison"]
+
+
+def test_a_message_over_the_time_limit_is_refused_alone(make_settings, db, monkeypatch, caplog):
+    """The bound itself, on a message that takes a fraction of a second to parse and a limit
+    below it; the others of its batch are stored."""
+    monkeypatch.setattr(dispatch, "PARSE_SECONDS", 0.02)
+    settings = make_settings()
+    many_parts = "".join("--B\r\nContent-Type: text/html\r\n\r\n<p>x\r\n" for _ in range(20_000)) + "--B--\r\n"
+    slow = raw_message("slow", content_type='multipart/alternative; boundary="B"', body=many_parts)
+    batch = [dispatch.Received(raw_message("before"), "carole@example.net", (LIST,)),
+             dispatch.Received(slow, "slow@example.net", (LIST, LIST)),
+             dispatch.Received(raw_message("after"), "carole@example.net", (LIST,))]
+    replies = dispatch.accept_many(db, settings, batch, lambda: {}).replies
+    assert [[r.code for r in rs] for rs in replies] == [[250], [554, 554], [250]]
+    assert "slow@example.net" in caplog.text and "not read within" in caplog.text
+    assert subjects(db) == ["after", "before"]
+
+
+def test_deliver_refuses_a_poison_from_with_65_not_75(tmp_path: Path, db):
+    """`deliver` is the same dispatch: a message that cannot be read bounces (65); a 75 would
+    have the MTA retry it for days."""
+    config = tmp_path / "listbridge.toml"
+    config.write_text(f'[database]\nurl = "{db.url}"\n\n[site]\nrepo = "{tmp_path / "site"}"\n\n'
+                      f'[[lists]]\naddress = "{LIST}"\nowner = "owner@example.org"\n', encoding="utf-8")
+    args = [sys.executable, "-m", "listbridge", "--config", str(config), "deliver", "-f", "x@example.net", "-r", LIST]
+    result = subprocess.run(args, input=raw_message("poison", sender=DEEP_FROM), capture_output=True, timeout=60)
+    assert result.returncode == 65, result.stderr
+    assert "554" in result.stderr.decode() and "Traceback" not in result.stderr.decode()
+    with db.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Comment)) == 0
