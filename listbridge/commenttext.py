@@ -31,8 +31,8 @@ _WROTE = r"(?:wrote|a\s+écrit|schrieb|escribió|ha\s+scritto|skrev|schreef)\s*:
 # Written so that a long line costs linear time: the digit is the first one, and the address
 # splits at its first "@" after the first character (the same lines match).
 _ATTRIBUTION = re.compile(
-    rf"^(?:(?:on|le|am|el|il|op|den|dne)\s\D*+\d.*\s{_WROTE}"
-    rf"|[^>\s].{{0,120}}<[^<>\s][^<>\s@]*+@[^<>\s]++>\s*{_WROTE}"
+    rf"^(?:(?:on|le|am|el|il|op|den|dne)\s\D*\d.*\s{_WROTE}"
+    rf"|[^>\s].{{0,120}}<[^<>\s][^<>\s@]*@[^<>\s]+>\s*{_WROTE}"
     rf"|[^>\s][^.!?]{{0,60}}\s{_WROTE})",
     re.IGNORECASE,
 )

@@ -23,16 +23,16 @@ _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]+")
 # browser; but for head, whose end tag is optional: without one, only what it holds is dropped.
 _HIDDEN = "script|style|title|template"
 _OPEN = {head: re.compile(rf"(?i)<({_HIDDEN}{head})\b") for head in ("|head", "")}
-_EVENT = {head: re.compile(rf"(?i)<({_HIDDEN}{head})\b|</({_HIDDEN}{head})\s*+>") for head in ("|head", "")}
+_EVENT = {head: re.compile(rf"(?i)<({_HIDDEN}{head})\b|</({_HIDDEN}{head})\s*>") for head in ("|head", "")}
 _LONGEST_OPEN = len("<template")
 # One token of markup or text, each of which always matches where it starts (an unterminated
 # comment, declaration or tag runs to the end, as in a browser), so the scan never retries.
 # Quotes count only around an attribute value, as in HTML5.
 _TOKEN = re.compile(
     r"(?P<comment><!--(?:-?>|.*?(?:--!?>|\Z)))"
-    r"|(?P<bogus><(?:[!?]|/(?![A-Za-z]))[^>]*+>?)"
-    r"|(?P<tag></?(?P<name>[A-Za-z][^\s/>]*+)(?:[^>=]++|=\s*+(?:\"[^\"]*+\"?|'[^']*+'?)?)*+>?)"
-    r"|(?P<text>(?:[^<]++|<(?![A-Za-z!?/]))++)",
+    r"|(?P<bogus><(?:[!?]|/(?![A-Za-z]))[^>]*>?)"
+    r"|(?P<tag></?(?P<name>[A-Za-z][^\s/>]*)(?:[^>=]+|=\s*(?:\"[^\"]*\"?|'[^']*'?)?)*>?)"
+    r"|(?P<text>(?:[^<]+|<(?![A-Za-z!?/]))+)",
     re.DOTALL,
 )
 # Tags that start or end a paragraph.
@@ -41,7 +41,7 @@ _BLOCKS = frozenset({
 })
 # A numeric character reference, for the ones too long for html.unescape (it raises past
 # 4300 digits): leading zeros dropped, and anything past U+10FFFF is U+FFFD anyway.
-_NUMERIC_REF = re.compile(r"&#(?:([xX])([0-9a-fA-F]++)|([0-9]++))(;?)")
+_NUMERIC_REF = re.compile(r"&#(?:([xX])([0-9a-fA-F]+)|([0-9]+))(;?)")
 
 
 def one_line(value: str, limit: int = 998) -> str:

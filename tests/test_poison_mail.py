@@ -3,6 +3,7 @@ the innocent mail is answered 250 in its usual time and the poison 250 (held) or
 
 from __future__ import annotations
 
+import email.utils
 import smtplib
 import subprocess
 import sys
@@ -23,6 +24,19 @@ from conftest import wait_for
 LIST = "bla@bla.example.org"
 # Nested comments the email package's address parser recurses into, until RecursionError.
 DEEP_FROM = "(" * 500 + "x@example.net"
+
+
+def _parser_recurses() -> bool:
+    """Whether this Python's address parser raises on DEEP_FROM. Older ones (3.11.2, Debian's
+    CI Python) read it as no address at all, so there it is ordinary mail, stored with 250."""
+    try:
+        email.utils.getaddresses([DEEP_FROM])
+    except RecursionError:
+        return True
+    return False
+
+
+POISONOUS = _parser_recurses()
 
 
 def raw_message(subject: str, sender: str = "Carole <carole@example.net>", content_type: str = "text/plain",
@@ -88,9 +102,10 @@ def test_a_from_header_the_parser_recurses_on_costs_only_its_own_message(service
     for thread in threads:
         thread.join(30)
     poison = replies.pop("poison")
-    assert isinstance(poison, tuple) and poison[0] == 554, poison
+    assert isinstance(poison, tuple) and poison[0] == (554 if POISONOUS else 250), poison
     assert all(isinstance(r, tuple) and r[0] == 250 for r in replies.values()), replies
-    assert subjects(service.db) == ["first", "innocent 0", "innocent 1", "innocent 2", "innocent 3"]
+    innocent = ["first", "innocent 0", "innocent 1", "innocent 2", "innocent 3"]
+    assert subjects(service.db) == (innocent if POISONOUS else sorted([*innocent, "poison"]))
 
 
 def test_unclosed_heads_do_not_hold_up_the_mail_beside_them(service):
@@ -127,6 +142,7 @@ def test_a_message_over_the_time_limit_is_refused_alone(make_settings, db, monke
     assert subjects(db) == ["after", "before"]
 
 
+@pytest.mark.skipif(not POISONOUS, reason="this Python's address parser does not recurse on the poison")
 def test_deliver_refuses_a_poison_from_with_65_not_75(tmp_path: Path, db):
     """`deliver` is the same dispatch: a message that cannot be read bounces (65); a 75 would
     have the MTA retry it for days."""
