@@ -10,6 +10,7 @@ import smtplib
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -41,6 +42,38 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         check=True, capture_output=True,
     )
     return cert, key
+
+
+def git(path: Path, *args: str) -> str:
+    """Run git in `path`; its standard output."""
+    return subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True, text=True).stdout
+
+
+def site_repo(repo: Path, posts: dict[str, str]) -> Path:
+    """A site repo at `repo` whose first commit holds `posts` (path in the repo -> text)."""
+    for name, content in posts.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(content)
+    git(repo.parent, "init", "--quiet", str(repo))
+    git(repo, "add", ".")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "posts")
+    return repo
+
+
+@contextmanager
+def database_write_lock(db: Database) -> Iterator[None]:
+    """Hold the lock a comment's insert needs, from another connection, until the block ends:
+    a batch in the store process waits, and what arrives meanwhile makes one next batch."""
+    with db.engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.begin()
+            conn.execute(text("LOCK TABLE comments IN EXCLUSIVE MODE"))
+        try:
+            yield
+        finally:
+            conn.rollback()
 
 
 def free_port() -> int:

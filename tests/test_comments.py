@@ -17,26 +17,18 @@ from listbridge.models import APPROVED, HELD, REJECTED, Comment, ModerationEvent
 from listbridge.service import Service
 from listbridge.subscriptions import ListContext, subscribe
 
-from conftest import send, wait_for
+from conftest import git, send, site_repo, wait_for
 
 SLUG = "Comment-les-3hg-ont-réparé-le-CHATONS"
 LIST = "bla@bla.example.org"
 
 
-def git(path: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True, text=True).stdout
-
-
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    repo = tmp_path / "site"
-    (repo / "log").mkdir(parents=True)
-    (repo / "log" / f"{SLUG}.gmi").write_text("# Comment les 3hg ont réparé le CHATONS\n\nLe récit.\n")
-    (repo / "log" / "autre-billet.gmi").write_text("# Un autre billet\n")
-    git(repo.parent, "init", "--quiet", str(repo))
-    git(repo, "add", ".")
-    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "posts")
-    return repo
+    return site_repo(tmp_path / "site", {
+        f"log/{SLUG}.gmi": "# Comment les 3hg ont réparé le CHATONS\n\nLe récit.\n",
+        "log/autre-billet.gmi": "# Un autre billet\n",
+    })
 
 
 def settings_for(make_settings, site: Path, **list_options):

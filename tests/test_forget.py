@@ -4,7 +4,6 @@ real CLI (subscribers, moderate, queue flush, forget), a real git site repo, the
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from listbridge.models import REMOVED, Comment, OutboxMessage, OutboxRecipient
 from listbridge.service import Service
 from listbridge.store import Database
 
-from conftest import free_port, send, wait_for
+from conftest import free_port, git, send, site_repo, wait_for
 
 LIST = "bla@bla.example.org"
 SLUG = "un-billet"
@@ -27,19 +26,9 @@ REJECTED_TEXT = "Un avis refusé par la modération."
 REMOVAL_NOTE = "retiré à la demande de son auteur"
 
 
-def git(path: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True, text=True).stdout
-
-
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    repo = tmp_path / "site"
-    (repo / "log").mkdir(parents=True)
-    (repo / "log" / f"{SLUG}.gmi").write_text("# Un billet\n")
-    git(repo.parent, "init", "--quiet", str(repo))
-    git(repo, "add", ".")
-    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "posts")
-    return repo
+    return site_repo(tmp_path / "site", {f"log/{SLUG}.gmi": "# Un billet\n"})
 
 
 @pytest.fixture

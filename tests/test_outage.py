@@ -22,7 +22,7 @@ from listbridge.store import Database
 from listbridge.subscriptions import ListContext, subscribe
 from listbridge.watch import Watcher
 
-from conftest import SinkHandler, free_port, wait_for
+from conftest import SinkHandler, free_port, git, wait_for
 
 LIST = "bla@bla.example.org"
 READERS = [f"reader{i}@example{i % 3}.org" for i in range(12)]
@@ -134,10 +134,6 @@ def test_full_drill(home, watcher_settings, mx, sink):
     assert first.message["List-Unsubscribe"] == f"<mailto:bla+unsubscribe-{token}@bla.example.org>"
     assert first.message["Auto-Submitted"] == "auto-generated" and first.message["Precedence"] == "bulk"
     assert "gemini://bla.example.org/status.gmi" in first.message.get_content()
-
-
-def git(path: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True, text=True).stdout
 
 
 def db_count(db: Database, model, *where) -> int:

@@ -9,17 +9,15 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from listbridge import dispatch
 from listbridge.models import Comment
 
-from conftest import wait_for
+from conftest import database_write_lock
 
 LIST = "bla@bla.example.org"
 # Nested comments the email package's address parser recurses into, until RecursionError.
@@ -70,22 +68,6 @@ def in_thread(port: int, data: bytes, replies: dict[str, tuple[int, str] | str],
 def subjects(db) -> list[str]:
     with db.transaction() as session:
         return sorted(session.scalars(select(Comment.subject)))
-
-
-@contextmanager
-def database_write_lock(db) -> Iterator[None]:
-    """Hold the lock a comment's insert needs, from another connection, until the block ends:
-    the batch in the store process waits, and what arrives meanwhile makes one next batch."""
-    with db.engine.connect() as conn:
-        if conn.dialect.name == "sqlite":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            conn.begin()
-            conn.execute(text("LOCK TABLE comments IN EXCLUSIVE MODE"))
-        try:
-            yield
-        finally:
-            conn.rollback()
 
 
 def test_a_from_header_the_parser_recurses_on_costs_only_its_own_message(service):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,26 +18,16 @@ from listbridge.models import APPROVED, Comment
 from listbridge.service import PUBLISH_EVERY, PUBLISH_RETRY, Service, next_retry
 from listbridge.store import Database
 
-from conftest import send, wait_for
+from conftest import git, send, site_repo, wait_for
 
 SLUG = "un-billet"
 LIST = "bla@bla.example.org"
 PAGE = f"log/commentaires/{SLUG}.gmi"
 
 
-def git(path: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True, text=True).stdout
-
-
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    repo = tmp_path / "site"
-    (repo / "log").mkdir(parents=True)
-    (repo / "log" / f"{SLUG}.gmi").write_text("# Un billet\n\nLe récit.\n")
-    git(repo.parent, "init", "--quiet", str(repo))
-    git(repo, "add", ".")
-    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "posts")
-    return repo
+    return site_repo(tmp_path / "site", {f"log/{SLUG}.gmi": "# Un billet\n\nLe récit.\n"})
 
 
 @pytest.fixture

@@ -12,9 +12,7 @@ import pytest
 
 from listbridge.site import SiteRepo
 
-
-def git(path: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True, text=True).stdout
+from conftest import git
 
 
 def test_commit_only_our_files_with_an_explicit_author(tmp_path: Path, monkeypatch):

@@ -22,7 +22,7 @@ from listbridge.cli import cli
 from listbridge.models import AutoReply, Confirmation, Comment, OutboxMessage, OutboxRecipient, Subscriber
 from listbridge.service import Service
 
-from conftest import send, wait_for
+from conftest import database_write_lock, send, wait_for
 
 LIST = "bla@bla.example.org"
 SUBSCRIBE = "bla+subscribe@bla.example.org"
@@ -220,21 +220,6 @@ def test_a_dropped_database_connection_is_replaced_without_a_refusal(service):
     assert dropped >= 1  # the store process's connection at least
     assert transaction(port, [LIST], raw_message(subject="after"))[1][0] == 250
     assert count(service.db, Comment) == 2
-
-
-@contextmanager
-def database_write_lock(db) -> Iterator[None]:
-    """Hold the lock a comment's insert needs, from another connection, until the block ends."""
-    with db.engine.connect() as conn:
-        if conn.dialect.name == "sqlite":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            conn.begin()
-            conn.execute(text("LOCK TABLE comments IN EXCLUSIVE MODE"))
-        try:
-            yield
-        finally:
-            conn.rollback()
 
 
 def test_a_store_process_killed_mid_batch_gets_451_and_writes_nothing(service):

@@ -4,7 +4,6 @@ pages may overwrite or delete the other's."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,26 +17,15 @@ from listbridge.models import Comment
 from listbridge.service import Service
 from listbridge.store import Database
 
-from conftest import free_port, send, wait_for
+from conftest import free_port, git, send, site_repo, wait_for
 
 ONE, TWO = "bla@bla.example.org", "autre@bla.example.org"
 DIR_ONE, DIR_TWO = "log/commentaires", "log/autre"  # the second inside the posts folder, on purpose
 
 
-def git(path: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True, text=True).stdout
-
-
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    repo = tmp_path / "site"
-    (repo / "log").mkdir(parents=True)
-    (repo / "log" / "premier.gmi").write_text("# Premier billet\n")
-    (repo / "log" / "second.gmi").write_text("# Second post\n")
-    git(repo.parent, "init", "--quiet", str(repo))
-    git(repo, "add", ".")
-    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "posts")
-    return repo
+    return site_repo(tmp_path / "site", {"log/premier.gmi": "# Premier billet\n", "log/second.gmi": "# Second post\n"})
 
 
 @pytest.fixture
