@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from . import addresses, comments, outbox
 from .config import Settings
+from .failurelog import summary
 from .intake import Incoming, IntakeError, parse
 from .posts import Post, scan_posts
 from .store import Database, effects
@@ -124,8 +125,7 @@ def accept_many(
         return Accepted(replies, done)
     except SQLAlchemyError as exc:
         if len(todo) == 1:
-            reason = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines() or [type(exc).__name__]
-            log.error("database error, message from <%s> deferred: %s", messages[todo[0]].envelope_from, reason[0])
+            log.error("database error, message from <%s> deferred: %s", messages[todo[0]].envelope_from, summary(exc))
             replies[todo[0]] = [Reply("451 4.3.0 Temporary storage failure, try again later")] * len(
                 messages[todo[0]].recipients
             )

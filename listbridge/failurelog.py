@@ -40,7 +40,8 @@ class FailureLog:
 
 
 def summary(exc: BaseException) -> str:
-    """The first line of what the innermost driver error says (SQLAlchemy wraps it)."""
+    """The first line of an error, for a log line or a user: what the driver error inside says
+    when SQLAlchemy wraps one; what follows (git's advice, SQL) is for a terminal."""
     inner = getattr(exc, "orig", None) or exc
     lines = str(inner).strip().splitlines()
-    return lines[0] if lines else type(inner).__name__
+    return lines[0].strip() if lines else type(inner).__name__

@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 from sqlalchemy import delete, exists, func, insert, select, update
 
-from . import archive
+from . import archive, failurelog
 from .archive import PostSummary, PublishedComment
 from .config import ListSettings, Settings
 from .models import APPROVED, REMOVED, Comment, PostIndexEntry
@@ -192,7 +192,7 @@ def publish_pending(db: Database, settings: Settings) -> list[str]:
             sha = _render_and_commit(db, settings, mlist, slugs, commit_message(changes))
         except SITE_ERRORS as exc:
             log.warning("the site commit for %s failed, %d change(s) stay pending and will be retried: %s",
-                        list_address, len(changes), one_line(exc))
+                        list_address, len(changes), failurelog.summary(exc))
             continue
         with db.transaction() as session:
             session.execute(
@@ -209,12 +209,6 @@ def has_pending(db: Database) -> bool:
     """True while some comment's current state is not committed to the site yet."""
     with db.transaction() as session:
         return bool(session.scalar(select(exists().where(Comment.published.is_(False)))))
-
-
-def one_line(exc: BaseException) -> str:
-    """The first line of an error (git's advice that follows it is for a terminal)."""
-    lines = str(exc).strip().splitlines()
-    return lines[0].strip() if lines else type(exc).__name__
 
 
 def republish(db: Database, settings: Settings, touched: dict[str, set[str]], message: str) -> list[str]:

@@ -3,6 +3,7 @@
 import click
 
 from .. import publish
+from ..failurelog import summary
 from ..models import APPROVED, Comment
 from . import App, cli, pass_app
 from .output import progress
@@ -24,7 +25,7 @@ def rebuild(app: App) -> None:
         with progress("rendering posts", total) as tick:
             commits = publish.rebuild(db, app.settings, progress=tick)
     except publish.SITE_ERRORS as exc:
-        raise click.ClickException(f"the site repo could not be updated: {publish.one_line(exc)}") from exc
+        raise click.ClickException(f"the site repo could not be updated: {summary(exc)}") from exc
     for sha in commits:
         click.echo(f"site commit {sha[:10]}")
     if not commits:

@@ -6,6 +6,7 @@ import click
 from sqlalchemy import update
 
 from .. import privacy, publish
+from ..failurelog import summary
 from ..comments import actor
 from ..models import Comment, ModerationEvent
 from . import App, cli, pass_app
@@ -30,7 +31,7 @@ def forget(app: App, address: str, delete_comments: bool) -> None:
     try:
         publish.republish(db, app.settings, done.touched, "Remove the comments of a person, at their request")
     except publish.SITE_ERRORS as exc:
-        raise click.ClickException(f"the site's pages could not be updated ({publish.one_line(exc)}): "
+        raise click.ClickException(f"the site's pages could not be updated ({summary(exc)}): "
                                    "run `listbridge archive rebuild` once git works again.") from exc
     with db.transaction() as session:  # the notes are on the site now
         session.execute(update(Comment).where(Comment.id.in_(done.kept_as_notes)).values(published=True)
