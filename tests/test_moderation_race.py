@@ -16,6 +16,8 @@ from listbridge.models import APPROVED, HELD, REJECTED, Comment, ModerationEvent
 from listbridge.store import Database
 from listbridge.subscriptions import ListContext, subscribe
 
+from conftest import site_repo
+
 LIST = "bla@bla.example.org"
 SLUG = "un-billet"
 ROUNDS = 4  # rounds of racing processes; each round races on a comment of its own
@@ -28,14 +30,7 @@ GATED_MAIN = "import sys, listbridge.cli as c; sys.stdin.buffer.read(1); sys.arg
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    repo = tmp_path / "site"
-    (repo / "log").mkdir(parents=True)
-    (repo / "log" / f"{SLUG}.gmi").write_text("# Un billet\n")
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run(["git", "init", "--quiet", str(repo)], check=True)
-    subprocess.run([*git, "add", "."], check=True)
-    subprocess.run([*git, "commit", "--quiet", "-m", "posts"], check=True)
-    return repo
+    return site_repo(tmp_path / "site", {f"log/{SLUG}.gmi": "# Un billet\n"})
 
 
 @pytest.fixture
