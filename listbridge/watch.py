@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import delivery, outbox, outage, roster
 from .config import Settings
+from .failurelog import FailureLog
 from .models import ProbeStatus, utcnow
 from .probe import DOWN, UP, ProbeResult, ProbeState, next_state, probe
 from .store import Database
@@ -125,14 +126,17 @@ class Watcher:
         with self.db.transaction() as session:
             outbox.release_stale(session, dt.timedelta(minutes=10))
         workers = delivery.run_workers(self.db, self.settings, stop, wakeup)
+        failures = FailureLog(log, "probe cycle failed; trying again next interval", "probe cycles work again")
         try:
             while not stop.is_set():
                 started = utcnow()
                 try:
                     if self.tick().event:
                         wakeup.set()  # notices are waiting
-                except Exception:
-                    log.exception("probe cycle failed; trying again next interval")
+                except Exception as exc:
+                    failures.failed(exc)
+                else:
+                    failures.succeeded()
                 elapsed = (utcnow() - started).total_seconds()
                 stop.wait(max(0.0, self.settings.watch.interval - elapsed))
         finally:

@@ -260,3 +260,31 @@ def test_the_watcher_logs_a_stale_roster(watcher_settings, home, caplog):
         watcher.refresh_roster()  # once an hour, not at every probe
     assert caplog.text.count("is home exporting it?") == 1
     db.dispose()
+
+
+def test_a_probe_cycle_that_keeps_failing_logs_one_traceback(watcher_settings, caplog):
+    import logging
+
+    from listbridge.models import ProbeStatus
+
+    db = Database(watcher_settings.database.url)
+    db.upgrade()
+    with db.engine.begin() as conn:  # every cycle now fails on the missing table, for real
+        ProbeStatus.__table__.drop(conn)
+    watcher, stop = Watcher(watcher_settings, db), threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    caplog.set_level(logging.INFO, logger="listbridge.watch")
+    thread.start()
+    try:
+        wait_for(lambda: caplog.text.count("probe cycle failed") >= 3, timeout=15)
+        with db.engine.begin() as conn:
+            ProbeStatus.__table__.create(conn)
+        wait_for(lambda: "probe cycles work again" in caplog.text, timeout=15)
+    finally:
+        stop.set()
+        thread.join(15)
+        db.dispose()
+    failed = [r for r in caplog.records if "probe cycle failed" in r.getMessage()]
+    assert sum(1 for r in failed if r.exc_info) == 1
+    assert all("probe_status" in r.getMessage() for r in failed), failed[0].getMessage()
+    assert caplog.text.count("probe cycles work again") == 1
