@@ -31,12 +31,13 @@ class BadURL(ValueError):
     a sentence about the URL, which it never repeats (it may hold a password)."""
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, warn_exposed: bool = True) -> Engine:
     """An engine for `url`; SQLite gets WAL, a busy timeout and durable commits, and a file
-    only its owner can read (it holds live tokens). BadURL when `url` cannot be used."""
+    only its owner can read (it holds live tokens), with a warning for one that others can
+    read unless `warn_exposed` is false. BadURL when `url` cannot be used."""
     parsed = _parse_url(url)
     if parsed.get_backend_name() == "sqlite":
-        prepare_sqlite_file(parsed)
+        prepare_sqlite_file(parsed, warn_exposed=warn_exposed)
         engine = _create_engine(url, parsed, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -72,7 +73,7 @@ def _create_engine(url: str, parsed: URL, **options: Any) -> Engine:
         raise BadURL(f"is refused by {parsed.drivername} ({exc})") from None
 
 
-def prepare_sqlite_file(url: URL) -> None:
+def prepare_sqlite_file(url: URL, *, warn_exposed: bool = True) -> None:
     """Create the database file 0600 before SQLite opens it (SQLite then gives its -wal and
     -shm files the same mode), or log one line when an existing one is open to other users."""
     name = url.database or ""
@@ -83,7 +84,8 @@ def prepare_sqlite_file(url: URL) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         return
     except FileExistsError:
-        pass
+        if not warn_exposed:
+            return
     exposed = [f for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if _others_may_read(f)]
     if exposed:
         mode = stat.S_IMODE(exposed[0].stat().st_mode)
@@ -117,9 +119,9 @@ def effects(session: Session) -> frozenset[str]:
 class Database:
     """An engine and its session factory."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, warn_exposed: bool = True) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, warn_exposed=warn_exposed)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._pinned: Connection | None = None
 

@@ -286,7 +286,7 @@ def _serve(sock: socket.socket, settings: Settings, cwd: str, level: int, log_fo
         logging.basicConfig(level=level, format=log_format)
     else:
         logging.getLogger().setLevel(level)
-    db = Database(settings.database.url)
+    db = Database(settings.database.url, warn_exposed=False)  # the parent has said it
     db.pin_connection()
     site = settings.site
     posts = PostCache(Path(site.repo), site.posts, settings.comments_dirs)

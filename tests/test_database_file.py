@@ -5,6 +5,8 @@ is one sentence naming the key, through the real CLI."""
 from __future__ import annotations
 
 import os
+import signal
+import smtplib
 import sqlite3
 import stat
 import subprocess
@@ -16,6 +18,8 @@ import pytest
 from sqlalchemy import text
 
 from listbridge.store import Database
+
+from conftest import free_port, wait_for
 
 
 @pytest.fixture
@@ -61,6 +65,35 @@ def test_an_existing_database_open_to_others_is_reported_once(tmp_path: Path, um
     path.chmod(0o600)
     again = listbridge(tmp_path, f"sqlite:///{path}", "subscribers", "list")
     assert again.returncode == 0 and "other users" not in again.stderr
+
+
+def test_serve_reports_an_exposed_database_once(tmp_path: Path, umask_022: None) -> None:
+    """`serve` opens the database twice (itself and its store process): one warning."""
+    path = tmp_path / "lb.sqlite3"
+    sqlite3.connect(path).close()
+    port = free_port()
+    config = tmp_path / "lb.toml"
+    site = tmp_path / "site"
+    config.write_text(f'[database]\nurl = "sqlite:///{path}"\n[smtp]\nhost = "127.0.0.1"\nport = {port}\n'
+                      f'[site]\nrepo = "{site}"\n')
+    server = subprocess.Popen([sys.executable, "-m", "listbridge", "--config", str(config), "serve"],
+                              cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: _stores_a_mail(port), timeout=20)  # a 250: the store process is up
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=40)
+    warnings = [line for line in server.stderr.read().splitlines() if "other users" in line]
+    assert len(warnings) == 1, warnings
+
+
+def _stores_a_mail(port: int) -> bool:
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            return client.sendmail("zoe@example.org", ["bla+subscribe@localhost"],
+                                   "From: zoe@example.org\r\n\r\nplease\r\n") == {}
+    except OSError:
+        return False
 
 
 @pytest.mark.parametrize(("url", "said"), [
