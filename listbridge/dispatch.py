@@ -101,47 +101,69 @@ def accept(
 def accept_many(
     db: Database, settings: Settings, messages: Sequence[Received], posts: Callable[[], dict[str, Post]] | None = None
 ) -> Accepted:
-    """Act on several messages in one transaction (group commit: one fsync for all of them).
-    If that transaction fails, each message is tried again alone, so one bad message never
-    takes the others down with it. The replies are final only once this returns."""
+    """Parse each message, then act on them all in one transaction (group commit: one fsync for
+    all of them); if that fails, on each alone, so that one bad message never takes the others
+    down with it. The replies are final only once this returns."""
     posts = posts or (lambda: site_posts(settings))
     parsed = [_parse(message) for message in messages]
-    work = [(i, p, messages[i]) for i, p in enumerate(parsed) if isinstance(p, Incoming)]
-    todo = [i for i, _, _ in work]
     replies: list[list[Reply]] = [p if isinstance(p, list) else [] for p in parsed]
-    if not todo:
+    work = [(i, p, messages[i]) for i, p in enumerate(parsed) if isinstance(p, Incoming)]
+    if len(work) == 1:
+        return Accepted(replies, _commit_alone(db, settings, work[0], replies, posts))
+    if not work:
         return Accepted(replies)
     try:
-        try:
-            done = _act_on(db, settings, work, replies, posts)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-            # The database dropped the connection (a restart, an idle timeout): once more, on a
-            # new one. Had the commit itself gone through, the work is done twice, as it would
-            # be when a 451 makes the MTA send again: stored twice, never lost.
-            log.warning("database connection lost; trying again on a new one")
-            done = _act_on(db, settings, work, replies, posts)
-        return Accepted(replies, done)
-    except SQLAlchemyError as exc:
-        if len(todo) == 1:
-            log.error("database error, message from <%s> deferred: %s", messages[todo[0]].envelope_from, summary(exc))
-            replies[todo[0]] = [Reply("451 4.3.0 Temporary storage failure, try again later")] * len(
-                messages[todo[0]].recipients
-            )
-            return Accepted(replies)
-    except Exception:
-        if len(todo) == 1:
+        return Accepted(replies, _commit_together(db, settings, work, replies, posts))
+    except Exception as exc:
+        log.warning("a batch of %d messages failed (%s); storing each alone", len(work), summary(exc))
+    return _commit_one_by_one(db, settings, work, replies, posts)
+
+
+Work = tuple[int, Incoming, Received]  # a parsed message and its place in the batch
+
+
+def _commit_together(
+    db: Database, settings: Settings, work: Sequence[Work], replies: list[list[Reply]],
+    posts: Callable[[], dict[str, Post]],
+) -> frozenset[str]:
+    """Act on `work` in one transaction, a second time on a new connection when the database
+    dropped the first. Had the commit itself gone through, the work is done twice, as when a
+    451 makes the MTA send again: stored twice, never lost."""
+    try:
+        return _act_on(db, settings, work, replies, posts)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
             raise
-    # The group failed: each message alone, so the culprit alone is refused.
+        log.warning("database connection lost; trying again on a new one")
+        return _act_on(db, settings, work, replies, posts)
+
+
+def _commit_alone(
+    db: Database, settings: Settings, work: Work, replies: list[list[Reply]], posts: Callable[[], dict[str, Post]]
+) -> frozenset[str]:
+    """Act on one message in its own transaction; a database error defers it (451). Any other
+    error is a bug, and is raised: the caller keeps the mail at the MTA."""
+    i, _, message = work
+    try:
+        return _commit_together(db, settings, [work], replies, posts)
+    except SQLAlchemyError as exc:
+        log.error("database error, message from <%s> deferred: %s", message.envelope_from, summary(exc))
+        replies[i] = [Reply("451 4.3.0 Temporary storage failure, try again later")] * len(message.recipients)
+        return frozenset()
+
+
+def _commit_one_by_one(
+    db: Database, settings: Settings, work: Sequence[Work], replies: list[list[Reply]],
+    posts: Callable[[], dict[str, Post]],
+) -> Accepted:
+    """Act on each message in a transaction of its own, so that the culprit alone is refused."""
     done = frozenset[str]()
-    for i in todo:
+    for item in work:
         try:
-            alone = accept_many(db, settings, [messages[i]], posts)
-            replies[i], done = alone.replies[0], done | alone.effects
+            done |= _commit_alone(db, settings, item, replies, posts)
         except Exception:  # a bug on this message: the MTA keeps it; the others stand
-            log.exception("unexpected error while storing a message from <%s>", messages[i].envelope_from)
-            replies[i] = [TEMPORARY_FAILURE] * len(messages[i].recipients)
+            log.exception("unexpected error while storing a message from <%s>", item[2].envelope_from)
+            replies[item[0]] = [TEMPORARY_FAILURE] * len(item[2].recipients)
     return Accepted(replies, done)
 
 
@@ -163,7 +185,7 @@ def _parse(message: Received) -> Incoming | list[Reply]:
 def _act_on(
     db: Database,
     settings: Settings,
-    todo: Sequence[tuple[int, Incoming, Received]],
+    todo: Sequence[Work],
     replies: list[list[Reply]],
     posts: Callable[[], dict[str, Post]],
 ) -> frozenset[str]:
