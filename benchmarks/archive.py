@@ -38,12 +38,12 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, insert, select, text
 
-from listbridge import comments as lb_comments
-from listbridge import publish
+from listbridge.lists import comments as lb_comments
+from listbridge.archive import publish
 from listbridge.config import Settings, build_settings
 from listbridge.models import APPROVED, HELD, Comment
-from listbridge.store import Database
-from listbridge.subscriptions import ListContext
+from listbridge.db import Database
+from listbridge.lists.context import ListContext
 
 LIST = "bla@bla.example.org"
 TEXT = (

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from listbridge.config import Settings, build_settings
-from listbridge.store import Database
+from listbridge.db import Database
 
 LIST = "bla@bla.example.org"
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"

@@ -26,11 +26,11 @@ from sqlalchemy import func, insert, select
 
 from common import LIST, SmtpSink, fresh_database, make_settings, postgres_cpu_seconds
 
-from listbridge import delivery, outbox
-from listbridge.compose import build
+from listbridge.outbound import delivery, outbox
+from listbridge.outbound.compose import build
 from listbridge.models import OutboxRecipient, Subscriber, utcnow
-from listbridge.store import Database
-from listbridge.subscriptions import new_token
+from listbridge.db import Database
+from listbridge.addresses import new_token
 
 DOMAINS = 50
 BODY = ("Un commentaire sur le billet, assez long pour ressembler à du vrai courrier.\n" * 25)

@@ -35,8 +35,8 @@ from common import LIST, free_port, fresh_database, make_settings, postgres_cpu_
 
 from listbridge.models import Comment
 from listbridge.service import Service
-from listbridge.smtp import new_event_loop
-from listbridge.store import Database
+from listbridge.inbound.server import new_event_loop
+from listbridge.db import Database
 
 BODY = "Merci pour ce billet, et pour le récit de la panne.\n" * 30
 

@@ -14,6 +14,8 @@ True
 
 from __future__ import annotations
 
+import base64
+import secrets
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -93,3 +95,8 @@ def subaddress(list_address: str, name: str, separator: str = "+") -> str:
     """bla@D + 'confirm-XYZ' -> 'bla+confirm-XYZ@D'."""
     local, domain = list_address.rsplit("@", 1)
     return f"{local}{separator}{name}@{domain}"
+
+
+def new_token() -> str:
+    """128 random bits as 26 lower-case base32 characters (safe in a local part)."""
+    return base64.b32encode(secrets.token_bytes(16)).decode("ascii").rstrip("=").lower()

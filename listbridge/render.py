@@ -6,9 +6,9 @@ from functools import lru_cache
 
 import jinja2
 
-from . import gemtext
-from .config import ListSettings
-from .resources import shipped_path
+from listbridge import gemtext
+from listbridge.config import ListSettings
+from listbridge.resources import shipped_path
 
 
 @lru_cache(maxsize=16)

@@ -9,12 +9,13 @@ import signal
 import threading
 import time
 
-from . import delivery, outbox, publish
-from .config import Settings
-from .failurelog import FailureLog
-from .smtp import ListController, ListHandler
-from .store import Database
-from .store_process import StoreProcess
+from listbridge.outbound import delivery, outbox
+from listbridge.archive import publish
+from listbridge.config import Settings
+from listbridge.failurelog import FailureLog
+from listbridge.inbound.server import ListController, ListHandler
+from listbridge.db import Database
+from listbridge.inbound.worker import StoreProcess
 
 log = logging.getLogger(__name__)
 

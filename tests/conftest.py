@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, text
 
 from listbridge.config import Settings, build_settings
 from listbridge.service import Service
-from listbridge.store import Database
+from listbridge.db import Database
 
 PG_URL = os.environ.get("LISTBRIDGE_TEST_DATABASE_URL", "")
 

@@ -8,21 +8,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from listbridge import addresses
-from listbridge.addresses import (
-    CONFIRM,
-    HELP,
-    OWNER,
-    POST,
-    SUBSCRIBE,
-    TOKEN_ALPHABET,
-    UNSUBSCRIBE,
-    UNSUBSCRIBE_TOKEN,
-    Recipient,
-    route,
-    split_address,
-    subaddress,
-)
-from listbridge.subscriptions import new_token
+from listbridge.addresses import CONFIRM, HELP, OWNER, POST, SUBSCRIBE, TOKEN_ALPHABET, UNSUBSCRIBE, UNSUBSCRIBE_TOKEN, Recipient, route, split_address, subaddress
+from listbridge.addresses import new_token
 
 LISTS = ["bla@bla.example.org", "autre@bla.example.org", "bla@other.example"]
 TOKEN = "mfrggzdfmztwq2lknnwg23tpobyxe43u"

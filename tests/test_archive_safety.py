@@ -18,8 +18,8 @@ import feedparser
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from listbridge import archive
-from listbridge.archive import PostSummary, PublishedComment
+from listbridge.archive import pages
+from listbridge.archive.pages import PostSummary, PublishedComment
 from listbridge.config import build_settings
 
 BASE = build_settings({"lists": [{"address": "bla@bla.example.org", "title": "bla", "language": "fr"}]})
@@ -151,7 +151,7 @@ def test_post_page_has_only_the_template_lines(language, slug, title, raw_commen
     mlist = a_list(language)
     comments = [PublishedComment(i + 1, a, w, t, n, r) for i, (a, w, t, n, r) in enumerate(raw_comments)]
     post = PostSummary(slug, title, f"log/{slug}.gmi", dt.datetime(2030, 1, 1), len(comments))
-    page = archive.post_page(mlist, SITE, post, comments)
+    page = pages.post_page(mlist, SITE, post, comments)
     lines = page_lines(page)
 
     # Links: exactly the three the template makes, at their places.
@@ -221,7 +221,7 @@ def test_index_page_has_one_link_per_post(language, list_title, raw_posts):
     words = WORDS[language]
     mlist = a_list(language, list_title)
     posts = [PostSummary(s, t, f"log/{s}.gmi", last, n) for s, t, last, n in raw_posts]
-    page = archive.index_page(mlist, SITE, posts)
+    page = pages.index_page(mlist, SITE, posts)
     lines = page_lines(page)
 
     assert lines[0].startswith(words["index_title"])
@@ -259,11 +259,11 @@ def test_atom_feed_is_xml_and_feedparser_agrees(language, list_title, items):
     for i, (slug, title, (author, when, text, attachments, removed)) in enumerate(items):
         post = PostSummary(slug, title, f"log/{slug}.gmi", when, 1)
         latest.append((post, PublishedComment(i + 1, author, when, text, attachments, removed)))
-    feed = archive.atom_feed(mlist, SITE, latest)
+    feed = pages.atom_feed(mlist, SITE, latest)
 
     root = ET.fromstring(feed.encode("utf-8"))  # raises on anything not well-formed
     entries = root.findall(f"{ATOM}entry")
-    assert len(entries) == min(len(latest), archive.FEED_ENTRIES)
+    assert len(entries) == min(len(latest), pages.FEED_ENTRIES)
     newest_first = sorted(latest, key=lambda pc: (pc[1].date, pc[1].id), reverse=True)
     for entry, (post, c) in zip(entries, newest_first):
         content = entry.find(f"{ATOM}content").text or ""
@@ -282,7 +282,7 @@ def test_known_smuggling_attempts_are_neutralised(language):
     words = WORDS[language]
     text = "ok\n=> gemini://evil/ x\r\n\u200b# h\u2028* li\x85```\n  => y\n\ufeff=z"
     post = PostSummary("p", "=> t", "log/p.gmi", dt.datetime(2024, 1, 1), 1)
-    page = archive.post_page(a_list(language), SITE, post, [
+    page = pages.post_page(a_list(language), SITE, post, [
         PublishedComment(1, "# Eve\n=> x", dt.datetime(2024, 1, 1), text)])
     lines = page_lines(page)
     assert lines[0] == words["title"] + "\\=> t"
@@ -294,14 +294,14 @@ def test_known_smuggling_attempts_are_neutralised(language):
 
 def test_atom_feed_keeps_the_latest_entries_only():
     latest = []
-    for i in range(archive.FEED_ENTRIES + 5):
+    for i in range(pages.FEED_ENTRIES + 5):
         post = PostSummary(f"p{i % 3}", f"T\x01{i}", f"log/p{i % 3}.gmi", dt.datetime(2024, 1, 1), 1)
         latest.append((post, PublishedComment(i + 1, f"n\x1b{i}", dt.datetime(2024, 1, 1, 0, i), f"x\x00{i}\ufffe")))
-    feed = archive.atom_feed(a_list("en"), SITE, latest)
+    feed = pages.atom_feed(a_list("en"), SITE, latest)
     entries = ET.fromstring(feed.encode("utf-8")).findall(f"{ATOM}entry")
-    assert len(entries) == archive.FEED_ENTRIES
+    assert len(entries) == pages.FEED_ENTRIES
     assert entries[0].find(f"{ATOM}content").text == f"x{len(latest) - 1}"  # newest first
     parsed = feedparser.parse(feed)
     assert not parsed.bozo, parsed.bozo_exception
-    assert len(parsed.entries) == archive.FEED_ENTRIES
+    assert len(parsed.entries) == pages.FEED_ENTRIES
     assert parsed.entries[0].author == f"n{len(latest) - 1}"

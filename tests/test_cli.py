@@ -105,8 +105,9 @@ def test_import_an_mlmmj_list(config, tmp_path):
 
 def test_queue_list_and_flush(config, sink, db_url):
     settings = build_settings(tomllib.loads(config.read_text()))
-    from listbridge.store import Database
-    from listbridge.subscriptions import ListContext, request
+    from listbridge.db import Database
+    from listbridge.lists.context import ListContext
+    from listbridge.lists.subscriptions import request
 
     db = Database(db_url)
     db.upgrade()
@@ -155,7 +156,7 @@ def test_init_writes_a_file_that_loads_back(tmp_path):
 
 
 def test_db_upgrade(config, db_url):
-    from listbridge.store import Database
+    from listbridge.db import Database
 
     result = run(config, "db", "upgrade")
     assert result.exit_code == 0, result.output

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from listbridge.models import HELD, Comment, Subscriber, utcnow
-from listbridge.store import Database
+from listbridge.db import Database
 
 LIST = "bla@bla.example.org"
 HUGE = b"99999999999999999999999"

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 
 from listbridge.cli import cli
 from listbridge.config import build_settings
-from listbridge.store import Database
-from listbridge.subscriptions import ListContext, request
+from listbridge.db import Database
+from listbridge.lists.context import ListContext
+from listbridge.lists.subscriptions import request
 
 ADDRESSES = ["ann@example.org", "bob@example.org", "chloe@example.org"]
 

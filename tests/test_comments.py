@@ -11,11 +11,12 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from listbridge import publish
+from listbridge.archive import publish
 from listbridge.cli import cli
 from listbridge.models import APPROVED, HELD, REJECTED, Comment, ModerationEvent
 from listbridge.service import Service
-from listbridge.subscriptions import ListContext, subscribe
+from listbridge.lists.context import ListContext
+from listbridge.lists.subscriptions import subscribe
 
 from conftest import git, send, site_repo, wait_for
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from listbridge.commenttext import clean
+from listbridge.lists.commenttext import clean
 
 THUNDERBIRD_FR = """\
 Bonjour,

@@ -11,16 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from listbridge.config import (
-    CONFIG_ENV,
-    OPTIONS,
-    ConfigError,
-    ConfigWarning,
-    Settings,
-    build_settings,
-    load_settings,
-    render_default_config,
-)
+from listbridge.config import CONFIG_ENV, OPTIONS, ConfigError, ConfigWarning, Settings, build_settings, load_settings, render_default_config
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

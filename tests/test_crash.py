@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from listbridge.models import QUEUED, SENDING, SENT, Confirmation, Comment, OutboxRecipient
-from listbridge.store import Database
+from listbridge.db import Database
 
 from conftest import free_port, wait_for
 

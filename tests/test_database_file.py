@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 from sqlalchemy import text
 
-from listbridge.store import Database
+from listbridge.db import Database
 
 from conftest import free_port, wait_for
 

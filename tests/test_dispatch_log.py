@@ -7,7 +7,7 @@ import logging
 import pytest
 from sqlalchemy import func, select, text
 
-from listbridge import dispatch
+from listbridge.inbound import dispatch
 from listbridge.models import Comment, Confirmation
 
 from conftest import PG_URL

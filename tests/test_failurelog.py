@@ -6,8 +6,8 @@ import logging
 import threading
 import time
 
-from listbridge import delivery
-from listbridge.store import Database
+from listbridge.outbound import delivery
+from listbridge.db import Database
 
 from conftest import free_port
 
@@ -24,7 +24,7 @@ def test_workers_facing_a_down_database_log_one_traceback(make_settings, caplog)
     for thread in threads:
         thread.join(10)
     db.dispose()
-    failures = [r for r in caplog.records if r.name == "listbridge.delivery" and r.levelno == logging.ERROR]
+    failures = [r for r in caplog.records if r.name == "listbridge.outbound.delivery" and r.levelno == logging.ERROR]
     assert len(failures) >= 4
     assert sum(1 for r in failures if r.exc_info) == 1
     assert all("Connection refused" in r.getMessage() for r in failures), failures[0].getMessage()

@@ -11,7 +11,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from listbridge.models import Comment, Subscriber
-from listbridge.store import Database, FastInsert
+from listbridge.db import Database, FastInsert
 
 COLUMNS = (
     "list_address", "sender", "display_name", "subject", "message_id", "in_reply_to", "auto_submitted",

@@ -14,7 +14,7 @@ from listbridge.cli import cli
 from listbridge.config import load_settings
 from listbridge.models import REMOVED, Comment, OutboxMessage, OutboxRecipient
 from listbridge.service import Service
-from listbridge.store import Database
+from listbridge.db import Database
 
 from conftest import free_port, git, send, site_repo, wait_for
 
@@ -140,7 +140,7 @@ def db_comments(db: Database) -> list[Comment]:
 
 
 def test_forget_while_git_fails_says_so_and_the_note_is_committed_later(config, site):
-    from listbridge import publish
+    from listbridge.archive import publish
     from listbridge.models import APPROVED
 
     settings = load_settings(config)

@@ -1,6 +1,6 @@
 """Fuzz target for the parse step: generated headers (From, Reply-To, Subject, References with
 nesting, encoded words, quotes, comments) and HTML bodies (tag soup of the hostile shapes) go
-through intake.parse as raw bytes. Each input must parse within a second and raise nothing
+through inbound.parse.parse as raw bytes. Each input must parse within a second and raise nothing
 but IntakeError.
 
 The normal suite runs a few hundred examples. For longer, give a time budget in seconds:
@@ -18,7 +18,8 @@ import time
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from listbridge.intake import Incoming, IntakeError, parse
+from listbridge.message import Incoming
+from listbridge.inbound.parse import IntakeError, parse
 
 SECONDS = float(os.environ.get("LISTBRIDGE_FUZZ_SECONDS", "0"))
 PER_INPUT = 1.0

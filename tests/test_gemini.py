@@ -19,10 +19,10 @@ from urllib.parse import quote, urljoin
 
 import pytest
 
-from listbridge import publish
+from listbridge.archive import publish
 from listbridge.config import Settings, build_settings
 from listbridge.models import APPROVED, Comment
-from listbridge.store import Database
+from listbridge.db import Database
 
 from conftest import free_port
 

@@ -12,8 +12,8 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from listbridge import commenttext
-from listbridge.commenttext import clean
+from listbridge.lists import commenttext
+from listbridge.lists.commenttext import clean
 
 from conftest import send
 

@@ -1,4 +1,4 @@
-"""intake.parse(): real-world and hostile mail, as bytes, to the fields listbridge acts on."""
+"""inbound.parse.parse(): real-world and hostile mail, as bytes, to the fields listbridge acts on."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from listbridge import intake
-from listbridge.intake import Incoming, IntakeError, parse
+from listbridge.inbound import parse as parse_module
+from listbridge.message import Incoming
+from listbridge.inbound.parse import IntakeError, parse
 from listbridge.sanitize import html_to_text, one_line
 
 HEAD = b"From: Carole <carole@example.net>\r\nTo: bla@bla.example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
@@ -337,7 +338,7 @@ def test_huge_headers_parse_in_reasonable_time():
     assert time.monotonic() - start < 20
     assert incoming.sender == "carole@example.net"
     # Whole ids only: the thread root and the newest ones.
-    assert len(incoming.references) == intake.MAX_REFERENCES
+    assert len(incoming.references) == parse_module.MAX_REFERENCES
     assert incoming.references[0] == "<0.thread@bla.example.org>"
     assert incoming.references[-1] == "<7999.thread@bla.example.org>"
 
@@ -354,7 +355,7 @@ def test_no_header_is_an_intake_error(raw):
 
 
 def test_doctests_of_the_module_pass():
-    result = doctest.testmod(intake)
+    result = doctest.testmod(parse_module)
     assert result.attempted > 0 and result.failed == 0
 
 
@@ -427,12 +428,12 @@ _from_values = st.one_of(
 @settings(max_examples=2000)
 @given(_from_values)
 def test_the_everyday_from_shortcut_reads_what_the_address_parser_reads(value):
-    assert intake._first_address(value) == intake._parsed_first_address(value)
+    assert parse_module._first_address(value) == parse_module._parsed_first_address(value)
 
 
 def test_the_everyday_from_takes_the_shortcut():
     for value in ("Reader 0 <reader0@example.net>", "Renée Dupré <r.d+x@example.fr>", "carole@example.net"):
-        assert intake._SIMPLE_MAILBOX.fullmatch(value), value
+        assert parse_module._SIMPLE_MAILBOX.fullmatch(value), value
 
 
 # --- the plain-body shortcut: what mail-parser would read, without its walk -----------------
@@ -488,8 +489,8 @@ def test_the_plain_body_shortcuts_read_what_mail_parser_reads(content_type, seco
         fast = parse(raw)
     except IntakeError:
         fast = None
-    whole = mock.patch.object(intake, "_read_message", email.message_from_bytes)
-    with whole, mock.patch.object(intake, "_plain_body", lambda message, headers: None):
+    whole = mock.patch.object(parse_module, "_read_message", email.message_from_bytes)
+    with whole, mock.patch.object(parse_module, "_plain_body", lambda message, headers: None):
         try:
             walked = parse(raw)
         except IntakeError:
@@ -509,7 +510,7 @@ def test_an_everyday_comment_takes_the_plain_body_shortcut():
     ]
     read = []
     reader = email.message_from_bytes
-    walked = mock.patch.object(intake, "_BodyParser", side_effect=AssertionError("mail-parser was called"))
+    walked = mock.patch.object(parse_module, "_BodyParser", side_effect=AssertionError("mail-parser was called"))
     recorded = mock.patch.object(email, "message_from_bytes", lambda data: read.append(data) or reader(data))
     with walked, recorded:
         texts = [parse(raw).text for raw in everyday]

@@ -12,7 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select
 
 from listbridge.models import Base, Subscriber
-from listbridge.store import Database, alembic_config
+from listbridge.db import Database, alembic_config
 
 
 def revisions_oldest_first() -> list[str]:

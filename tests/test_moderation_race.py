@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy import func, select
 
 from listbridge.models import APPROVED, HELD, REJECTED, Comment, ModerationEvent, OutboxMessage, utcnow
-from listbridge.store import Database
-from listbridge.subscriptions import ListContext, subscribe
+from listbridge.db import Database
+from listbridge.lists.context import ListContext
+from listbridge.lists.subscriptions import subscribe
 
 from conftest import site_repo
 

@@ -30,9 +30,9 @@ import pytest
 from sqlalchemy import select
 
 from listbridge.models import ProbeStatus, Subscriber
-from listbridge.probe import probe
-from listbridge.store import Database
-from listbridge.watch import Watcher
+from listbridge.outage.probe import probe
+from listbridge.db import Database
+from listbridge.outage.watch import Watcher
 
 from conftest import wait_for
 from test_outage import READERS, db_count, export_roster, git, watcher_config

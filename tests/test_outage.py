@@ -18,9 +18,10 @@ from sqlalchemy import func, select
 from listbridge.cli import cli
 from listbridge.config import build_settings
 from listbridge.models import OutboxMessage, Subscriber
-from listbridge.store import Database
-from listbridge.subscriptions import ListContext, subscribe
-from listbridge.watch import Watcher
+from listbridge.db import Database
+from listbridge.lists.context import ListContext
+from listbridge.lists.subscriptions import subscribe
+from listbridge.outage.watch import Watcher
 
 from conftest import SinkHandler, free_port, git, wait_for
 
@@ -87,7 +88,7 @@ def watcher_settings(tmp_path, db_url, sink, mx):
 
 
 def export_roster(home: Database, path: str) -> None:
-    from listbridge import roster
+    from listbridge.outage import roster
 
     with home.transaction() as session:
         roster.export(session, path)
@@ -214,7 +215,7 @@ def test_stale_roster_is_reported(tmp_path, watcher_settings, home):
     db = Database(watcher_settings.database.url)
     db.upgrade()
     from listbridge.models import RosterImport
-    from listbridge.watch import roster_age
+    from listbridge.outage.watch import roster_age
     import datetime as dt
 
     Watcher(watcher_settings, db).refresh_roster()
@@ -250,7 +251,7 @@ def test_the_watcher_logs_a_stale_roster(watcher_settings, home, caplog):
     db.upgrade()
     watcher = Watcher(watcher_settings, db)
     watcher.refresh_roster()
-    with caplog.at_level(logging.WARNING, logger="listbridge.watch"):
+    with caplog.at_level(logging.WARNING, logger="listbridge.outage.watch"):
         watcher.refresh_roster()
         assert "roster" not in caplog.text
         with db.transaction() as session:
@@ -273,7 +274,7 @@ def test_a_probe_cycle_that_keeps_failing_logs_one_traceback(watcher_settings, c
         ProbeStatus.__table__.drop(conn)
     watcher, stop = Watcher(watcher_settings, db), threading.Event()
     thread = threading.Thread(target=watcher.run, args=(stop,))
-    caplog.set_level(logging.INFO, logger="listbridge.watch")
+    caplog.set_level(logging.INFO, logger="listbridge.outage.watch")
     thread.start()
     try:
         wait_for(lambda: caplog.text.count("probe cycle failed") >= 3, timeout=15)

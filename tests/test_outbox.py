@@ -11,9 +11,10 @@ from typing import Callable
 import pytest
 from sqlalchemy import func, insert, select, update
 
-from listbridge import compose, delivery, outbox
+from listbridge.outbound import compose, delivery, outbox
 from listbridge.models import FAILED, QUEUED, SENDING, SENT, OutboxMessage, OutboxRecipient, utcnow
-from listbridge.subscriptions import ListContext, subscribe
+from listbridge.lists.context import ListContext
+from listbridge.lists.subscriptions import subscribe
 
 
 
@@ -224,7 +225,7 @@ def test_a_large_fanout_is_claimed_through_the_due_index_at_once(db, settings):
     if db.engine.dialect.name != "postgresql":
         pytest.skip("SQLite plans without statistics")
     from listbridge.models import Subscriber
-    from listbridge.subscriptions import new_token
+    from listbridge.addresses import new_token
 
     n = 30_000  # below some 20,000 rows, PostgreSQL walks the index even without statistics
     with db.transaction() as session:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from listbridge import dispatch
+from listbridge.inbound import dispatch
 from listbridge.models import Comment
 
 from conftest import database_write_lock

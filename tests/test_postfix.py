@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from listbridge.config import Settings
 from listbridge.models import Comment, Confirmation, OutboxRecipient
 from listbridge.service import Service
-from listbridge.store import Database
+from listbridge.db import Database
 
 from conftest import Received, Sink, free_port, send, wait_for
 

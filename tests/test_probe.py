@@ -10,7 +10,7 @@ import time
 import pytest
 from aiosmtpd.controller import Controller
 
-from listbridge.probe import DOWN, UP, ProbeState, next_state, probe
+from listbridge.outage.probe import DOWN, UP, ProbeState, next_state, probe
 
 from conftest import SinkHandler, free_port
 

@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from listbridge import publish
+from listbridge.archive import publish
 from listbridge.cli import cli
 from listbridge.models import APPROVED, Comment
 from listbridge.service import PUBLISH_EVERY, PUBLISH_RETRY, Service, next_retry
-from listbridge.store import Database
+from listbridge.db import Database
 
 from conftest import git, send, site_repo, wait_for
 
@@ -65,7 +65,7 @@ def test_serve_commits_a_comment_once_the_index_lock_is_gone(settings, site, cap
     svc = Service(settings)
     svc.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="listbridge.publish"):
+        with caplog.at_level(logging.WARNING, logger="listbridge.archive.publish"):
             send(settings.smtp.port, LIST, subject=SLUG, body="Stranded?\n")
             wait_for(lambda: "stay pending" in caplog.text, timeout=20)
         assert "Stranded?" in (site / PAGE).read_text()  # written...

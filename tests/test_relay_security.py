@@ -11,7 +11,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from listbridge.config import build_settings
-from listbridge.relay import RelayClient, RelayError, prepare
+from listbridge.outbound.relay import RelayClient, RelayError, prepare
 
 from conftest import SinkHandler, free_port
 

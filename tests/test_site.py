@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from listbridge.site import SiteRepo
+from listbridge.archive.git import SiteRepo
 
 from conftest import git
 
@@ -115,7 +115,7 @@ def test_a_commit_waits_while_another_git_holds_the_index(tmp_path: Path):
 
 
 def test_an_index_lock_that_stays_fails_with_gits_reason(tmp_path: Path):
-    from listbridge.site import GitError
+    from listbridge.archive.git import GitError
 
     repo = SiteRepo(tmp_path / "site", "listbridge", "bla@x.org")
     repo.write("a.gmi", "first\n")

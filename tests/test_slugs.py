@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from listbridge.posts import Post, find_post, scan_posts
-from listbridge.slugs import decode_subject, slugify, strip_prefixes, subject_key
+from listbridge.archive.posts import Post, find_post, scan_posts
+from listbridge.archive.slugs import decode_subject, slugify, strip_prefixes, subject_key
 
 TITLE = "Comment les 3hg ont réparé le CHATONS?"
 KEY = "comment-les-3hg-ont-repare-le-chatons"

@@ -240,9 +240,9 @@ def test_a_store_process_killed_mid_batch_gets_451_and_writes_nothing(service):
 
 
 def test_a_wedged_store_process_is_killed_and_its_batch_gets_451(service, monkeypatch):
-    from listbridge import store_process
+    from listbridge.inbound import worker
 
-    monkeypatch.setattr(store_process, "REPLY_TIMEOUT", 1.0)
+    monkeypatch.setattr(worker, "REPLY_TIMEOUT", 1.0)
     port = service.settings.smtp.port
     wedged = service.store.pid
     os.kill(wedged, signal.SIGSTOP)  # alive, but never answers
@@ -416,7 +416,7 @@ def test_lmtp_stays_in_step_when_a_template_is_broken(make_settings, tmp_path):
 def test_a_failing_message_in_a_group_leaves_the_others_committed(make_settings, db, tmp_path):
     """Group commit: when one message of a batch breaks, each is tried alone; the good ones are
     stored and answered 250, the bad one alone gets 451 (here: a broken override template)."""
-    from listbridge import dispatch
+    from listbridge.inbound import dispatch
 
     broken = tmp_path / "templates" / "mail" / "en"
     broken.mkdir(parents=True)
@@ -441,9 +441,9 @@ def test_a_failing_message_in_a_group_leaves_the_others_committed(make_settings,
 def test_a_batch_reports_the_work_it_left_for_the_workers(make_settings, db):
     """A held comment leaves nothing to do; a subscription request queues mail; an approved
     comment queues its broadcast and changes the site. The receiver wakes workers on these."""
-    from listbridge import dispatch
-    from listbridge.posts import Post
-    from listbridge.store import MAIL_QUEUED, SITE_CHANGED
+    from listbridge.inbound import dispatch
+    from listbridge.archive.posts import Post
+    from listbridge.db import MAIL_QUEUED, SITE_CHANGED
 
     held = make_settings()
     open_list = make_settings(lists=[{"address": LIST, "language": "en", "moderation": "none"}])
@@ -468,7 +468,7 @@ def test_the_receiver_runs_on_uvloop_when_installed_and_on_asyncio_without(servi
 
     import uvloop
 
-    from listbridge.smtp import new_event_loop
+    from listbridge.inbound.server import new_event_loop
 
     assert isinstance(service.controller.loop, uvloop.Loop)  # the whole suite runs on it
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now raises ImportError

@@ -7,9 +7,9 @@ import socket
 import threading
 import time
 
-from listbridge import dispatch
+from listbridge.inbound import dispatch
 from listbridge.service import Service
-from listbridge.smtp import ListController, ListHandler
+from listbridge.inbound.server import ListController, ListHandler
 
 from conftest import send
 

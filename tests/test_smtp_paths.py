@@ -8,7 +8,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings, strategies as st
 
-from listbridge.smtp import _LongLinesLMTP, _LongLinesSMTP, plain_path
+from listbridge.inbound.server import _LongLinesLMTP, _LongLinesSMTP, plain_path
 
 
 def stock(limit: int) -> SMTP:

@@ -18,8 +18,8 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from conftest import free_port
-from listbridge.smtp import _BulkData
-from listbridge.smtpdata import LINE_TOO_LONG, TOO_MUCH_DATA, DataAssembler, read_data
+from listbridge.inbound.server import _BulkData
+from listbridge.inbound.smtpdata import LINE_TOO_LONG, TOO_MUCH_DATA, DataAssembler, read_data
 
 # (line limit, data size limit): small ones, so that generated blocks cross them and the
 # reader's buffer limit (the line limit) often cuts a block; and the receiver's own.

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from listbridge.store_process import _LENGTH, _frame, _ReplyChannel
+from listbridge.inbound.worker import _LENGTH, _frame, _ReplyChannel
 
 
 class Recorder(asyncio.Transport):
@@ -89,11 +89,11 @@ def test_after_a_cancelled_exchange_the_next_child_is_heard(settings, kind, monk
     import signal
     import time
 
-    from listbridge import store_process
-    from listbridge.smtp import new_event_loop
+    from listbridge.inbound import worker
+    from listbridge.inbound.server import new_event_loop
 
-    monkeypatch.setattr(store_process, "REPLY_TIMEOUT", 10.0)
-    store = store_process.StoreProcess(settings)
+    monkeypatch.setattr(worker, "REPLY_TIMEOUT", 10.0)
+    store = worker.StoreProcess(settings)
     store.start()
     loop = new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
     fds = len(os.listdir("/proc/self/fd"))

@@ -10,7 +10,8 @@ from sqlalchemy import select
 
 from listbridge.models import Subscriber
 from listbridge.service import Service
-from listbridge.subscriptions import ListContext, subscribe
+from listbridge.lists.context import ListContext
+from listbridge.lists.subscriptions import subscribe
 
 from conftest import send, wait_for
 

@@ -12,10 +12,10 @@ from sqlalchemy import select
 
 from listbridge.cli import cli
 from listbridge.config import load_settings
-from listbridge.dispatch import site_posts
+from listbridge.archive.posts import site_posts
 from listbridge.models import Comment
 from listbridge.service import Service
-from listbridge.store import Database
+from listbridge.db import Database
 
 from conftest import free_port, git, send, site_repo, wait_for
 

@@ -11,12 +11,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from listbridge import roster
+from listbridge.outage import roster
 from listbridge.cli import cli
 from listbridge.config import build_settings
 from listbridge.models import RosterImport
-from listbridge.store import Database
-from listbridge.subscriptions import ListContext, subscribe
+from listbridge.db import Database
+from listbridge.lists.context import ListContext
+from listbridge.lists.subscriptions import subscribe
 
 from conftest import free_port
 

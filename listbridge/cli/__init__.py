@@ -10,8 +10,8 @@ from functools import cached_property
 import click
 from sqlalchemy.exc import OperationalError
 
-from ..config import ConfigError, ConfigWarning, Settings, load_settings
-from ..store import BadURL, Database
+from listbridge.config import ConfigError, ConfigWarning, Settings, load_settings
+from listbridge.db import BadURL, Database
 
 
 class App:
@@ -149,4 +149,4 @@ def main() -> None:
         sys.exit(exc.exit_code)
 
 
-from . import archive, db, deliver, forget, init, moderate, outage, queue, roster, serve, snippet, subscribers, watch  # noqa: E402,F401  (registers commands)
+from listbridge.cli import archive, db, deliver, forget, init, moderate, outage, queue, roster, serve, snippet, subscribers, watch# noqa: E402,F401  (registers commands)

@@ -2,11 +2,11 @@
 
 import click
 
-from .. import publish
-from ..failurelog import summary
-from ..models import APPROVED, Comment
-from . import App, cli, pass_app
-from .output import progress
+from listbridge.archive import publish
+from listbridge.failurelog import summary
+from listbridge.models import APPROVED, Comment
+from listbridge.cli import App, cli, pass_app
+from listbridge.cli.output import progress
 
 
 @cli.group()

@@ -2,7 +2,7 @@
 
 import click
 
-from . import App, cli, pass_app
+from listbridge.cli import App, cli, pass_app
 
 
 @cli.group()

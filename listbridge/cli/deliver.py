@@ -10,9 +10,9 @@ import sys
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from .. import dispatch
-from ..config import ConfigError
-from . import App, cli, pass_app
+from listbridge.inbound import dispatch
+from listbridge.config import ConfigError
+from listbridge.cli import App, cli, pass_app
 
 log = logging.getLogger(__name__)
 

@@ -5,11 +5,12 @@ import hashlib
 import click
 from sqlalchemy import update
 
-from .. import privacy, publish
-from ..failurelog import summary
-from ..comments import actor
-from ..models import Comment, ModerationEvent
-from . import App, cli, pass_app
+from listbridge.lists import privacy
+from listbridge.archive import publish
+from listbridge.failurelog import summary
+from listbridge.lists.comments import actor
+from listbridge.models import Comment, ModerationEvent
+from listbridge.cli import App, cli, pass_app
 
 
 @cli.command()

@@ -5,14 +5,15 @@ from __future__ import annotations
 import click
 from sqlalchemy import select
 
-from .. import comments, publish
-from ..dispatch import site_posts
-from ..models import APPROVED, HELD, Comment
-from ..posts import Post
-from ..slugs import slugify
-from ..subscriptions import ListContext
-from . import App, cli, pass_app
-from .output import emit
+from listbridge.lists import comments
+from listbridge.archive import publish
+from listbridge.archive.posts import site_posts
+from listbridge.models import APPROVED, HELD, Comment
+from listbridge.archive.posts import Post
+from listbridge.archive.slugs import slugify
+from listbridge.lists.context import ListContext
+from listbridge.cli import App, cli, pass_app
+from listbridge.cli.output import emit
 
 
 class CommentId(click.ParamType):

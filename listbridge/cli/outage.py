@@ -6,11 +6,11 @@ import json
 
 import click
 
-from .. import outage
-from ..comments import actor
-from ..models import INCIDENT_STATUSES, ProbeStatus, RESOLVED
-from ..watch import publish_status_safely, roster_age
-from . import App, cli, pass_app
+from listbridge.outage import incidents
+from listbridge.lists.comments import actor
+from listbridge.models import INCIDENT_STATUSES, ProbeStatus, RESOLVED
+from listbridge.outage.watch import publish_status_safely, roster_age
+from listbridge.cli import App, cli, pass_app
 
 OPEN_STATUSES = [s for s in INCIDENT_STATUSES if s != RESOLVED]
 
@@ -26,7 +26,7 @@ def _act(app: App, what, page_message: str) -> None:  # type: ignore[no-untyped-
         with db.transaction() as session:
             incident = what(session)
             summary = f"#{incident.id} {incident.status}: {incident.nature}"
-    except outage.OutageError as exc:
+    except incidents.OutageError as exc:
         raise click.ClickException(str(exc)) from None
     publish_status_safely(db, app.settings, page_message.format(summary=summary))
     click.echo(summary)
@@ -40,7 +40,7 @@ def _act(app: App, what, page_message: str) -> None:  # type: ignore[no-untyped-
 @pass_app
 def declare(app: App, nature: str, eta: str, status: str) -> None:
     """Open an outage (planned or known), even while the MX still answers."""
-    _act(app, lambda s: outage.declare(s, app.settings, nature, eta, status, actor()), "Outage: {summary}")
+    _act(app, lambda s: incidents.declare(s, app.settings, nature, eta, status, actor()), "Outage: {summary}")
 
 
 @outage_group.command()
@@ -50,7 +50,7 @@ def declare(app: App, nature: str, eta: str, status: str) -> None:
 @pass_app
 def update(app: App, message: str, eta: str | None, status: str | None) -> None:
     """Add news to the open outage."""
-    _act(app, lambda s: outage.update(s, app.settings, message, eta, status, actor()), "Outage update: {summary}")
+    _act(app, lambda s: incidents.update(s, app.settings, message, eta, status, actor()), "Outage update: {summary}")
 
 
 @outage_group.command()
@@ -58,7 +58,7 @@ def update(app: App, message: str, eta: str | None, status: str | None) -> None:
 @pass_app
 def resolve(app: App, message: str) -> None:
     """Close the open outage and send the "back to normal" notice."""
-    _act(app, lambda s: outage.resolve(s, app.settings, message, actor()), "Resolved: {summary}")
+    _act(app, lambda s: incidents.resolve(s, app.settings, message, actor()), "Resolved: {summary}")
 
 
 @outage_group.command()
@@ -68,8 +68,8 @@ def status(app: App, as_json: bool) -> None:
     """The open outage, the MX as the watcher sees it, and the roster's age."""
     db = app.ready_db()
     with db.transaction() as session:
-        incident = outage.current(session)
-        changes = outage.updates(session, incident) if incident else []
+        incident = incidents.current(session)
+        changes = incidents.updates(session, incident) if incident else []
         probe = session.get(ProbeStatus, 1)
         data: dict[str, object] = {
             "outage": None if incident is None else {

@@ -2,9 +2,9 @@
 
 import click
 
-from .. import delivery, outbox
-from . import App, cli, pass_app
-from .output import emit, progress
+from listbridge.outbound import delivery, outbox
+from listbridge.cli import App, cli, pass_app
+from listbridge.cli.output import emit, progress
 
 
 @cli.group()

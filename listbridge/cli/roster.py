@@ -2,8 +2,8 @@
 
 import click
 
-from .. import roster as roster_file
-from . import App, cli, pass_app
+from listbridge.outage import roster as roster_file
+from listbridge.cli import App, cli, pass_app
 
 
 @cli.group()

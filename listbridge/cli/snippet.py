@@ -2,10 +2,10 @@
 
 import click
 
-from ..dispatch import site_posts
-from ..render import environment
-from ..slugs import slugify
-from . import App, cli, pass_app
+from listbridge.archive.posts import site_posts
+from listbridge.render import environment
+from listbridge.archive.slugs import slugify
+from listbridge.cli import App, cli, pass_app
 
 
 @cli.command()

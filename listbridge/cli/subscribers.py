@@ -9,10 +9,11 @@ from typing import Iterator
 import click
 from sqlalchemy import select
 
-from ..models import Subscriber
-from ..subscriptions import ListContext, subscribe, unsubscribe
-from . import App, cli, pass_app
-from .output import emit, progress
+from listbridge.models import Subscriber
+from listbridge.lists.context import ListContext
+from listbridge.lists.subscriptions import subscribe, unsubscribe
+from listbridge.cli import App, cli, pass_app
+from listbridge.cli.output import emit, progress
 
 list_option = click.option("--list", "list_address", metavar="ADDR", help="which list (needed when several are configured)")
 

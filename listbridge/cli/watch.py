@@ -6,10 +6,10 @@ import threading
 
 import click
 
-from .. import delivery, outbox
-from ..site import ensure_repo
-from ..watch import Watcher
-from . import App, cli, pass_app
+from listbridge.outbound import delivery, outbox
+from listbridge.archive.git import ensure_repo
+from listbridge.outage.watch import Watcher
+from listbridge.cli import App, cli, pass_app
 
 
 @cli.command()

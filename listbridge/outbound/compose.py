@@ -9,8 +9,8 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formataddr, formatdate
 
-from .addresses import subaddress
-from .config import ListSettings
+from listbridge.addresses import subaddress
+from listbridge.config import ListSettings
 
 
 def list_id(mlist: ListSettings) -> str:

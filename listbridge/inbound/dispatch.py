@@ -6,20 +6,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from . import addresses, comments, outbox
-from .config import Settings
-from .failurelog import summary
-from .intake import Incoming, IntakeError, parse
-from .posts import Post, scan_posts
-from .store import Database, effects
-from .subscriptions import ListContext, Rejected, confirm, request, unsubscribe_with_token, within_reply_limit, send
-from .timelimit import Overtime, TimeLimit
+from listbridge import addresses
+from listbridge.lists import comments
+from listbridge.outbound import outbox
+from listbridge.config import Settings
+from listbridge.failurelog import summary
+from listbridge.message import Incoming
+from listbridge.inbound.parse import IntakeError, parse
+from listbridge.archive.posts import Post, site_posts
+from listbridge.db import Database, effects
+from listbridge.lists.context import ListContext, Rejected, within_reply_limit, send
+from listbridge.lists.subscriptions import confirm, request, unsubscribe_with_token
+from listbridge.inbound.timelimit import Overtime, TimeLimit
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ class Received:
 @dataclass(frozen=True)
 class Accepted:
     """The replies to a batch of messages (one list per message, one Reply per recipient), and
-    what their committed work left for the background workers (store.MAIL_QUEUED, …)."""
+    what their committed work left for the background workers (db.MAIL_QUEUED, …)."""
 
     replies: list[list[Reply]]
     effects: frozenset[str] = frozenset()
@@ -221,11 +224,6 @@ def _act_all(
             done[key] = _act(session, settings, incoming, message.envelope_from, rcpt, recipient, posts)
         out.append(done[key])
     return out
-
-
-def site_posts(settings: Settings) -> dict[str, Post]:
-    """The posts of the site repo, to attach comments to."""
-    return scan_posts(Path(settings.site.repo), settings.site.posts, settings.comments_dirs)
 
 
 def _act(

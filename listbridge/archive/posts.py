@@ -15,7 +15,8 @@ from datetime import date as Date
 from pathlib import Path
 from typing import Iterable
 
-from listbridge.slugs import slugify, subject_key
+from listbridge.archive.slugs import slugify, subject_key
+from listbridge.config import Settings
 
 SUFFIXES = (".gmi", ".md")
 SKIPPED_NAMES = frozenset({"index.gmi", "index.md"})
@@ -121,3 +122,8 @@ class PostCache:
                 self._posts = scan_posts(self.repo, self.posts_dir, self.comments_dirs)
                 self._at = time.monotonic()
             return self._posts
+
+
+def site_posts(settings: Settings) -> dict[str, Post]:
+    """The posts of the site repo, to attach comments to."""
+    return scan_posts(Path(settings.site.repo), settings.site.posts, settings.comments_dirs)

@@ -29,10 +29,10 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Sequence
 
-from . import dispatch
-from .config import Settings
-from .posts import PostCache
-from .store import Database
+from listbridge.inbound import dispatch
+from listbridge.config import Settings
+from listbridge.archive.posts import PostCache
+from listbridge.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class StoreProcess:
 
     async def accept_many(self, batch: Sequence[dispatch.Received]) -> dispatch.Accepted:
         """Replies for `batch`, once the child has committed it. Raises StoreCrashed. One batch
-        at a time: the caller (smtp.GroupCommitter) awaits each before sending the next."""
+        at a time: the caller (server.GroupCommitter) awaits each before sending the next."""
         if not self._running():
             await asyncio.to_thread(self.start)  # forking and waiting for "ready" would block the loop
         sock = self._sock

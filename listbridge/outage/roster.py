@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from .models import RosterImport, Subscriber, utcnow
+from listbridge.models import RosterImport, Subscriber, utcnow
 
 FORMAT = "listbridge-roster-1"
 _BATCH = 5000

@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from .config import ListSettings, SiteSettings
-from .render import environment
+from listbridge.config import ListSettings, SiteSettings
+from listbridge.render import environment
 
 # Characters XML 1.0 forbids even when escaped.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")

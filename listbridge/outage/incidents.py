@@ -12,11 +12,12 @@ import datetime as dt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import compose, outbox, publish
-from .config import Settings
-from .models import INVESTIGATING, RESOLVED, Incident, IncidentUpdate, utcnow
-from .render import environment, render_mail
-from .subscriptions import ListContext
+from listbridge.outbound import compose, outbox
+from listbridge.archive import publish
+from listbridge.config import Settings
+from listbridge.models import INVESTIGATING, RESOLVED, Incident, IncidentUpdate, utcnow
+from listbridge.render import environment, render_mail
+from listbridge.lists.context import ListContext
 
 AUTOMATIC_NATURE = {
     "en": "the mail server does not answer",

@@ -14,7 +14,7 @@ from sqlalchemy import URL, Connection, Dialect, Engine, Table, bindparam, creat
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
-from .resources import shipped_path
+from listbridge.resources import shipped_path
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig

@@ -15,12 +15,14 @@ from typing import Callable, Iterable
 
 from sqlalchemy import delete, exists, func, insert, select, update
 
-from . import archive, failurelog
-from .archive import PostSummary, PublishedComment
-from .config import ListSettings, Settings
-from .models import APPROVED, REMOVED, Comment, PostIndexEntry
-from .site import GitError, SiteRepo
-from .store import Database
+from listbridge import failurelog
+from listbridge.archive.pages import (
+    FEED_ENTRIES, PostSummary, PublishedComment, atom_feed, feed_path, index_from_lines, index_line, index_path, page_path, post_page,
+)
+from listbridge.config import ListSettings, Settings
+from listbridge.models import APPROVED, REMOVED, Comment, PostIndexEntry
+from listbridge.archive.git import GitError, SiteRepo
+from listbridge.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ def refresh_summaries(session, mlist: ListSettings, slugs: Iterable[str] | None)
         summary = PostSummary(slug, title or slug, path or "", last, count)
         entries.append({"list_address": mlist.address, "post_slug": slug, "title": summary.title,
                         "path": summary.path, "last": last, "count": count,
-                        "line": archive.index_line(mlist, summary)})
+                        "line": index_line(mlist, summary)})
     if entries:
         session.execute(insert(PostIndexEntry), entries)
 
@@ -103,7 +105,7 @@ def _latest(session, list_address: str) -> list[tuple[PostSummary, PublishedComm
         select(*_SHOWN_COLUMNS)
         .where(Comment.list_address == list_address, Comment.status == APPROVED)
         .order_by(Comment.received_at.desc(), Comment.id.desc())
-        .limit(archive.FEED_ENTRIES)
+        .limit(FEED_ENTRIES)
     ).all()
     posts = _summaries(session, list_address, {row.post_slug for row in rows if row.post_slug})
     return [(posts[row.post_slug], _published(row)) for row in rows if row.post_slug in posts]
@@ -124,13 +126,13 @@ def render_list(
         # One query for the comments of every page rendered, however many.
         shown = _shown_comments(session, mlist.address, None if slugs is None else wanted)
         for slug in wanted:
-            path = archive.page_path(mlist, slug)
+            path = page_path(mlist, slug)
             if slug in posts:
-                pages[path] = archive.post_page(mlist, settings.site, posts[slug], shown.get(slug, []))
+                pages[path] = post_page(mlist, settings.site, posts[slug], shown.get(slug, []))
             else:
                 pages[path] = None  # no comment left on that post
-        pages[archive.index_path(mlist)] = archive.index_from_lines(mlist, _index_lines(session, mlist.address))
-        pages[archive.feed_path(mlist)] = archive.atom_feed(mlist, settings.site, _latest(session, mlist.address))
+        pages[index_path(mlist)] = index_from_lines(mlist, _index_lines(session, mlist.address))
+        pages[feed_path(mlist)] = atom_feed(mlist, settings.site, _latest(session, mlist.address))
     return pages, wanted
 
 

@@ -20,8 +20,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, Select
 
-from .models import FAILED, QUEUED, SENDING, SENT, OutboxMessage, OutboxRecipient, Subscriber, utcnow
-from .store import MAIL_QUEUED, note_effect
+from listbridge.models import FAILED, QUEUED, SENDING, SENT, OutboxMessage, OutboxRecipient, Subscriber, utcnow
+from listbridge.db import MAIL_QUEUED, note_effect
 
 # A fan-out this large refreshes PostgreSQL's statistics on the recipients table (see enqueue_fanout).
 ANALYZE_AFTER = 1000

@@ -16,14 +16,14 @@ from typing import Callable, Iterable, Iterator
 
 from sqlalchemy import select
 
-from . import outbox
-from .addresses import subaddress
-from .compose import personal_headers
-from .config import Settings
-from .failurelog import FailureLog
-from .models import OutboxMessage
-from .relay import RelayClient, RelayError, prepare
-from .store import Database
+from listbridge.outbound import outbox
+from listbridge.addresses import subaddress
+from listbridge.outbound.compose import personal_headers
+from listbridge.config import Settings
+from listbridge.failurelog import FailureLog
+from listbridge.models import OutboxMessage
+from listbridge.outbound.relay import RelayClient, RelayError, prepare
+from listbridge.db import Database
 
 log = logging.getLogger(__name__)
 

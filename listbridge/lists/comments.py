@@ -14,14 +14,15 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from . import authresults, commenttext, compose, outbox
-from .archive import page_path
-from .intake import Incoming
-from .models import APPROVED, HELD, REJECTED, Comment, ModerationEvent, OutboxMessage, utcnow
-from .posts import Post, find_post
-from .render import render_mail
-from .store import SITE_CHANGED, FastInsert, note_effect
-from .subscriptions import ListContext, send
+from listbridge.lists import authresults, commenttext
+from listbridge.outbound import compose, outbox
+from listbridge.archive.pages import page_path
+from listbridge.message import Incoming
+from listbridge.models import APPROVED, HELD, REJECTED, Comment, ModerationEvent, OutboxMessage, utcnow
+from listbridge.archive.posts import Post, find_post
+from listbridge.render import render_mail
+from listbridge.db import SITE_CHANGED, FastInsert, note_effect
+from listbridge.lists.context import ListContext, send
 
 NO_POST = "no matching post"
 

@@ -13,10 +13,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
-from . import dispatch
-from .config import Settings
-from .smtpdata import DataAssembler, read_data
-from .store import MAIL_QUEUED, SITE_CHANGED
+from listbridge.inbound import dispatch
+from listbridge.config import Settings
+from listbridge.inbound.smtpdata import DataAssembler, read_data
+from listbridge.db import MAIL_QUEUED, SITE_CHANGED
 
 log = logging.getLogger(__name__)
 

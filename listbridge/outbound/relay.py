@@ -16,7 +16,7 @@ import ssl
 from collections import deque
 from typing import Iterable, Iterator, Sequence
 
-from .config import RelaySettings
+from listbridge.config import RelaySettings
 
 _EOL = re.compile(rb"\r\n|\r(?!\n)|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")

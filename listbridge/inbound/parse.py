@@ -16,12 +16,12 @@ import email.message
 import email.utils
 import re
 import secrets
-from dataclasses import dataclass
 from email import quoprimime
 
 import mailparser
 
-from .sanitize import CONTROL_CHARS, clean_text, html_to_text, one_line
+from listbridge.message import Incoming
+from listbridge.sanitize import CONTROL_CHARS, clean_text, html_to_text, one_line
 
 # RFC 2047 encoded word; the encoded text is printable ASCII without "?".
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([qQbB])\?([!->@-~]*)\?=")
@@ -57,35 +57,6 @@ MAX_REFERENCES = 100
 
 class IntakeError(Exception):
     """The message cannot be read at all; the text is the SMTP reason given to the sender."""
-
-
-@dataclass(frozen=True)
-class Incoming:
-    sender: str  # the From address, or the envelope sender when From is missing
-    display_name: str
-    subject: str
-    message_id: str
-    in_reply_to: str
-    references: tuple[str, ...]
-    auto_submitted: bool  # Auto-Submitted other than "no"
-    bulk: bool  # Precedence: bulk, junk or list
-    x_loop: tuple[str, ...]
-    text: str
-    raw: bytes
-    authentication_results: tuple[str, ...] = ()
-    attachments: int = 0  # parts that are not the text (not published)
-
-    def is_automated(self, envelope_sender: str, loop_marker: str) -> bool:
-        """True when no automatic reply may go to this message (RFC 3834 and loop rules).
-
-        A null envelope sender is "", "<>" or MAILER-DAEMON: Postfix's pipe transport hands the
-        null sender over as MAILER-DAEMON."""
-        return _is_null_sender(envelope_sender) or self.auto_submitted or self.bulk or self.carries_loop(loop_marker)
-
-    def carries_loop(self, marker: str) -> bool:
-        """True when an X-Loop header names `marker` (case, spaces and <> ignored)."""
-        marker = _loop_value(marker)
-        return bool(marker) and marker in (_loop_value(value) for value in self.x_loop)
 
 
 def parse(raw: bytes, envelope_sender: str = "") -> Incoming:
@@ -342,15 +313,6 @@ def _references(value: str) -> tuple[str, ...]:
 def _keyword(value: str) -> str:
     """The keyword of Auto-Submitted or Precedence: parameters and comments dropped."""
     return _COMMENT.sub(" ", one_line(value)).split(";")[0].strip().lower()
-
-
-def _is_null_sender(address: str) -> bool:
-    address = one_line(address).strip("<> ")
-    return not address or address.partition("@")[0].lower() == "mailer-daemon"
-
-
-def _loop_value(value: str) -> str:
-    return one_line(value).strip("<> ").lower()
 
 
 def _text(mail: mailparser.MailParser) -> str:

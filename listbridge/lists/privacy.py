@@ -21,7 +21,7 @@ from email.policy import compat32, default
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from .models import APPROVED, HELD, QUEUED, REJECTED, REMOVED, SENDING, AutoReply, Comment, Confirmation, OutboxMessage, OutboxRecipient, Subscriber
+from listbridge.models import APPROVED, HELD, QUEUED, REJECTED, REMOVED, SENDING, AutoReply, Comment, Confirmation, OutboxMessage, OutboxRecipient, Subscriber
 
 BROADCAST_KIND = "comment"  # comments.broadcast
 OWNER_KIND = "owner"  # dispatch's forward of +owner mail

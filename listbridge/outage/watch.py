@@ -13,12 +13,13 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import delivery, outbox, outage, roster
-from .config import Settings
-from .failurelog import FailureLog
-from .models import ProbeStatus, utcnow
-from .probe import DOWN, UP, ProbeResult, ProbeState, next_state, probe
-from .store import Database
+from listbridge.outbound import delivery, outbox
+from listbridge.outage import incidents, roster
+from listbridge.config import Settings
+from listbridge.failurelog import FailureLog
+from listbridge.models import ProbeStatus, utcnow
+from listbridge.outage.probe import DOWN, UP, ProbeResult, ProbeState, next_state, probe
+from listbridge.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +106,12 @@ class Watcher:
             row.last_at, row.last_ok, row.last_detail = utcnow(), result.ok, f"{result.step}: {result.detail}"
             language = self.settings.lists[0].language
             page_message = ""
-            if event == DOWN and outage.current(session) is None:
-                nature = outage.AUTOMATIC_NATURE.get(language, outage.AUTOMATIC_NATURE["en"])
-                outage.declare(session, self.settings, nature, actor="watch", automatic=True)
+            if event == DOWN and incidents.current(session) is None:
+                nature = incidents.AUTOMATIC_NATURE.get(language, incidents.AUTOMATIC_NATURE["en"])
+                incidents.declare(session, self.settings, nature, actor="watch", automatic=True)
                 page_message = f"Outage: {nature}"
             elif event == UP:
-                incident = outage.resolve(session, self.settings, actor="watch", automatic_only=True)
+                incident = incidents.resolve(session, self.settings, actor="watch", automatic_only=True)
                 if incident is not None:
                     page_message = f"Resolved: {incident.nature}"
         if event:
@@ -150,7 +151,7 @@ def publish_status_safely(db: Database, settings: Settings, message: str) -> Non
     """Commit the status page; a git failure is logged, the next change writes it again."""
     try:
         with db.transaction() as session:
-            outage.publish_status(session, settings, message)
+            incidents.publish_status(session, settings, message)
     except Exception:
         log.exception("could not write the status page")
 

@@ -5,31 +5,15 @@ Everything here works inside the caller's transaction; mail is only enqueued in 
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import secrets
-from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from . import addresses, compose, outbox
-from .config import ListSettings, Settings
-from .models import AutoReply, Confirmation, Subscriber, utcnow
-from .render import render_mail
-
-
-class Rejected(Exception):
-    """A permanent refusal for one recipient; `reply` is the SMTP reply line."""
-
-    def __init__(self, reply: str) -> None:
-        super().__init__(reply)
-        self.reply = reply
-
-
-def new_token() -> str:
-    """128 random bits as 26 lower-case base32 characters (safe in a local part)."""
-    return base64.b32encode(secrets.token_bytes(16)).decode("ascii").rstrip("=").lower()
+from listbridge import addresses
+from listbridge.addresses import new_token
+from listbridge.lists.context import ListContext, Rejected, send, within_reply_limit
+from listbridge.models import Confirmation, Subscriber, utcnow
 
 
 def normalise(address: str) -> str:
@@ -37,72 +21,6 @@ def normalise(address: str) -> str:
     except for case, which real-world mailboxes ignore."""
     local, domain = addresses.split_address(address)
     return f"{local.lower()}@{domain}"
-
-
-@dataclass(frozen=True)
-class ListContext:
-    """The settings one action needs: the list, the address separator, retry and token rules."""
-
-    settings: Settings
-    mlist: ListSettings
-
-    def address(self, name: str) -> str:
-        return addresses.subaddress(self.mlist.address, name, self.settings.smtp.separator)
-
-    def common(self) -> dict[str, object]:
-        return {
-            "subscribe_address": self.address("subscribe"),
-            "unsubscribe_address": self.address("unsubscribe"),
-            "help_address": self.address("help"),
-            "owner_address": self.address("owner"),
-        }
-
-
-def send(
-    session: Session,
-    ctx: ListContext,
-    template: str,
-    to: str,
-    *,
-    sender: str | None = None,
-    reply_to: str | None = None,
-    auto_replied: bool = True,
-    **context: object,
-) -> None:
-    """Render a mail template and put it in the outbox for `to`."""
-    subject, body = render_mail(ctx.mlist, template, **{**ctx.common(), **context})
-    extra = {"Auto-Submitted": "auto-replied"} if auto_replied else {}
-    data = compose.build(
-        ctx.mlist,
-        ctx.settings.smtp.separator,
-        subject=subject,
-        body=body,
-        sender=sender or ctx.address("owner"),
-        to=to,
-        reply_to=reply_to,
-        extra=extra,
-    )
-    outbox.enqueue(
-        session,
-        list_address=ctx.mlist.address,
-        kind=template,
-        envelope_from=ctx.address("owner"),
-        body=data,
-        recipients=[to],
-        retry_days=ctx.settings.relay.retry_days,
-    )
-
-
-def within_reply_limit(session: Session, ctx: ListContext, address: str, kind: str) -> bool:
-    """Record one request reply to `address`; False when its 24-hour quota is spent."""
-    since = utcnow() - dt.timedelta(hours=24)
-    used = session.scalar(
-        select(func.count()).select_from(AutoReply).where(AutoReply.address == address, AutoReply.sent_at >= since)
-    )
-    if (used or 0) >= ctx.settings.subscriptions.confirm_limit:
-        return False
-    session.add(AutoReply(list_address=ctx.mlist.address, address=address, kind=kind))
-    return True
 
 
 def find_subscriber(session: Session, list_address: str, address: str) -> Subscriber | None:
