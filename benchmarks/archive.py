@@ -38,12 +38,12 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, insert, select, text
 
-from listbridge.lists import comments as lb_comments
 from listbridge.archive import publish
 from listbridge.config import Settings, build_settings
-from listbridge.models import APPROVED, HELD, Comment
 from listbridge.db import Database
+from listbridge.lists import comments as lb_comments
 from listbridge.lists.context import ListContext
+from listbridge.models import APPROVED, HELD, Comment
 
 LIST = "bla@bla.example.org"
 TEXT = (
@@ -97,8 +97,9 @@ def make_settings(url: str, repo: Path) -> Settings:
             "database": {"url": url},
             "relay": {"host": "127.0.0.1", "port": 9},  # never used: no subscribers
             "site": {"repo": str(repo), "base_url": "gemini://bla.example.org"},
-            "lists": [{"address": LIST, "title": "bla", "owner": "owner@example.org", "language": "en",
-                       "moderation": "all"}],
+            "lists": [
+                {"address": LIST, "title": "bla", "owner": "owner@example.org", "language": "en", "moderation": "all"}
+            ],
         }
     )
 
@@ -143,7 +144,7 @@ def fill(db: Database, posts: int, per_post: int, held: int) -> list[int]:
         n += 1
     with db.transaction() as session:
         for start in range(0, len(rows), 2000):
-            session.execute(insert(Comment), rows[start:start + 2000])
+            session.execute(insert(Comment), rows[start : start + 2000])
         if held_rows:
             session.execute(insert(Comment), held_rows)
     with db.transaction() as session:
@@ -200,7 +201,9 @@ class Site:
         self.settings = make_settings(url, self.repo)
         t0 = time.perf_counter()
         self.held = fill(self.db, posts, args.per_post, args.approvals + args.warmup)
-        print(f"{name}: {posts} posts x {args.per_post} comments inserted in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(
+            f"{name}: {posts} posts x {args.per_post} comments inserted in {time.perf_counter() - t0:.1f} s", flush=True
+        )
 
 
 def rebuilds(site: Site, profile: bool) -> tuple[float, float]:
@@ -209,8 +212,11 @@ def rebuilds(site: Site, profile: bool) -> tuple[float, float]:
     first, commits = timed_rebuild(site.db, site.settings, prof)
     pages = len(list((site.repo / site.settings.site.comments_dir).glob("*.gmi")))
     again, again_commits = timed_rebuild(site.db, site.settings, prof)
-    print(f"{site.name}: rebuild from scratch {first:.2f} s ({len(commits)} commit, {pages} pages); "
-          f"unchanged {again:.2f} s ({len(again_commits)} commit)", flush=True)
+    print(
+        f"{site.name}: rebuild from scratch {first:.2f} s ({len(commits)} commit, {pages} pages); "
+        f"unchanged {again:.2f} s ({len(again_commits)} commit)",
+        flush=True,
+    )
     if prof:
         show_profile(prof, f"{site.name} rebuilds")
     if len(commits) != 1 or again_commits:
@@ -239,8 +245,11 @@ def approvals(args: argparse.Namespace, sites: list[Site], profile: bool) -> dic
         made = int(git(site.repo, "rev-list", "--count", "HEAD")) - before[site.name]
         assert made == args.approvals, (site.name, made)
         ms = [t * 1000 for t in timings[site.name]]
-        print(f"{site.name}: approve+publish median {statistics.median(ms):.1f} ms "
-              f"(min {min(ms):.1f}, max {max(ms):.1f}, n={len(ms)})", flush=True)
+        print(
+            f"{site.name}: approve+publish median {statistics.median(ms):.1f} ms "
+            f"(min {min(ms):.1f}, max {max(ms):.1f}, n={len(ms)})",
+            flush=True,
+        )
     if prof:
         show_profile(prof, f"{sites[-1].name} approvals")
     return timings
@@ -255,7 +264,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2, help="approvals done first, not timed")
     parser.add_argument("--max-ratio", type=float, default=1.5)
     parser.add_argument("--max-rebuild", type=float, default=10.0, help="seconds")
-    parser.add_argument("--profile", choices=("approve", "rebuild"), help="cProfile the big site's approvals or rebuilds")
+    parser.add_argument(
+        "--profile", choices=("approve", "rebuild"), help="cProfile the big site's approvals or rebuilds"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = parser.parse_args()
 
@@ -276,10 +287,14 @@ def main() -> int:
     ok_ratio, ok_rebuild = ratio <= args.max_ratio, max(rebuild_s) <= args.max_rebuild
     print()
     print(f"database: {args.database_url or 'sqlite (temp file)'}")
-    print(f"approval median: small {small_ms:.1f} ms, big {big_ms:.1f} ms, ratio {ratio:.2f} "
-          f"(target <= {args.max_ratio}) {'OK' if ok_ratio else 'MISSED'}")
-    print(f"rebuild: from scratch {rebuild_s[0]:.2f} s, unchanged {rebuild_s[1]:.2f} s "
-          f"(target <= {args.max_rebuild} s) {'OK' if ok_rebuild else 'MISSED'}")
+    print(
+        f"approval median: small {small_ms:.1f} ms, big {big_ms:.1f} ms, ratio {ratio:.2f} "
+        f"(target <= {args.max_ratio}) {'OK' if ok_ratio else 'MISSED'}"
+    )
+    print(
+        f"rebuild: from scratch {rebuild_s[0]:.2f} s, unchanged {rebuild_s[1]:.2f} s "
+        f"(target <= {args.max_rebuild} s) {'OK' if ok_rebuild else 'MISSED'}"
+    )
     return 0 if ok_ratio and ok_rebuild else 1
 
 

@@ -22,18 +22,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import LIST, SmtpSink, fresh_database, make_settings, postgres_cpu_seconds
 from sqlalchemy import func, insert, select
 
-from common import LIST, SmtpSink, fresh_database, make_settings, postgres_cpu_seconds
-
+from listbridge.addresses import new_token
+from listbridge.db import Database
+from listbridge.models import OutboxRecipient, Subscriber, utcnow
 from listbridge.outbound import delivery, outbox
 from listbridge.outbound.compose import build
-from listbridge.models import OutboxRecipient, Subscriber, utcnow
-from listbridge.db import Database
-from listbridge.addresses import new_token
 
 DOMAINS = 50
-BODY = ("Un commentaire sur le billet, assez long pour ressembler à du vrai courrier.\n" * 25)
+BODY = "Un commentaire sur le billet, assez long pour ressembler à du vrai courrier.\n" * 25
 
 
 def add_subscribers(db: Database, n: int, chunk: int = 10_000) -> None:
@@ -64,7 +63,12 @@ def enqueue(db: Database, relay_port: int) -> int:
     body = build(mlist, "+", subject="[bla] Comment les 3hg ont réparé le CHATONS", body=BODY, sender=LIST)
     with db.transaction() as session:
         _, count = outbox.enqueue_fanout(
-            session, list_address=LIST, kind="list", envelope_from="bla+bounces@bla.example.org", body=body, retry_days=5
+            session,
+            list_address=LIST,
+            kind="list",
+            envelope_from="bla+bounces@bla.example.org",
+            body=body,
+            retry_days=5,
         )
     return count
 
@@ -123,7 +127,9 @@ def run_listbridge(
     figures = json.loads(out)
     elapsed = figures["elapsed"]
     with db.transaction() as session:
-        states = dict(session.execute(select(OutboxRecipient.state, func.count()).group_by(OutboxRecipient.state)).all())
+        states = dict(
+            session.execute(select(OutboxRecipient.state, func.count()).group_by(OutboxRecipient.state)).all()
+        )
         retried = session.scalar(select(func.count()).select_from(OutboxRecipient).where(OutboxRecipient.attempts > 0))
     db.dispose()
     unique = len(set(addresses))

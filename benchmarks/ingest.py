@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from common import LIST, free_port, fresh_database, make_settings, postgres_cpu_seconds, process_cpu_seconds
 from sqlalchemy import func, select
 
-from common import LIST, free_port, fresh_database, make_settings, postgres_cpu_seconds, process_cpu_seconds
-
+from listbridge.db import Database
+from listbridge.inbound.server import new_event_loop
 from listbridge.models import Comment
 from listbridge.service import Service
-from listbridge.inbound.server import new_event_loop
-from listbridge.db import Database
 
 BODY = "Merci pour ce billet, et pour le récit de la panne.\n" * 30
 

@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -120,10 +120,22 @@ def run_mlmmj(
 
 def make_list(listdir: Path, port: int, addresses: list[str], personalize: bool, body: str) -> Path:
     """Write the list directory mlmmj-make-ml would, plus subscribers and a queued mail; the mail's path."""
-    for sub in (
-        "incoming queue queue/discarded archive text subconf unsubconf bounce control moderation"
-        " subscribers.d digesters.d requeue nomailsubs.d"
-    ).split():
+    for sub in [
+        "incoming",
+        "queue",
+        "queue/discarded",
+        "archive",
+        "text",
+        "subconf",
+        "unsubconf",
+        "bounce",
+        "control",
+        "moderation",
+        "subscribers.d",
+        "digesters.d",
+        "requeue",
+        "nomailsubs.d",
+    ]:
         (listdir / sub).mkdir(parents=True, exist_ok=True)
     (listdir / "index").touch()
     control = {"listaddress": LIST, "owner": "owner@example.org", "relayhost": "127.0.0.1", "smtpport": str(port)}
@@ -140,7 +152,7 @@ def make_list(listdir: Path, port: int, addresses: list[str], personalize: bool,
     msg["From"] = "Lecteur <lecteur@example.net>"
     msg["To"] = LIST
     msg["Subject"] = "[bla] Comment les 3hg ont réparé le CHATONS"
-    msg["Date"] = format_datetime(datetime.now(timezone.utc))
+    msg["Date"] = format_datetime(datetime.now(UTC))
     msg["Message-ID"] = make_msgid(domain="example.net")
     msg["List-Id"] = "<bla.bla.example.org>"
     msg.set_content(body)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 POST = "post"
 SUBSCRIBE = "subscribe"

@@ -46,8 +46,13 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("port", 8025, "port listbridge listens on", minimum=1, maximum=65535),
         Option("lmtp", False, "speak LMTP instead of SMTP"),
         Option("max_message_size", 1048576, "larger messages are refused with 552", minimum=1),
-        Option("data_timeout", 120.0, "seconds one DATA may take in all; a slower client gets 421",
-               minimum=0.1, maximum=300),
+        Option(
+            "data_timeout",
+            120.0,
+            "seconds one DATA may take in all; a slower client gets 421",
+            minimum=0.1,
+            maximum=300,
+        ),
         Option("separator", "+", "separator between the list name and its sub-address"),
     ),
     "relay": (
@@ -69,7 +74,9 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
     "site": (
         Option("repo", "site", "git work tree of the site; created if missing"),
         Option("posts", "log", "folder of the posts, to match comment subjects"),
-        Option("comments_dir", "log/commentaires", "folder of the comment archive (a list's own comments_dir overrides it)"),
+        Option(
+            "comments_dir", "log/commentaires", "folder of the comment archive (a list's own comments_dir overrides it)"
+        ),
         Option("base_url", "gemini://localhost", "public URL of the site"),
         Option("push", False, "push the site repo after each commit"),
     ),
@@ -115,9 +122,7 @@ def _values(section: str, given: dict[str, Any], where: str) -> dict[str, Any]:
         if expected is tuple and isinstance(value, list) and all(isinstance(v, str) for v in value):
             value = tuple(v.strip().lower() for v in value)
         if type(value) is not expected:
-            raise ConfigError(
-                f"[{where}] {key} must be {_type_name(expected)}, not {value!r}."
-            )
+            raise ConfigError(f"[{where}] {key} must be {_type_name(expected)}, not {value!r}.")
         if option.choices and value not in option.choices:
             raise ConfigError(f"[{where}] {key} must be one of {', '.join(option.choices)}, not {value!r}.")
         if expected is float and not math.isfinite(value):
@@ -131,7 +136,13 @@ def _values(section: str, given: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _type_name(t: type) -> str:
-    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string", tuple: "a list of strings"}[t]
+    return {
+        bool: "true or false",
+        int: "a whole number",
+        float: "a number",
+        str: "a string",
+        tuple: "a list of strings",
+    }[t]
 
 
 class ConfigWarning(UserWarning):
@@ -323,11 +334,15 @@ def _with_comment_folders(lists: list[ListSettings], site: SiteSettings) -> tupl
         key = "[[lists]] comments_dir" if mlist.comments_dir else "[site] comments_dir"
         folder = comment_folder(given)
         if folder is None or folder == comment_folder(site.posts):
-            raise ConfigError(f"{key} of list {mlist.address} must be a folder inside the site repo "
-                              f"other than [site] posts, not {given!r}.")
+            raise ConfigError(
+                f"{key} of list {mlist.address} must be a folder inside the site repo "
+                f"other than [site] posts, not {given!r}."
+            )
         if folder in placed:
-            raise ConfigError(f"lists {placed[folder]} and {mlist.address} would both write their comments "
-                              f"to {folder}/: give each its own [[lists]] comments_dir.")
+            raise ConfigError(
+                f"lists {placed[folder]} and {mlist.address} would both write their comments "
+                f"to {folder}/: give each its own [[lists]] comments_dir."
+            )
         placed[folder] = mlist.address
         out.append(replace(mlist, comments_dir=folder))
     return tuple(out)
@@ -355,10 +370,13 @@ def _is_address(address: str) -> bool:
     local, at, domain = address.partition("@")
     bad = set(' "<>()[],;:\\@')
     return bool(
-        at and local and domain
+        at
+        and local
+        and domain
         and not (bad & set(local + domain))
         and address.isprintable()
-        and not domain.startswith(".") and not domain.endswith(".")
+        and not domain.startswith(".")
+        and not domain.endswith(".")
     )
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import URL, Connection, Dialect, Engine, Table, bindparam, create_engine, event, insert, make_url, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
@@ -89,8 +90,12 @@ def prepare_sqlite_file(url: URL, *, warn_exposed: bool = True) -> None:
     exposed = [f for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if _others_may_read(f)]
     if exposed:
         mode = stat.S_IMODE(exposed[0].stat().st_mode)
-        log.warning("database %s can be read by other users (mode %03o) and holds live tokens: chmod 600 %s",
-                    exposed[0], mode, " ".join(map(str, exposed)))
+        log.warning(
+            "database %s can be read by other users (mode %03o) and holds live tokens: chmod 600 %s",
+            exposed[0],
+            mode,
+            " ".join(map(str, exposed)),
+        )
 
 
 def _others_may_read(path: Path) -> bool:
@@ -240,7 +245,7 @@ class FastInsert:
             ) from exc
         return cursor
 
-    def _statement(self, dialect: Dialect, count: int, returning: bool) -> "_Compiled":
+    def _statement(self, dialect: Dialect, count: int, returning: bool) -> _Compiled:
         """The INSERT of `count` rows for this driver, compiled on first use."""
         key = (type(dialect), count, returning)
         compiled = self._compiled.get(key)
@@ -248,7 +253,7 @@ class FastInsert:
             compiled = self._compiled[key] = self._compile(dialect, count, returning)
         return compiled
 
-    def _compile(self, dialect: Dialect, count: int, returning: bool) -> "_Compiled":
+    def _compile(self, dialect: Dialect, count: int, returning: bool) -> _Compiled:
         names = [{column: f"r{row}_{column}" for column in self.columns} for row in range(count)]
         statement = insert(self.table).values(
             [{c: bindparam(n, type_=self.table.c[c].type) for c, n in row.items()} for row in names]
@@ -296,7 +301,7 @@ def _drop_staged(session: Session, transaction: SessionTransaction) -> None:
         session.info.pop(_STAGED, None)
 
 
-def alembic_config(connection: object | None) -> "AlembicConfig":
+def alembic_config(connection: object | None) -> AlembicConfig:
     """Alembic configuration pointing at the shipped migrations, bound to `connection`."""
     from alembic.config import Config as AlembicConfig
 

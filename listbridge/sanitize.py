@@ -36,9 +36,27 @@ _TOKEN = re.compile(
     re.DOTALL,
 )
 # Tags that start or end a paragraph.
-_BLOCKS = frozenset({
-    "p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "li", "ul", "ol", "tr", "blockquote", "pre", "table", "br", "hr",
-})
+_BLOCKS = frozenset(
+    {
+        "p",
+        "div",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "li",
+        "ul",
+        "ol",
+        "tr",
+        "blockquote",
+        "pre",
+        "table",
+        "br",
+        "hr",
+    }
+)
 # A numeric character reference, for the ones too long for html.unescape (it raises past
 # 4300 digits): leading zeros dropped, and anything past U+10FFFF is U+FFFD anyway.
 _NUMERIC_REF = re.compile(r"&#(?:([xX])([0-9a-fA-F]+)|([0-9]+))(;?)")

@@ -9,13 +9,13 @@ import signal
 import threading
 import time
 
-from listbridge.outbound import delivery, outbox
 from listbridge.archive import publish
 from listbridge.config import Settings
+from listbridge.db import Database
 from listbridge.failurelog import FailureLog
 from listbridge.inbound.server import ListController, ListHandler
-from listbridge.db import Database
 from listbridge.inbound.worker import StoreProcess
+from listbridge.outbound import delivery, outbox
 
 log = logging.getLogger(__name__)
 

@@ -5,26 +5,27 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import smtplib
 import socket
+import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default as default_policy
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import create_engine, text
 
 from listbridge.config import Settings, build_settings
-from listbridge.service import Service
 from listbridge.db import Database
+from listbridge.service import Service
 
 PG_URL = os.environ.get("LISTBRIDGE_TEST_DATABASE_URL", "")
 
@@ -37,9 +38,26 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 
@@ -91,8 +109,12 @@ def db_url(tmp_path: Path) -> str:
     with engine.connect() as conn:
         # A connection left open by an earlier test (a thread still winding down) must not
         # block the reset: end them, and never wait on a lock for long.
-        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
         conn.execute(text("SET lock_timeout = '20s'"))
         conn.execute(text("DROP SCHEMA public CASCADE"))
         conn.execute(text("CREATE SCHEMA public"))
@@ -184,7 +206,9 @@ def make_settings(tmp_path: Path, db_url: str, sink: Sink) -> Callable[..., Sett
             "smtp": {"host": "127.0.0.1", "port": free_port()},
             "relay": {"host": "127.0.0.1", "port": sink.port, "connections": 2, "timeout": 10},
             "site": {"repo": str(tmp_path / "site")},
-            "lists": [{"address": "bla@bla.example.org", "title": "bla", "owner": "owner@example.org", "language": "en"}],
+            "lists": [
+                {"address": "bla@bla.example.org", "title": "bla", "owner": "owner@example.org", "language": "en"}
+            ],
         }
         for name, value in sections.items():
             if isinstance(value, dict):

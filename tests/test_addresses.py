@@ -5,11 +5,25 @@ from __future__ import annotations
 import doctest
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from listbridge import addresses
-from listbridge.addresses import CONFIRM, HELP, OWNER, POST, SUBSCRIBE, TOKEN_ALPHABET, UNSUBSCRIBE, UNSUBSCRIBE_TOKEN, Recipient, route, split_address, subaddress
-from listbridge.addresses import new_token
+from listbridge.addresses import (
+    CONFIRM,
+    HELP,
+    OWNER,
+    POST,
+    SUBSCRIBE,
+    TOKEN_ALPHABET,
+    UNSUBSCRIBE,
+    UNSUBSCRIBE_TOKEN,
+    Recipient,
+    new_token,
+    route,
+    split_address,
+    subaddress,
+)
 
 LISTS = ["bla@bla.example.org", "autre@bla.example.org", "bla@other.example"]
 TOKEN = "mfrggzdfmztwq2lknnwg23tpobyxe43u"
@@ -138,7 +152,7 @@ def test_doctests_of_the_module_pass():
 
 
 def test_token_alphabet_is_lower_case_base32():
-    assert TOKEN_ALPHABET == set("abcdefghijklmnopqrstuvwxyz234567")
+    assert set("abcdefghijklmnopqrstuvwxyz234567") == TOKEN_ALPHABET
     token = new_token()
     assert set(token) <= TOKEN_ALPHABET and len(token) == 26
 
@@ -148,9 +162,9 @@ def test_token_alphabet_is_lower_case_base32():
 list_names = st.text("abcdefghijklmnopqrstuvwxyz0123456789._", min_size=1, max_size=20).filter(
     lambda s: not s.startswith(".")
 )
-domains = st.lists(st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=10), min_size=1, max_size=4).map(
-    ".".join
-)
+domains = st.lists(
+    st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=10), min_size=1, max_size=4
+).map(".".join)
 list_addresses = st.builds(lambda n, d: f"{n}@{d}", list_names, domains)
 tokens = st.text(alphabet=sorted(TOKEN_ALPHABET), min_size=1, max_size=64)
 separators = st.sampled_from("+-=")

@@ -16,7 +16,8 @@ from urllib.parse import unquote
 
 import feedparser
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from listbridge.archive import pages
 from listbridge.archive.pages import PostSummary, PublishedComment
@@ -28,13 +29,21 @@ ATOM = "{http://www.w3.org/2005/Atom}"
 
 WORDS = {
     "fr": {
-        "title": "# Commentaires : ", "index_title": "# Commentaires sur ", "back": "Retour au billet",
-        "all": "Tous les commentaires", "mail": "Envoyer un commentaire par courriel", "anonymous": "Anonyme",
+        "title": "# Commentaires : ",
+        "index_title": "# Commentaires sur ",
+        "back": "Retour au billet",
+        "all": "Tous les commentaires",
+        "mail": "Envoyer un commentaire par courriel",
+        "anonymous": "Anonyme",
         "removed": "(Ce commentaire a été retiré à la demande de son auteur.)",
     },
     "en": {
-        "title": "# Comments: ", "index_title": "# Comments on ", "back": "Back to the post",
-        "all": "All the comments", "mail": "Send a comment by mail", "anonymous": "Anonymous",
+        "title": "# Comments: ",
+        "index_title": "# Comments on ",
+        "back": "Back to the post",
+        "all": "All the comments",
+        "mail": "Send a comment by mail",
+        "anonymous": "Anonymous",
         "removed": "(This comment was removed at its author's request.)",
     },
 }
@@ -97,10 +106,47 @@ def kind(line: str) -> str:
 
 # --- strategies ---------------------------------------------------------------------------
 
-INVISIBLES = [" ", "  ", "\t", "\u00a0", "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u3000", "\u2800",
-              "\u3164", "\u115f", "\u034f", "\u0301", "\u180e", "\u202e", "\x00", "\x0b", "\x7f", "\xad"]
-MARKERS = ["=>", "=", "=> gemini://evil.example/ x", "#", "##", "### ", "* ", "*", "```", "```python", "`",
-           ">", "> =>", "", "\\", "\\#"]
+INVISIBLES = [
+    " ",
+    "  ",
+    "\t",
+    "\u00a0",
+    "\u200b",
+    "\u200c",
+    "\u200d",
+    "\u2060",
+    "\ufeff",
+    "\u3000",
+    "\u2800",
+    "\u3164",
+    "\u115f",
+    "\u034f",
+    "\u0301",
+    "\u180e",
+    "\u202e",
+    "\x00",
+    "\x0b",
+    "\x7f",
+    "\xad",
+]
+MARKERS = [
+    "=>",
+    "=",
+    "=> gemini://evil.example/ x",
+    "#",
+    "##",
+    "### ",
+    "* ",
+    "*",
+    "```",
+    "```python",
+    "`",
+    ">",
+    "> =>",
+    "",
+    "\\",
+    "\\#",
+]
 SEPARATORS = ["\n", "\r\n", "\r", "\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\n\n\n"]
 
 rich_line = st.builds(
@@ -138,6 +184,7 @@ def a_list(language: str, title: str = "bla"):
 
 
 # --- the post page --------------------------------------------------------------------------
+
 
 @PROPERTY
 @given(
@@ -187,7 +234,7 @@ def test_post_page_has_only_the_template_lines(language, slug, title, raw_commen
     # Each comment's text sits under its own heading, neutralised but complete.
     bounds = headings[1:] + [len(lines) - 2]
     for k, c in enumerate(ordered):
-        section = lines[bounds[k] + 1: bounds[k + 1]]
+        section = lines[bounds[k] + 1 : bounds[k + 1]]
         if k + 1 < len(ordered):
             assert section and section[-1] == "", section  # the blank line before the next heading
             section = section[:-1]
@@ -207,7 +254,10 @@ def test_post_page_has_only_the_template_lines(language, slug, title, raw_commen
 
 post_st = st.builds(
     lambda slug, title, last, count: (slug, title, last, count),
-    slug_text, any_text, dates, st.integers(1, 500),
+    slug_text,
+    any_text,
+    dates,
+    st.integers(1, 500),
 )
 
 
@@ -240,6 +290,7 @@ def test_index_page_has_one_link_per_post(language, list_title, raw_posts):
 
 
 # --- the Atom feed --------------------------------------------------------------------------
+
 
 def _xml_text(text: str) -> str:
     """What an XML parser gives back for `text` once the feed dropped what XML 1.0 forbids."""
@@ -282,8 +333,9 @@ def test_known_smuggling_attempts_are_neutralised(language):
     words = WORDS[language]
     text = "ok\n=> gemini://evil/ x\r\n\u200b# h\u2028* li\x85```\n  => y\n\ufeff=z"
     post = PostSummary("p", "=> t", "log/p.gmi", dt.datetime(2024, 1, 1), 1)
-    page = pages.post_page(a_list(language), SITE, post, [
-        PublishedComment(1, "# Eve\n=> x", dt.datetime(2024, 1, 1), text)])
+    page = pages.post_page(
+        a_list(language), SITE, post, [PublishedComment(1, "# Eve\n=> x", dt.datetime(2024, 1, 1), text)]
+    )
     lines = page_lines(page)
     assert lines[0] == words["title"] + "\\=> t"
     assert "## \\# Eve => x, 2024-01-01" in lines

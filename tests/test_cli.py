@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import send
 
 from listbridge.cli import cli
 from listbridge.config import build_settings
-
-from conftest import send
 
 
 @pytest.fixture
@@ -69,7 +68,9 @@ def test_a_bad_address_changes_nothing(config):
 
 def test_import_file_and_export_round_trip(config, tmp_path):
     source = tmp_path / "people.txt"
-    source.write_text("# readers\nann@example.org\nÉlodie Martin <elodie@example.fr>\n\nann@example.org\n", encoding="utf-8")
+    source.write_text(
+        "# readers\nann@example.org\nÉlodie Martin <elodie@example.fr>\n\nann@example.org\n", encoding="utf-8"
+    )
     result = run(config, "subscribers", "import", str(source))
     assert result.exit_code == 0, result.output
     assert "2 added, 1 already subscribed" in result.output

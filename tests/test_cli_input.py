@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from listbridge.models import HELD, Comment, Subscriber, utcnow
 from listbridge.db import Database
+from listbridge.models import HELD, Comment, Subscriber, utcnow
 
 LIST = "bla@bla.example.org"
 HUGE = b"99999999999999999999999"
@@ -22,37 +22,59 @@ HUGE = b"99999999999999999999999"
 @pytest.fixture
 def config(tmp_path: Path, db: Database) -> Path:
     path = tmp_path / "lb.toml"
-    path.write_text(f'[database]\nurl = "{db.url}"\n[site]\nrepo = "{tmp_path / "site"}"\n'
-                    f'[[lists]]\naddress = "{LIST}"\ntitle = "bla"\nlanguage = "en"\n')
+    path.write_text(
+        f'[database]\nurl = "{db.url}"\n[site]\nrepo = "{tmp_path / "site"}"\n'
+        f'[[lists]]\naddress = "{LIST}"\ntitle = "bla"\nlanguage = "en"\n'
+    )
     return path
 
 
 @pytest.fixture
 def held(db: Database) -> int:
     with db.transaction() as session:
-        comment = Comment(list_address=LIST, sender="carole@example.net", subject="s", received_at=utcnow(),
-                          status=HELD, reason="every comment is moderated", post_slug="un-billet", text="t", raw=b"")
+        comment = Comment(
+            list_address=LIST,
+            sender="carole@example.net",
+            subject="s",
+            received_at=utcnow(),
+            status=HELD,
+            reason="every comment is moderated",
+            post_slug="un-billet",
+            text="t",
+            raw=b"",
+        )
         session.add(comment)
         session.flush()
         return comment.id
 
 
 def listbridge(config: Path, *args: bytes) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([os.fsencode(sys.executable), b"-m", b"listbridge", b"--config", bytes(config), *args],
-                          capture_output=True, text=True, errors="backslashreplace", timeout=60)
+    return subprocess.run(
+        [os.fsencode(sys.executable), b"-m", b"listbridge", b"--config", bytes(config), *args],
+        capture_output=True,
+        text=True,
+        errors="backslashreplace",
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize("args", [
-    [b"moderate", b"approve", HUGE],
-    [b"moderate", b"show", HUGE],
-    [b"moderate", b"reject", HUGE],
-    [b"moderate", b"reject", b"ID", b"--reason", b"hors sujet \xe9t\xe9"],  # Latin-1, not UTF-8
-    [b"moderate", b"approve", b"ID", b"--post", b"billet-\xff"],
-    [b"subscribers", b"add", b"caf\xe9@example.org"],
-    [b"subscribers", b"remove", b"\xff@example.org"],
-    [b"forget", b"caf\xe9@example.org"],
-], ids=["approve-huge", "show-huge", "reject-huge", "reject-reason", "approve-post", "add", "remove", "forget"])
-def test_bad_input_is_one_sentence_and_changes_nothing(config: Path, db: Database, held: int, args: list[bytes]) -> None:
+@pytest.mark.parametrize(
+    "args",
+    [
+        [b"moderate", b"approve", HUGE],
+        [b"moderate", b"show", HUGE],
+        [b"moderate", b"reject", HUGE],
+        [b"moderate", b"reject", b"ID", b"--reason", b"hors sujet \xe9t\xe9"],  # Latin-1, not UTF-8
+        [b"moderate", b"approve", b"ID", b"--post", b"billet-\xff"],
+        [b"subscribers", b"add", b"caf\xe9@example.org"],
+        [b"subscribers", b"remove", b"\xff@example.org"],
+        [b"forget", b"caf\xe9@example.org"],
+    ],
+    ids=["approve-huge", "show-huge", "reject-huge", "reject-reason", "approve-post", "add", "remove", "forget"],
+)
+def test_bad_input_is_one_sentence_and_changes_nothing(
+    config: Path, db: Database, held: int, args: list[bytes]
+) -> None:
     args = [str(held).encode() if a == b"ID" else a for a in args]
     result = listbridge(config, *args)
     assert result.returncode != 0

@@ -24,8 +24,10 @@ ADDRESSES = ["ann@example.org", "bob@example.org", "chloe@example.org"]
 @pytest.fixture
 def config(tmp_path: Path, db_url: str, sink) -> Path:
     path = tmp_path / "lb.toml"
-    path.write_text(f'[database]\nurl = "{db_url}"\n[relay]\nhost = "127.0.0.1"\nport = {sink.port}\nconnections = 2\n'
-                    '[[lists]]\naddress = "bla@bla.example.org"\ntitle = "bla"\nlanguage = "en"\n')
+    path.write_text(
+        f'[database]\nurl = "{db_url}"\n[relay]\nhost = "127.0.0.1"\nport = {sink.port}\nconnections = 2\n'
+        '[[lists]]\naddress = "bla@bla.example.org"\ntitle = "bla"\nlanguage = "en"\n'
+    )
     db = Database(db_url)
     db.upgrade()
     settings = build_settings(tomllib.loads(path.read_text()))
@@ -47,8 +49,13 @@ def test_flush_off_a_terminal_prints_one_progress_line(config: Path, sink) -> No
 def test_flush_on_a_terminal_redraws_one_line(config: Path, sink) -> None:
     leader, follower = os.openpty()
     try:
-        done = subprocess.run([sys.executable, "-m", "listbridge", "--config", str(config), "queue", "flush"],
-                              stdout=subprocess.PIPE, stderr=follower, timeout=60, env={**os.environ, "COLUMNS": "80"})
+        done = subprocess.run(
+            [sys.executable, "-m", "listbridge", "--config", str(config), "queue", "flush"],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "80"},
+        )
         os.close(follower)
         shown = b""
         while True:

@@ -9,16 +9,15 @@ from pathlib import Path
 import feedparser
 import pytest
 from click.testing import CliRunner
+from conftest import git, send, site_repo, wait_for
 from sqlalchemy import select
 
 from listbridge.archive import publish
 from listbridge.cli import cli
-from listbridge.models import APPROVED, HELD, REJECTED, Comment, ModerationEvent
-from listbridge.service import Service
 from listbridge.lists.context import ListContext
 from listbridge.lists.subscriptions import subscribe
-
-from conftest import git, send, site_repo, wait_for
+from listbridge.models import APPROVED, HELD, REJECTED, Comment, ModerationEvent
+from listbridge.service import Service
 
 SLUG = "Comment-les-3hg-ont-réparé-le-CHATONS"
 LIST = "bla@bla.example.org"
@@ -26,17 +25,29 @@ LIST = "bla@bla.example.org"
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    return site_repo(tmp_path / "site", {
-        f"log/{SLUG}.gmi": "# Comment les 3hg ont réparé le CHATONS\n\nLe récit.\n",
-        "log/autre-billet.gmi": "# Un autre billet\n",
-    })
+    return site_repo(
+        tmp_path / "site",
+        {
+            f"log/{SLUG}.gmi": "# Comment les 3hg ont réparé le CHATONS\n\nLe récit.\n",
+            "log/autre-billet.gmi": "# Un autre billet\n",
+        },
+    )
 
 
 def settings_for(make_settings, site: Path, **list_options):
     return make_settings(
         site={"repo": str(site), "base_url": "gemini://bla.example.org"},
-        lists=[{"address": LIST, "title": "bla", "owner": "owner@example.org", "language": "fr",
-                "moderation": "all", "authserv_id": "mx.bla.example.org", **list_options}],
+        lists=[
+            {
+                "address": LIST,
+                "title": "bla",
+                "owner": "owner@example.org",
+                "language": "fr",
+                "moderation": "all",
+                "authserv_id": "mx.bla.example.org",
+                **list_options,
+            }
+        ],
     )
 
 
@@ -97,8 +108,12 @@ Carole, sa signature
 def test_held_comment_approved_published_and_broadcast(running, sink, tmp_path, site):
     svc = running()
     add_subscribers(svc, "ann@example.org", "bob@example.net")
-    send(svc.settings.smtp.port, LIST, subject="Re: [bla] Comment les 3hg ont réparé le CHATONS ?",
-         body="Bravo pour la réparation !\n\n=> gemini://evil.example/ piège\n# Un faux titre\n\n-- \nCarole, sa signature\n")
+    send(
+        svc.settings.smtp.port,
+        LIST,
+        subject="Re: [bla] Comment les 3hg ont réparé le CHATONS ?",
+        body="Bravo pour la réparation !\n\n=> gemini://evil.example/ piège\n# Un faux titre\n\n-- \nCarole, sa signature\n",
+    )
     (held,) = comments(svc)
     assert (held.status, held.post_slug, held.reason) == (HELD, SLUG, "every comment is moderated")
     assert "signature" not in held.text
@@ -131,15 +146,24 @@ def test_held_comment_approved_published_and_broadcast(running, sink, tmp_path, 
         assert msg["Reply-To"] == LIST
         assert msg["In-Reply-To"] == msg["References"] and msg["In-Reply-To"].endswith("@bla.example.org>")
         assert msg["List-Unsubscribe"].startswith("<mailto:bla+unsubscribe-")
-        assert "gemini://bla.example.org/log/commentaires/Comment-les-3hg-ont-r%C3%A9par%C3%A9-le-CHATONS.gmi" in msg.get_content()
+        assert (
+            "gemini://bla.example.org/log/commentaires/Comment-les-3hg-ont-r%C3%A9par%C3%A9-le-CHATONS.gmi"
+            in msg.get_content()
+        )
     with svc.db.transaction() as session:
         events = session.execute(select(ModerationEvent.action, ModerationEvent.actor)).all()
     assert [e[0] for e in events] == [APPROVED] and events[0][1]
 
     # A reply to the broadcast stays on its post, whatever its subject.
     broadcast_id = sink.handler.to("ann@example.org")[0].message["Message-ID"]
-    send(svc.settings.smtp.port, LIST, subject="Re: une question", sender="ann@example.org", name="Ann",
-         headers={"In-Reply-To": broadcast_id, "References": broadcast_id})
+    send(
+        svc.settings.smtp.port,
+        LIST,
+        subject="Re: une question",
+        sender="ann@example.org",
+        name="Ann",
+        headers={"In-Reply-To": broadcast_id, "References": broadcast_id},
+    )
     assert comments(svc)[-1].post_slug == SLUG
 
 
@@ -187,12 +211,15 @@ def test_deny_allow_and_size_rules(running):
     send(port, LIST, subject=SLUG, headers=auth("example.net"))
     send(port, LIST, subject=SLUG, body="long " * 30, headers=auth("example.net"))
     assert [(c.status, c.reason) for c in comments(svc)] == [
-        (REJECTED, "sender is on the deny list"), (APPROVED, ""), (HELD, "too long")]
+        (REJECTED, "sender is on the deny list"),
+        (APPROVED, ""),
+        (HELD, "too long"),
+    ]
 
 
 def test_attachments_are_counted_not_published(running, tmp_path, site):
-    from email.message import EmailMessage
     import smtplib
+    from email.message import EmailMessage
 
     svc = running(moderation="none")
     msg = EmailMessage()
@@ -209,7 +236,13 @@ def test_attachments_are_counted_not_published(running, tmp_path, site):
 def test_reject_with_notice_and_never_to_automatic_mail(running, sink, tmp_path):
     svc = running()
     send(svc.settings.smtp.port, LIST, subject=SLUG, sender="human@example.org")
-    send(svc.settings.smtp.port, LIST, subject=SLUG, sender="robot@example.org", headers={"Auto-Submitted": "auto-replied"})
+    send(
+        svc.settings.smtp.port,
+        LIST,
+        subject=SLUG,
+        sender="robot@example.org",
+        headers={"Auto-Submitted": "auto-replied"},
+    )
     human, robot = comments(svc)
     config = config_file(svc, tmp_path)
     result = cli_run(config, "moderate", "reject", str(human.id), str(robot.id), "--reason", "hors sujet", "--notify")
@@ -263,8 +296,9 @@ def test_push_to_the_remote_and_retry(make_settings, site, tmp_path):
     remote = tmp_path / "remote.git"
     subprocess.run(["git", "init", "--bare", "--quiet", str(remote)], check=True)
     git(site, "remote", "add", "origin", str(remote))
-    settings = make_settings(site={"repo": str(site), "push": True},
-                             lists=[{"address": LIST, "moderation": "none", "language": "en"}])
+    settings = make_settings(
+        site={"repo": str(site), "push": True}, lists=[{"address": LIST, "moderation": "none", "language": "en"}]
+    )
     svc = Service(settings)
     svc.start()
     try:
@@ -306,8 +340,12 @@ def test_interactive_moderation(running, tmp_path, site):
     assert result.exit_code == 0, result.output
     assert "[1/4]" in result.output and "Premier avis." in result.output and "No post matched" in result.output
     states = [(c.display_name, c.status, c.post_slug) for c in comments(svc)]
-    assert states == [("Alice", APPROVED, SLUG), ("Bob", APPROVED, "autre-billet"),
-                      ("Chloé", REJECTED, SLUG), ("Dan", HELD, SLUG)]
+    assert states == [
+        ("Alice", APPROVED, SLUG),
+        ("Bob", APPROVED, "autre-billet"),
+        ("Chloé", REJECTED, SLUG),
+        ("Dan", HELD, SLUG),
+    ]
     assert (site / "log" / "commentaires" / "autre-billet.gmi").exists()
     assert "Nothing is waiting" not in result.output
     again = CliRunner().invoke(cli, ["--config", str(config), "moderate"], input="s\n", catch_exceptions=False)

@@ -128,20 +128,35 @@ jd
 @pytest.mark.parametrize(
     ("mail", "expected"),
     [
-        (THUNDERBIRD_FR, "Bonjour,\n\nMerci pour ce récit, on a eu la même panne chez nous.\n"
-                         "Le routeur de la box ne fait pas de NAT loopback.\n\nJean"),
+        (
+            THUNDERBIRD_FR,
+            "Bonjour,\n\nMerci pour ce récit, on a eu la même panne chez nous.\n"
+            "Le routeur de la box ne fait pas de NAT loopback.\n\nJean",
+        ),
         (GMAIL_EN_WRAPPED, "Great write-up, thanks!\n\nI'd add: check the MX TTL before moving anything."),
         (GMAIL_FR, "Très bien vu."),
         (APPLE_MAIL_EN, "Nice fix."),
         (IPHONE_FR, "Bravo à toute l'équipe !"),
         (OUTLOOK_EN, "Hi,\n\nWe had the same issue last year.\n\nRegards,\nBob"),
         (OUTLOOK_FR_RULE, "Bonjour,\n\nTrès intéressant."),
-        (INLINE_EN, "> The ISP cut the line without notice.\n\nThat happened to us too, twice.\n\n"
-                    "> We moved the site to a small VM.\n\nWhich provider?"),
+        (
+            INLINE_EN,
+            "> The ISP cut the line without notice.\n\nThat happened to us too, twice.\n\n"
+            "> We moved the site to a small VM.\n\nWhich provider?",
+        ),
         (MUTT_SIG_NO_SPACE, "Short answer: yes."),
     ],
-    ids=["thunderbird-fr", "gmail-en-wrapped", "gmail-fr", "apple-mail-en", "iphone-fr", "outlook-en",
-         "outlook-fr-rule", "inline-en", "sig-no-space"],
+    ids=[
+        "thunderbird-fr",
+        "gmail-en-wrapped",
+        "gmail-fr",
+        "apple-mail-en",
+        "iphone-fr",
+        "outlook-en",
+        "outlook-fr-rule",
+        "inline-en",
+        "sig-no-space",
+    ],
 )
 def test_real_mails(mail: str, expected: str) -> None:
     assert clean(mail) == expected
@@ -178,9 +193,28 @@ def test_line_ends_and_whitespace() -> None:
 
 mail_lines = st.lists(
     st.one_of(
-        st.sampled_from(["", "> q", ">", "> > q", "-- ", "--", "On 1 Jan 2026, A <a@b> wrote:", "Le 12 mars 2026, A a",
-                         "écrit :", "A wrote:", "Sent from my iPhone", "-----Original Message-----", "_" * 32,
-                         "From: A", "text", "  ", "\r", "\t"]),
+        st.sampled_from(
+            [
+                "",
+                "> q",
+                ">",
+                "> > q",
+                "-- ",
+                "--",
+                "On 1 Jan 2026, A <a@b> wrote:",
+                "Le 12 mars 2026, A a",
+                "écrit :",
+                "A wrote:",
+                "Sent from my iPhone",
+                "-----Original Message-----",
+                "_" * 32,
+                "From: A",
+                "text",
+                "  ",
+                "\r",
+                "\t",
+            ]
+        ),
         st.text(max_size=8),
     ),
     max_size=15,

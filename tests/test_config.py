@@ -11,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from listbridge.config import CONFIG_ENV, OPTIONS, ConfigError, ConfigWarning, Settings, build_settings, load_settings, render_default_config
+from listbridge.config import (
+    CONFIG_ENV,
+    OPTIONS,
+    ConfigError,
+    ConfigWarning,
+    Settings,
+    build_settings,
+    load_settings,
+    render_default_config,
+)
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -136,13 +145,22 @@ def test_unknown_key_warning_through_load_settings(tmp_path):
         ({"smtp": {"separator": "<"}}, "[smtp] separator must be one punctuation character"),
         ({"smtp": {"separator": '"'}}, "[smtp] separator must be one punctuation character"),
         ({"smtp": {"separator": "-"}, "lists": [{"address": "my-list@example.org"}]}, "contains the separator '-'"),
-        ({"lists": [{"address": "a@x.org"}, {"address": "b@x.org"}]},
-         "lists a@x.org and b@x.org would both write their comments to log/commentaires/: give each its own"),
-        ({"lists": [{"address": "a@x.org", "comments_dir": "c"}, {"address": "b@x.org", "comments_dir": "/c/./"}]},
-         "lists a@x.org and b@x.org would both write their comments to c/"),
-        ({"lists": [{"address": "a@x.org", "comments_dir": "../c"}]},
-         "[[lists]] comments_dir of list a@x.org must be a folder inside the site repo other than [site] posts, not '../c'."),
-        ({"site": {"comments_dir": "/"}}, "[site] comments_dir of list bla@localhost must be a folder inside the site repo"),
+        (
+            {"lists": [{"address": "a@x.org"}, {"address": "b@x.org"}]},
+            "lists a@x.org and b@x.org would both write their comments to log/commentaires/: give each its own",
+        ),
+        (
+            {"lists": [{"address": "a@x.org", "comments_dir": "c"}, {"address": "b@x.org", "comments_dir": "/c/./"}]},
+            "lists a@x.org and b@x.org would both write their comments to c/",
+        ),
+        (
+            {"lists": [{"address": "a@x.org", "comments_dir": "../c"}]},
+            "[[lists]] comments_dir of list a@x.org must be a folder inside the site repo other than [site] posts, not '../c'.",
+        ),
+        (
+            {"site": {"comments_dir": "/"}},
+            "[site] comments_dir of list bla@localhost must be a folder inside the site repo",
+        ),
         ({"lists": [{"comments_dir": "log/"}]}, "[[lists]] comments_dir of list bla@localhost must be a folder inside"),
         ({"lists": [{"comments_dir": 3}]}, "[lists 1] comments_dir must be a string"),
     ],
@@ -213,11 +231,14 @@ def test_lookup_order(tmp_path, monkeypatch):
 def test_rendered_default_config_parses_back_into_the_defaults():
     text = render_default_config()
     data = tomllib.loads(text)
+
     def toml(value):  # TOML has arrays where the defaults hold tuples
         return list(value) if isinstance(value, tuple) else value
 
     expected = {
-        section: [{o.key: toml(o.default) for o in options}] if section == "lists" else {o.key: toml(o.default) for o in options}
+        section: [{o.key: toml(o.default) for o in options}]
+        if section == "lists"
+        else {o.key: toml(o.default) for o in options}
         for section, options in OPTIONS.items()
     }
     assert data == expected
@@ -252,8 +273,12 @@ def test_readme_example_is_a_valid_configuration():
 
 
 def test_comment_folders_are_normalised_and_default_to_the_sites():
-    settings = build_settings({"site": {"comments_dir": "/gemlog/comments/"},
-                               "lists": [{"address": "a@x.org"}, {"address": "b@x.org", "comments_dir": "./b//c/"}]})
+    settings = build_settings(
+        {
+            "site": {"comments_dir": "/gemlog/comments/"},
+            "lists": [{"address": "a@x.org"}, {"address": "b@x.org", "comments_dir": "./b//c/"}],
+        }
+    )
     assert [m.comments_dir for m in settings.lists] == ["gemlog/comments", "b/c"]
     assert settings.comments_dirs == ("gemlog/comments", "b/c")
 
@@ -274,12 +299,17 @@ def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     "text, message",
     [
-        ('[relay]\nsecurity = "tls"\n', "listbridge: error: [relay] security must be one of none, starttls, ssl, not 'tls'."),
+        (
+            '[relay]\nsecurity = "tls"\n',
+            "listbridge: error: [relay] security must be one of none, starttls, ssl, not 'tls'.",
+        ),
         ("[smtp\n", "listbridge: error: configuration file bad.toml is not valid TOML"),
         ('[[lists]]\naddress = "nope"\n', "listbridge: error: [[lists]] entry 1 has an invalid address 'nope'."),
-        ('[[lists]]\naddress = "a@x.org"\n[[lists]]\naddress = "b@x.org"\n',
-         "listbridge: error: lists a@x.org and b@x.org would both write their comments to log/commentaires/: "
-         "give each its own [[lists]] comments_dir."),
+        (
+            '[[lists]]\naddress = "a@x.org"\n[[lists]]\naddress = "b@x.org"\n',
+            "listbridge: error: lists a@x.org and b@x.org would both write their comments to log/commentaires/: "
+            "give each its own [[lists]] comments_dir.",
+        ),
     ],
 )
 def test_cli_reports_a_bad_config_in_one_line(tmp_path, text, message):

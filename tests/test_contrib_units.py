@@ -15,8 +15,12 @@ UNITS = sorted((ROOT / "contrib" / "systemd").glob("listbridge*.*"))
 
 
 def documentation(unit: Path) -> list[str]:
-    return [uri for line in unit.read_text().splitlines() if line.startswith("Documentation=")
-            for uri in line.partition("=")[2].split()]
+    return [
+        uri
+        for line in unit.read_text().splitlines()
+        if line.startswith("Documentation=")
+        for uri in line.partition("=")[2].split()
+    ]
 
 
 def installed() -> dict[str, Path]:
@@ -46,10 +50,17 @@ def test_systemd_accepts_the_units(tmp_path: Path) -> None:
         pytest.skip("systemd-analyze is not installed")
     for unit in UNITS:
         shutil.copy(unit, tmp_path)
-    result = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / u.name) for u in UNITS)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *(str(tmp_path / u.name) for u in UNITS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     # Only the lines about these files' own syntax and documentation: the ExecStart binaries
     # and the listbridge user belong to the host it is installed on.
-    complaints = [line for line in result.stderr.splitlines()
-                  if re.search(r"Documentation|Invalid URL|man |Unknown (key|section)|parse", line)]
+    complaints = [
+        line
+        for line in result.stderr.splitlines()
+        if re.search(r"Documentation|Invalid URL|man |Unknown (key|section)|parse", line)
+    ]
     assert complaints == []

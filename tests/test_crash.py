@@ -16,12 +16,11 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from conftest import free_port, wait_for
 from sqlalchemy import select
 
-from listbridge.models import QUEUED, SENDING, SENT, Confirmation, Comment, OutboxRecipient
 from listbridge.db import Database
-
-from conftest import free_port, wait_for
+from listbridge.models import QUEUED, SENDING, SENT, Comment, Confirmation, OutboxRecipient
 
 LIST = "bla@bla.example.org"
 SUBSCRIBE = "bla+subscribe@bla.example.org"
@@ -49,7 +48,9 @@ class Server:
         self.out = open(log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "listbridge", "--config", str(config), "serve"],
-            stdout=self.out, stderr=subprocess.STDOUT, cwd=config.parent,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            cwd=config.parent,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -166,11 +167,18 @@ def test_sigkill_mid_burst_loses_nothing(tmp_path, db_url, sink, tarpit):
         # The dead process left claimed rows behind, stuck on the silent relay.
         if postgres:  # its transactions died with it: the rows it held are simply queued
             with db.transaction() as session:
-                assert set(session.scalars(select(OutboxRecipient.state).where(OutboxRecipient.id.in_(stranded)))) == {QUEUED}
+                assert set(session.scalars(select(OutboxRecipient.state).where(OutboxRecipient.id.in_(stranded)))) == {
+                    QUEUED
+                }
         else:
             with db.transaction() as session:
-                stranded = set(session.scalars(select(OutboxRecipient.id).where(
-                    OutboxRecipient.state == SENDING, OutboxRecipient.claimed_by.like(f"%:{server.proc.pid}:%"))))
+                stranded = set(
+                    session.scalars(
+                        select(OutboxRecipient.id).where(
+                            OutboxRecipient.state == SENDING, OutboxRecipient.claimed_by.like(f"%:{server.proc.pid}:%")
+                        )
+                    )
+                )
         assert stranded, "no outbox row was in flight at the kill"
 
         # Restart against the real relay.
@@ -232,7 +240,10 @@ def test_serve_on_a_taken_port_says_so_in_one_line(tmp_path, db_url, sink):
         write_config(config, db_url, port, sink.port)
         result = subprocess.run(
             [sys.executable, "-m", "listbridge", "--config", str(config), "serve"],
-            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
         )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr

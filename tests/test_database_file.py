@@ -11,15 +11,14 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from conftest import free_port, wait_for
 from sqlalchemy import text
 
 from listbridge.db import Database
-
-from conftest import free_port, wait_for
 
 
 @pytest.fixture
@@ -36,8 +35,13 @@ def modes(folder: Path, name: str) -> dict[str, int]:
 def listbridge(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "lb.toml"
     config.write_text(f'[database]\nurl = "{url}"\n')
-    return subprocess.run([sys.executable, "-m", "listbridge", "--config", str(config), *args],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    return subprocess.run(
+        [sys.executable, "-m", "listbridge", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
 
 
 def test_a_new_database_and_its_wal_are_private(tmp_path: Path, umask_022: None) -> None:
@@ -45,11 +49,15 @@ def test_a_new_database_and_its_wal_are_private(tmp_path: Path, umask_022: None)
     try:
         db.upgrade()
         with db.engine.connect() as connection:  # -wal and -shm exist while a connection is open
-            connection.execute(text("INSERT INTO moderation_events (action, actor, at, detail) "
-                                    "VALUES ('x', 'y', '2026-01-01', '')"))
+            connection.execute(
+                text("INSERT INTO moderation_events (action, actor, at, detail) VALUES ('x', 'y', '2026-01-01', '')")
+            )
             connection.commit()
-            assert modes(tmp_path, "lb.sqlite3") == {"lb.sqlite3": 0o600, "lb.sqlite3-wal": 0o600,
-                                                     "lb.sqlite3-shm": 0o600}
+            assert modes(tmp_path, "lb.sqlite3") == {
+                "lb.sqlite3": 0o600,
+                "lb.sqlite3-wal": 0o600,
+                "lb.sqlite3-shm": 0o600,
+            }
     finally:
         db.dispose()
 
@@ -74,10 +82,15 @@ def test_serve_reports_an_exposed_database_once(tmp_path: Path, umask_022: None)
     port = free_port()
     config = tmp_path / "lb.toml"
     site = tmp_path / "site"
-    config.write_text(f'[database]\nurl = "sqlite:///{path}"\n[smtp]\nhost = "127.0.0.1"\nport = {port}\n'
-                      f'[site]\nrepo = "{site}"\n')
-    server = subprocess.Popen([sys.executable, "-m", "listbridge", "--config", str(config), "serve"],
-                              cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    config.write_text(
+        f'[database]\nurl = "sqlite:///{path}"\n[smtp]\nhost = "127.0.0.1"\nport = {port}\n[site]\nrepo = "{site}"\n'
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "listbridge", "--config", str(config), "serve"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: _stores_a_mail(port), timeout=20)  # a 250: the store process is up
     finally:
@@ -90,17 +103,24 @@ def test_serve_reports_an_exposed_database_once(tmp_path: Path, umask_022: None)
 def _stores_a_mail(port: int) -> bool:
     try:
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-            return client.sendmail("zoe@example.org", ["bla+subscribe@localhost"],
-                                   "From: zoe@example.org\r\n\r\nplease\r\n") == {}
+            return (
+                client.sendmail(
+                    "zoe@example.org", ["bla+subscribe@localhost"], "From: zoe@example.org\r\n\r\nplease\r\n"
+                )
+                == {}
+            )
     except OSError:
         return False
 
 
-@pytest.mark.parametrize(("url", "said"), [
-    ("nonsense://x", "names no known database, 'nonsense'"),
-    ("mysql://lb:s3cret@db.example.org/lb", "needs the mysql driver, which is not installed"),
-    ("not a url at all", "is not a database URL"),
-])
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("nonsense://x", "names no known database, 'nonsense'"),
+        ("mysql://lb:s3cret@db.example.org/lb", "needs the mysql driver, which is not installed"),
+        ("not a url at all", "is not a database URL"),
+    ],
+)
 def test_an_unusable_database_url_is_one_sentence(tmp_path: Path, url: str, said: str) -> None:
     result = listbridge(tmp_path, url, "subscribers", "list")
     assert result.returncode == 1

@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 from sqlalchemy import func, select, text
 
-from listbridge.models import Confirmation, Comment, OutboxRecipient
-
-from conftest import free_port
+from listbridge.models import Comment, Confirmation, OutboxRecipient
 
 LIST = "bla@bla.example.org"
 
@@ -28,7 +27,9 @@ def write_config(path: Path, url: str, **smtp: object) -> Path:
     return path
 
 
-def deliver(config: Path, message: bytes, *recipients: str, sender: str = "carole@example.net", cwd: Path | None = None):
+def deliver(
+    config: Path, message: bytes, *recipients: str, sender: str = "carole@example.net", cwd: Path | None = None
+):
     args = [sys.executable, "-m", "listbridge", "--config", str(config), "deliver", "-f", sender]
     for rcpt in recipients:
         args += ["-r", rcpt]

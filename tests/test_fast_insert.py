@@ -10,23 +10,51 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from listbridge.models import Comment, Subscriber
 from listbridge.db import Database, FastInsert
+from listbridge.models import Comment, Subscriber
 
 COLUMNS = (
-    "list_address", "sender", "display_name", "subject", "message_id", "in_reply_to", "auto_submitted",
-    "received_at", "status", "reason", "post_slug", "post_title", "post_path", "text", "attachments",
-    "published", "raw", "decided_by",
+    "list_address",
+    "sender",
+    "display_name",
+    "subject",
+    "message_id",
+    "in_reply_to",
+    "auto_submitted",
+    "received_at",
+    "status",
+    "reason",
+    "post_slug",
+    "post_title",
+    "post_path",
+    "text",
+    "attachments",
+    "published",
+    "raw",
+    "decided_by",
 )
 
 
 def values(**changes: object) -> dict[str, object]:
     row: dict[str, object] = dict(
-        list_address="bla@example.org", sender="renée@example.net", display_name="Renée «Ré» O'Brien",
-        subject="Re: l'été; DROP TABLE comments; --", message_id="<a.b@example.net>", in_reply_to="",
-        auto_submitted=True, received_at=dt.datetime(2026, 11, 26, 15, 4, 5, 123456), status="held",
-        reason="first post", post_slug=None, post_title="", post_path="", text="Merci\n\n> cité\n\t«?»",
-        attachments=2, published=False, raw=b"From: x\r\n\r\n\x00\xff\xfe body", decided_by="",
+        list_address="bla@example.org",
+        sender="renée@example.net",
+        display_name="Renée «Ré» O'Brien",
+        subject="Re: l'été; DROP TABLE comments; --",
+        message_id="<a.b@example.net>",
+        in_reply_to="",
+        auto_submitted=True,
+        received_at=dt.datetime(2026, 11, 26, 15, 4, 5, 123456),
+        status="held",
+        reason="first post",
+        post_slug=None,
+        post_title="",
+        post_path="",
+        text="Merci\n\n> cité\n\t«?»",
+        attachments=2,
+        published=False,
+        raw=b"From: x\r\n\r\n\x00\xff\xfe body",
+        decided_by="",
     )
     row.update(changes)
     return row
@@ -50,8 +78,16 @@ def as_written(db: Database, comment_id: int) -> tuple[object, ...]:
 
 def test_a_row_stored_on_the_cursor_is_sqlalchemys_own(db: Database) -> None:
     fast = FastInsert(Comment.__table__, COLUMNS)
-    for changes in ({}, {"post_slug": "un-billet", "auto_submitted": False, "published": True, "text": "",
-                         "received_at": dt.datetime(2026, 1, 1)}):  # a whole second: .000000 on SQLite
+    for changes in (
+        {},
+        {
+            "post_slug": "un-billet",
+            "auto_submitted": False,
+            "published": True,
+            "text": "",
+            "received_at": dt.datetime(2026, 1, 1),
+        },
+    ):  # a whole second: .000000 on SQLite
         row = values(**changes)
         with db.transaction() as session:
             ours = fast.insert(session, row)
@@ -76,10 +112,9 @@ def test_one_insert_serves_every_database_it_meets(db: Database, tmp_path) -> No
 
 def test_a_refused_row_raises_sqlalchemys_error_and_leaves_nothing(db: Database) -> None:
     fast = FastInsert(Comment.__table__, COLUMNS)
-    with pytest.raises(IntegrityError) as caught:
-        with db.transaction() as session:
-            fast.insert(session, values(message_id="<kept@example.net>"))
-            fast.insert(session, values(sender=None))  # NOT NULL
+    with pytest.raises(IntegrityError) as caught, db.transaction() as session:
+        fast.insert(session, values(message_id="<kept@example.net>"))
+        fast.insert(session, values(sender=None))  # NOT NULL
     assert isinstance(caught.value, DBAPIError) and not caught.value.connection_invalidated
     with db.transaction() as session:
         assert session.scalar(select(func.count()).select_from(Comment)) == 0
@@ -119,18 +154,15 @@ def test_staged_rows_are_written_as_the_transaction_commits(db: Database) -> Non
 
 def test_staged_rows_and_the_orm_commit_together_or_not_at_all(db: Database) -> None:
     fast = FastInsert(Comment.__table__, COLUMNS)
-    with pytest.raises(IntegrityError):
-        with db.transaction() as session:
-            fast.stage(session, values())
-            session.add(Subscriber(list_address="bla@example.org", address=None))  # NOT NULL, at the flush
-    with pytest.raises(IntegrityError):
-        with db.transaction() as session:
-            fast.stage(session, values())
-            fast.stage(session, values(sender=None))
-    with pytest.raises(RuntimeError):
-        with db.transaction() as session:
-            fast.stage(session, values())
-            raise RuntimeError("rolled back")
+    with pytest.raises(IntegrityError), db.transaction() as session:
+        fast.stage(session, values())
+        session.add(Subscriber(list_address="bla@example.org", address=None))  # NOT NULL, at the flush
+    with pytest.raises(IntegrityError), db.transaction() as session:
+        fast.stage(session, values())
+        fast.stage(session, values(sender=None))
+    with pytest.raises(RuntimeError), db.transaction() as session:
+        fast.stage(session, values())
+        raise RuntimeError("rolled back")
     assert stored(db) == []
 
 

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import free_port, git, send, site_repo, wait_for
 from sqlalchemy import select
 
 from listbridge.cli import cli
 from listbridge.config import load_settings
+from listbridge.db import Database
 from listbridge.models import REMOVED, Comment, OutboxMessage, OutboxRecipient
 from listbridge.service import Service
-from listbridge.db import Database
-
-from conftest import free_port, git, send, site_repo, wait_for
 
 LIST = "bla@bla.example.org"
 SLUG = "un-billet"
@@ -99,7 +98,14 @@ def test_forget_leaves_no_trace_of_an_approved_and_a_rejected_comment(config, si
     assert git(site, "status", "--porcelain") == ""
     # The database: one removal note, erased and published; nothing of the rejected comment.
     (note,) = db_comments(db)
-    assert (note.id, note.status, note.text, note.sender, note.raw, note.published) == (approved, REMOVED, "", "", b"", True)
+    assert (note.id, note.status, note.text, note.sender, note.raw, note.published) == (
+        approved,
+        REMOVED,
+        "",
+        "",
+        b"",
+        True,
+    )
     # The outbox: no row addressed to her, no body naming her or carrying her texts.
     assert traces(db) == []
     with db.transaction() as session:
@@ -147,8 +153,20 @@ def test_forget_while_git_fails_says_so_and_the_note_is_committed_later(config, 
     db = Database(settings.database.url)
     db.upgrade()
     with db.transaction() as session:
-        session.add(Comment(list_address=LIST, sender=CAROLE, display_name="Carole", subject=SLUG, status=APPROVED,
-                            post_slug=SLUG, post_title="Un billet", text=APPROVED_TEXT, published=False, raw=b"x"))
+        session.add(
+            Comment(
+                list_address=LIST,
+                sender=CAROLE,
+                display_name="Carole",
+                subject=SLUG,
+                status=APPROVED,
+                post_slug=SLUG,
+                post_title="Un billet",
+                text=APPROVED_TEXT,
+                published=False,
+                raw=b"x",
+            )
+        )
     assert publish.publish_pending(db, settings)
     (site / ".git" / "index.lock").write_text("")
     result = CliRunner().invoke(cli, ["--config", str(config), "forget", CAROLE])

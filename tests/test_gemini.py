@@ -13,26 +13,29 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote, urljoin
 
 import pytest
+from conftest import free_port
 
 from listbridge.archive import publish
 from listbridge.config import Settings, build_settings
-from listbridge.models import APPROVED, Comment
 from listbridge.db import Database
+from listbridge.models import APPROVED, Comment
 
-from conftest import free_port
-
-pytest.importorskip("jetforce", reason="jetforce (the Gemini server these tests run) is not installed: pip install jetforce")
+pytest.importorskip(
+    "jetforce", reason="jetforce (the Gemini server these tests run) is not installed: pip install jetforce"
+)
 
 LIST = "bla@bla.example.org"
 SLUG = "Comment-les-3hg-ont-réparé-le-CHATONS"  # non-ASCII: percent-encoded in every URL
 TITLE = "Comment les 3hg ont réparé le CHATONS"
 ASCII_SLUG = "autre-billet"
-BODY = "Bravo pour la réparation !\n\n=> gemini://evil.example/ un lien piégé\n# Un faux titre\n* pas une liste\n```\nfin"
+BODY = (
+    "Bravo pour la réparation !\n\n=> gemini://evil.example/ un lien piégé\n# Un faux titre\n* pas une liste\n```\nfin"
+)
 
 
 def gemini_get(port: int, url: str, cafile: Path, timeout: float = 10.0) -> tuple[str, bytes]:
@@ -112,9 +115,24 @@ def gemini(site: Path, tls_cert: tuple[Path, Path], tmp_path: Path) -> Iterator[
     log = tmp_path / "jetforce.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [*_jetforce_command(), "--host", "127.0.0.1", "--port", str(port), "--dir", str(site),
-             "--tls-certfile", str(cert), "--tls-keyfile", str(key), "--hostname", "localhost"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                *_jetforce_command(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dir",
+                str(site),
+                "--tls-certfile",
+                str(cert),
+                "--tls-keyfile",
+                str(key),
+                "--hostname",
+                "localhost",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     try:
@@ -131,12 +149,22 @@ def gemini(site: Path, tls_cert: tuple[Path, Path], tmp_path: Path) -> Iterator[
 
 @pytest.fixture
 def settings(site: Path, tmp_path: Path) -> Settings:
-    return build_settings({
-        "database": {"url": f"sqlite:///{tmp_path / 'lb.sqlite3'}"},
-        "site": {"repo": str(site), "base_url": "gemini://localhost"},
-        "lists": [{"address": LIST, "title": "bla", "owner": "owner@example.org", "language": "fr",
-                   "moderation": "all", "authserv_id": "mx.bla.example.org"}],
-    })
+    return build_settings(
+        {
+            "database": {"url": f"sqlite:///{tmp_path / 'lb.sqlite3'}"},
+            "site": {"repo": str(site), "base_url": "gemini://localhost"},
+            "lists": [
+                {
+                    "address": LIST,
+                    "title": "bla",
+                    "owner": "owner@example.org",
+                    "language": "fr",
+                    "moderation": "all",
+                    "authserv_id": "mx.bla.example.org",
+                }
+            ],
+        }
+    )
 
 
 @pytest.fixture
@@ -150,10 +178,19 @@ def db(settings: Settings) -> Iterator[Database]:
 def approve(db: Database, *, slug: str, title: str, name: str, text: str, when: dt.datetime) -> int:
     with db.transaction() as session:
         c = Comment(
-            list_address=LIST, sender=f"{name.lower() or 'anon'}@example.net", display_name=name,
-            subject=f"Re: {title}", message_id=f"<{time.time_ns()}@example.net>", received_at=when,
-            status=APPROVED, post_slug=slug, post_title=title, post_path=f"log/{slug}.gmi", text=text,
-            published=False, raw=b"From: x\r\n\r\nbody\r\n",
+            list_address=LIST,
+            sender=f"{name.lower() or 'anon'}@example.net",
+            display_name=name,
+            subject=f"Re: {title}",
+            message_id=f"<{time.time_ns()}@example.net>",
+            received_at=when,
+            status=APPROVED,
+            post_slug=slug,
+            post_title=title,
+            post_path=f"log/{slug}.gmi",
+            text=text,
+            published=False,
+            raw=b"From: x\r\n\r\nbody\r\n",
         )
         session.add(c)
         session.flush()

@@ -19,6 +19,7 @@ MARKERS = ["=>", "=", ">", "#", "##", "###", "* ", "*", "*\t", "```", "``", "`",
 
 # --- independent classifiers (written from the spec, not from the module) -------------------
 
+
 def classify(line: str) -> str:
     """Gemini spec, section 5: the type is decided by the line's first characters."""
     if line.startswith("=>"):
@@ -88,6 +89,7 @@ any_text = st.one_of(st.text(), crafted)
 
 # --- properties --------------------------------------------------------------------------------
 
+
 @settings(max_examples=500)
 @given(any_text)
 @example("=> gemini://evil.example/ click")
@@ -128,7 +130,7 @@ def test_link_is_a_link_with_no_whitespace_in_the_url(url: str, label: str) -> N
     assert line.splitlines() == [line]
     target = line[3:].split(" ", 1)[0]
     assert target and target.isascii() and not any(c.isspace() or ord(c) < 32 for c in target)
-    assert line[3 + len(target):].strip() == inline(label)
+    assert line[3 + len(target) :].strip() == inline(label)
 
 
 @given(st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp", "Zs", "Cf", "Mn", "Me", "Mc")), min_size=1))
@@ -140,6 +142,7 @@ def test_ordinary_lines_are_kept_as_written(line: str) -> None:
 
 
 # --- examples ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("text", "expected"),

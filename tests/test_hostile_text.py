@@ -10,12 +10,12 @@ import threading
 import time
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from conftest import send
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from listbridge.lists import commenttext
 from listbridge.lists.commenttext import clean
-
-from conftest import send
 
 LIST = "bla@bla.example.org"
 SIZE = 200_000
@@ -44,8 +44,10 @@ _SLOW_ATTRIBUTION = re.compile(
     rf"|[^>\s].{{0,120}}<[^<>\s]+@[^<>\s]+>\s*{commenttext._WROTE}|[^>\s][^.!?]{{0,60}}\s{commenttext._WROTE})",
     re.IGNORECASE,
 )
-_line = st.lists(st.sampled_from(["on ", "le ", "1", " ", "a", "@", "<", ">", "wrote", ":", "a écrit", ".", "x@y", "\t"]),
-                 max_size=20).map("".join)
+_line = st.lists(
+    st.sampled_from(["on ", "le ", "1", " ", "a", "@", "<", ">", "wrote", ":", "a écrit", ".", "x@y", "\t"]),
+    max_size=20,
+).map("".join)
 
 
 @settings(max_examples=3000)

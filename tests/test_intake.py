@@ -9,11 +9,12 @@ import unicodedata
 from unittest import mock
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from listbridge.inbound import parse as parse_module
-from listbridge.message import Incoming
 from listbridge.inbound.parse import IntakeError, parse
+from listbridge.message import Incoming
 from listbridge.sanitize import html_to_text, one_line
 
 HEAD = b"From: Carole <carole@example.net>\r\nTo: bla@bla.example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
@@ -33,7 +34,7 @@ def multipart(subtype: bytes, *parts: bytes, close: bool = True) -> bytes:
         body += b"--BOUNDARY\r\n" + p
     if close:
         body += b"--BOUNDARY--\r\n"
-    return mail(HEAD + b'Content-Type: multipart/' + subtype + b'; boundary="BOUNDARY"\r\n', body)
+    return mail(HEAD + b"Content-Type: multipart/" + subtype + b'; boundary="BOUNDARY"\r\n', body)
 
 
 def no_control(value: str) -> bool:
@@ -77,8 +78,16 @@ def test_plain_message():
         (b"From: carole@example.net", "", "carole@example.net"),
         (b"From: <carole@example.net>", "", "carole@example.net"),
         (b"From: =?x-unknown?q?Ren=C3=A9e?= <renee@example.fr>", "Renée", "renee@example.fr"),
-        (b"From: =?utf-8?q?=3Cadmin=40bla=2Eexample=2Eorg=3E?= <eve@example.com>", "<admin@bla.example.org>", "eve@example.com"),
-        (b"From: =?utf-8?q?a=2C_admin=40bla=2Eexample=2Eorg=2C?= <eve@example.com>", "a, admin@bla.example.org,", "eve@example.com"),
+        (
+            b"From: =?utf-8?q?=3Cadmin=40bla=2Eexample=2Eorg=3E?= <eve@example.com>",
+            "<admin@bla.example.org>",
+            "eve@example.com",
+        ),
+        (
+            b"From: =?utf-8?q?a=2C_admin=40bla=2Eexample=2Eorg=2C?= <eve@example.com>",
+            "a, admin@bla.example.org,",
+            "eve@example.com",
+        ),
     ],
 )
 def test_from_display_names_and_addresses(header, name, address):
@@ -235,7 +244,12 @@ def test_multipart_alternative_prefers_plain_text():
 @pytest.mark.parametrize(
     "content_type, encoding, body, expected",
     [
-        (b"text/plain; charset=utf-8", b"quoted-printable", b"caf=C3=A9 cr=C3=A8me, a soft=\r\n break", "café crème, a soft break"),
+        (
+            b"text/plain; charset=utf-8",
+            b"quoted-printable",
+            b"caf=C3=A9 cr=C3=A8me, a soft=\r\n break",
+            "café crème, a soft break",
+        ),
         (b"text/plain; charset=iso-8859-1", b"quoted-printable", b"caf=E9 =E0 Paris", "café à Paris"),
         (b"text/plain; charset=utf-8", b"base64", b"Y2Fmw6kgY3LDqG1l\r\n", "café crème"),
         (b"text/plain; charset=iso-8859-1", b"8bit", b"\xe9t\xe9", "été"),
@@ -254,7 +268,9 @@ def test_html_only_mail_becomes_text():
         b"<p>Caf=E9 &amp; th=E9 &lt;b&gt;</p><script>alert('x')</script>"
         b"<p>Second <b>paragraph</b> <a href=3D'http://evil.example'>link</a><br>line</p></body></html>"
     )
-    raw = mail(HEAD + b"Content-Type: text/html; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n", html)
+    raw = mail(
+        HEAD + b"Content-Type: text/html; charset=iso-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n", html
+    )
     text = parse(raw).text
     assert text == "Café & thé <b>\n\nSecond paragraph link\n\nline"
 
@@ -284,8 +300,16 @@ def test_attachments_are_not_text():
     raw = multipart(
         b"mixed",
         part(b"text/plain; charset=utf-8", b"The comment."),
-        part(b'text/plain; name="notes.txt"', b"ATTACHED NOTES", b'Content-Disposition: attachment; filename="notes.txt"\r\n'),
-        part(b"application/pdf", b"JVBERi0xLjQK", b"Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment\r\n"),
+        part(
+            b'text/plain; name="notes.txt"',
+            b"ATTACHED NOTES",
+            b'Content-Disposition: attachment; filename="notes.txt"\r\n',
+        ),
+        part(
+            b"application/pdf",
+            b"JVBERi0xLjQK",
+            b"Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment\r\n",
+        ),
         part(b"image/png", b"iVBORw0KGgo=", b"Content-Transfer-Encoding: base64\r\n"),
     )
     assert parse(raw).text == "The comment."
@@ -360,7 +384,16 @@ def test_doctests_of_the_module_pass():
 
 
 header_names = st.sampled_from(
-    ["From", "Subject", "Content-Type", "Content-Transfer-Encoding", "Auto-Submitted", "References", "X-Loop", "MIME-Version"]
+    [
+        "From",
+        "Subject",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "Auto-Submitted",
+        "References",
+        "X-Loop",
+        "MIME-Version",
+    ]
 )
 header_values = st.one_of(
     st.binary(max_size=80),
@@ -416,11 +449,17 @@ _from_address = st.builds(
 _from_values = st.one_of(
     st.builds(
         lambda words, gap, address, end: " ".join(words) + gap + f"<{address}>" + end,
-        st.lists(_from_word, max_size=3), st.sampled_from(["", " ", "  ", "\t"]), _from_address,
+        st.lists(_from_word, max_size=3),
+        st.sampled_from(["", " ", "  ", "\t"]),
+        _from_address,
         st.sampled_from(["", " ", ",", ", x@y", " (c)"]),
     ),
-    st.builds(lambda lead, address, end: lead + address + end, st.sampled_from(["", " ", "<"]), _from_address,
-              st.sampled_from(["", " ", ">", " (Name)"])),
+    st.builds(
+        lambda lead, address, end: lead + address + end,
+        st.sampled_from(["", " ", "<"]),
+        _from_address,
+        st.sampled_from(["", " ", ">", " (Name)"]),
+    ),
     st.text(_from_chars, max_size=30),
 )
 
@@ -438,21 +477,59 @@ def test_the_everyday_from_takes_the_shortcut():
 
 # --- the plain-body shortcut: what mail-parser would read, without its walk -----------------
 
-_content_types = st.sampled_from([
-    "text/plain", "TEXT/Plain", "text/plain; charset=utf-8", 'text/plain; charset="UTF-8"',
-    "text/plain; charset=us-ascii", "text/plain;\r\n charset=utf-8", "text/plain; charset=utf-8; format=flowed",
-    'text/plain; charset="utf-8"; format=flowed; delsp=yes', "text/plain;", " text/plain ",
-    "text/plain; charset=iso-8859-1", "text/plain; charset=utf8", "text/plain; charset=bogus",
-    'text/plain; name="a.txt"', "text/plain; format=flowed; charset=utf-8", "text/plain; charset=utf-8; charset=latin1",
-    "text/html; charset=utf-8", "text", "", "multipart/mixed; boundary=b", "application/octet-stream", "message/rfc822",
-    "text/plain; charset==?utf-8?q?x?=",
-]) | st.text(st.sampled_from(list('text/plain; charset="utf-8"\r\n\t=?')), max_size=30)
-_encodings = st.sampled_from(["7bit", "8bit", "8BIT", " 8bit ", "", "binary", "quoted-printable", "base64", "x-uuencode"])
-_body_pieces = st.sampled_from([
-    b"Merci pour ce billet.", b"r\xc3\xa9cit", "日本".encode(), b"\xff\xfe", b"\xc3", b"\r\n", b"\n", b"\r", b"\x00",
-    b"> quoted", b"-- ", b"=C3=A9", b"TWVyY2k=", b"<b>bold</b>", b" ", b"\t", b"begin 644 a\n",
-    b"\r\n--b\r\nContent-Type: text/plain\r\n\r\npart\r\n--b--\r\n", b"Subject: inner\r\n\r\ninner body",
-])
+_content_types = st.sampled_from(
+    [
+        "text/plain",
+        "TEXT/Plain",
+        "text/plain; charset=utf-8",
+        'text/plain; charset="UTF-8"',
+        "text/plain; charset=us-ascii",
+        "text/plain;\r\n charset=utf-8",
+        "text/plain; charset=utf-8; format=flowed",
+        'text/plain; charset="utf-8"; format=flowed; delsp=yes',
+        "text/plain;",
+        " text/plain ",
+        "text/plain; charset=iso-8859-1",
+        "text/plain; charset=utf8",
+        "text/plain; charset=bogus",
+        'text/plain; name="a.txt"',
+        "text/plain; format=flowed; charset=utf-8",
+        "text/plain; charset=utf-8; charset=latin1",
+        "text/html; charset=utf-8",
+        "text",
+        "",
+        "multipart/mixed; boundary=b",
+        "application/octet-stream",
+        "message/rfc822",
+        "text/plain; charset==?utf-8?q?x?=",
+    ]
+) | st.text(st.sampled_from(list('text/plain; charset="utf-8"\r\n\t=?')), max_size=30)
+_encodings = st.sampled_from(
+    ["7bit", "8bit", "8BIT", " 8bit ", "", "binary", "quoted-printable", "base64", "x-uuencode"]
+)
+_body_pieces = st.sampled_from(
+    [
+        b"Merci pour ce billet.",
+        b"r\xc3\xa9cit",
+        "日本".encode(),
+        b"\xff\xfe",
+        b"\xc3",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"\x00",
+        b"> quoted",
+        b"-- ",
+        b"=C3=A9",
+        b"TWVyY2k=",
+        b"<b>bold</b>",
+        b" ",
+        b"\t",
+        b"begin 644 a\n",
+        b"\r\n--b\r\nContent-Type: text/plain\r\n\r\npart\r\n--b--\r\n",
+        b"Subject: inner\r\n\r\ninner body",
+    ]
+)
 
 
 @settings(max_examples=2000, suppress_health_check=[HealthCheck.too_slow])
@@ -460,19 +537,47 @@ _body_pieces = st.sampled_from([
     content_type=st.none() | _content_types,
     second=st.none() | _content_types,
     encoding=st.lists(_encodings, max_size=2),
-    others=st.lists(st.sampled_from([
-        "Content-Disposition: inline", "Content-Disposition: attachment", 'Content-Disposition: inline; filename="a.txt"',
-        "Content-ID: <x@example.net>", "Content-Description: note", "Content-Language: fr", "MIME-Version: 1.0",
-        "Content-Type : text/html", "Content-Base: x",
-    ]), max_size=3),
+    others=st.lists(
+        st.sampled_from(
+            [
+                "Content-Disposition: inline",
+                "Content-Disposition: attachment",
+                'Content-Disposition: inline; filename="a.txt"',
+                "Content-ID: <x@example.net>",
+                "Content-Description: note",
+                "Content-Language: fr",
+                "MIME-Version: 1.0",
+                "Content-Type : text/html",
+                "Content-Base: x",
+            ]
+        ),
+        max_size=3,
+    ),
     body=st.lists(_body_pieces, max_size=12).map(b"".join),
-    noise=st.sampled_from(["", "From carole@example.net Mon Jan  1 00:00:00 2026\r\n", "X-Folded: a\r\n b\r\n",
-                           "not a header\r\n", "X-Bare: a\n", "X-Cr: a\rb\r\n", "\r\n", " continued\r\n",
-                           "X-8bit: caf\udce9\r\n"]),
+    noise=st.sampled_from(
+        [
+            "",
+            "From carole@example.net Mon Jan  1 00:00:00 2026\r\n",
+            "X-Folded: a\r\n b\r\n",
+            "not a header\r\n",
+            "X-Bare: a\n",
+            "X-Cr: a\rb\r\n",
+            "\r\n",
+            " continued\r\n",
+            "X-8bit: caf\udce9\r\n",
+        ]
+    ),
     end=st.sampled_from(["\r\n\r\n", "\r\n\r\n", "\r\n\r\n", "\n\n", "\r\n\n", "\r\n", ""]),
 )
-@example("multipart/mixed; boundary=b", None, [], [], b"\r\n--b\r\nContent-Type: text/plain\r\n\r\npart\r\n--b--\r\n",
-         "", "\r\n\r\n")
+@example(
+    "multipart/mixed; boundary=b",
+    None,
+    [],
+    [],
+    b"\r\n--b\r\nContent-Type: text/plain\r\n\r\npart\r\n--b--\r\n",
+    "",
+    "\r\n\r\n",
+)
 @example("message/rfc822", None, [], [], b"Subject: inner\r\n\r\ninner body", "", "\r\n\r\n")
 def test_the_plain_body_shortcuts_read_what_mail_parser_reads(content_type, second, encoding, others, body, noise, end):
     """Both shortcuts (the header parsed alone, the plain body read without mail-parser's walk)
@@ -500,12 +605,18 @@ def test_the_plain_body_shortcuts_read_what_mail_parser_reads(content_type, seco
 
 def test_an_everyday_comment_takes_the_plain_body_shortcut():
     everyday = [
-        mail(HEAD + b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: 8bit\r\n',
-             "Merci pour le récit.\r\n\r\n-- \r\nRenée\r\n".encode()),
-        mail(HEAD + b"Content-Type: text/plain; charset=us-ascii; format=flowed\r\nContent-Language: en-US\r\n",
-             b"Thanks.\r\n"),
-        mail(HEAD + b"Content-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: quoted-printable\r\n",
-             b"Un r=C3=A9cit.\r\n"),
+        mail(
+            HEAD + b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: 8bit\r\n',
+            "Merci pour le récit.\r\n\r\n-- \r\nRenée\r\n".encode(),
+        ),
+        mail(
+            HEAD + b"Content-Type: text/plain; charset=us-ascii; format=flowed\r\nContent-Language: en-US\r\n",
+            b"Thanks.\r\n",
+        ),
+        mail(
+            HEAD + b"Content-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: quoted-printable\r\n",
+            b"Un r=C3=A9cit.\r\n",
+        ),
         b"From: carole@example.net\nSubject: s\n\nNo MIME headers at all.\n",
     ]
     read = []

@@ -11,8 +11,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select
 
-from listbridge.models import Base, Subscriber
 from listbridge.db import Database, alembic_config
+from listbridge.models import Base, Subscriber
 
 
 def revisions_oldest_first() -> list[str]:
@@ -40,11 +40,14 @@ def drift(db: Database) -> list:
         return compare_metadata(context, Base.metadata)
 
 
-def _different_default(context, inspected_column, metadata_column, inspected, metadata_default, rendered) -> bool | None:
+def _different_default(
+    context, inspected_column, metadata_column, inspected, metadata_default, rendered
+) -> bool | None:
     """SQLite reflects DEFAULT '' as "''" where the model renders "''" wrapped differently:
     compare the bare values, and let alembic decide everything else."""
     if inspected is None or rendered is None:
         return None
+
     def bare(value: object) -> str:
         text = re.sub(r"::[a-z ]+(\(\d+\))?$", "", str(value).strip("()"))  # PostgreSQL's ''::text
         return text.strip("'\"")
@@ -88,7 +91,9 @@ def test_down_and_up_again_from_head_keeps_working(empty: Database):
     empty.upgrade()
     now = dt.datetime(2026, 1, 1)
     with empty.transaction() as session:
-        session.add(Subscriber(list_address="bla@x.org", address="a@b.org", domain="b.org", token="t", subscribed_at=now))
+        session.add(
+            Subscriber(list_address="bla@x.org", address="a@b.org", domain="b.org", token="t", subscribed_at=now)
+        )
     with empty.transaction() as session:
         assert session.scalars(select(Subscriber.address)).all() == ["a@b.org"]
 

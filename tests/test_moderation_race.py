@@ -10,14 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import site_repo
 from sqlalchemy import func, select
 
-from listbridge.models import APPROVED, HELD, REJECTED, Comment, ModerationEvent, OutboxMessage, utcnow
 from listbridge.db import Database
 from listbridge.lists.context import ListContext
 from listbridge.lists.subscriptions import subscribe
-
-from conftest import site_repo
+from listbridge.models import APPROVED, HELD, REJECTED, Comment, ModerationEvent, OutboxMessage, utcnow
 
 LIST = "bla@bla.example.org"
 SLUG = "un-billet"
@@ -51,9 +50,19 @@ def hold(db: Database, config: Path) -> int:
     settings = load_settings(str(config))
     with db.transaction() as session:
         subscribe(session, ListContext(settings, settings.lists[0]), "ann@example.org")
-        comment = Comment(list_address=LIST, sender="carole@example.net", display_name="Carole", subject=SLUG,
-                          received_at=utcnow(), status=HELD, reason="every comment is moderated", post_slug=SLUG,
-                          post_title="Un billet", text="Bravo.", raw=b"")
+        comment = Comment(
+            list_address=LIST,
+            sender="carole@example.net",
+            display_name="Carole",
+            subject=SLUG,
+            received_at=utcnow(),
+            status=HELD,
+            reason="every comment is moderated",
+            post_slug=SLUG,
+            post_title="Un billet",
+            text="Bravo.",
+            raw=b"",
+        )
         session.add(comment)
         session.flush()
         return comment.id
@@ -64,8 +73,14 @@ def race(config: Path, commands: list[list[str]]) -> list[subprocess.CompletedPr
     env = {**os.environ, "USER": "moderator"}
     gate, go = os.pipe()  # each child reads one byte of it before it starts
     procs = [
-        subprocess.Popen([sys.executable, "-c", GATED_MAIN, "--config", str(config), *command], env=env,
-                         stdin=gate, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", GATED_MAIN, "--config", str(config), *command],
+            env=env,
+            stdin=gate,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for command in commands
     ]
     os.close(gate)
@@ -83,7 +98,9 @@ def decisions(db: Database, comment_id: int) -> tuple[str, list[str], int]:
     with db.transaction() as session:
         status = session.scalar(select(Comment.status).where(Comment.id == comment_id))
         events = list(session.scalars(select(ModerationEvent.action).where(ModerationEvent.comment_id == comment_id)))
-        broadcasts = session.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.kind == "comment"))
+        broadcasts = session.scalar(
+            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.kind == "comment")
+        )
     return status, events, broadcasts
 
 
@@ -104,8 +121,11 @@ def test_approve_racing_reject_has_one_winner(db: Database, config: Path) -> Non
     for _ in range(ROUNDS):
         comment_id = hold(db, config)
         half = RACERS // 2
-        results = race(config, [["moderate", "approve", str(comment_id)]] * half
-                       + [["moderate", "reject", str(comment_id), "--reason", "no"]] * half)
+        results = race(
+            config,
+            [["moderate", "approve", str(comment_id)]] * half
+            + [["moderate", "reject", str(comment_id), "--reason", "no"]] * half,
+        )
         for r in results:
             assert "Traceback" not in r.stderr, r.stderr
         status, events, broadcasts = decisions(db, comment_id)

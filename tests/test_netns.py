@@ -27,16 +27,21 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from sqlalchemy import select
+from test_outage import (
+    READERS,
+    db_count,
+    export_roster,
+    git,
+    home,  # noqa: F401  (fixture: the home database with its subscribers)
+    watcher_config,
+)
 
+from listbridge.db import Database
 from listbridge.models import ProbeStatus, Subscriber
 from listbridge.outage.probe import probe
-from listbridge.db import Database
 from listbridge.outage.watch import Watcher
-
-from conftest import wait_for
-from test_outage import READERS, db_count, export_roster, git, watcher_config
-from test_outage import home  # noqa: F401  (fixture: the home database with its subscribers)
 
 OWNER = "owner@example.org"
 TEST_RANGE = ipaddress.ip_network("10.231.0.0/16")  # test-only, never routed off this machine
@@ -95,8 +100,9 @@ class HomeLink:
         if result.returncode != 0:
             pytest.skip(f"network namespaces not available: `ip netns add` failed: {result.stderr.strip()}")
         self.created_ns = True
-        result = ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.home_if, "netns", self.ns,
-                    check=False)
+        result = ip(
+            "link", "add", self.host_if, "type", "veth", "peer", "name", self.home_if, "netns", self.ns, check=False
+        )
         if result.returncode != 0:
             pytest.skip(f"veth pairs not available: `ip link add ... type veth` failed: {result.stderr.strip()}")
         self.created_veth = True
@@ -116,16 +122,32 @@ class HomeLink:
         assert ip("-n", self.ns, "-6", "route", "show", "default").stdout.strip() == ""
         assert f"dev {self.host_if}" in ip("route", "get", self.home_ip).stdout
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, sys.executable, "-m", "aiosmtpd", "-n",
-             "-l", self.mx, "-c", "aiosmtpd.handlers.Sink"],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.ns,
+                sys.executable,
+                "-m",
+                "aiosmtpd",
+                "-n",
+                "-l",
+                self.mx,
+                "-c",
+                "aiosmtpd.handlers.Sink",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20
         while not probe(self.mx, timeout=0.5).ok:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.log.seek(0)
-                pytest.fail(f"the home MX did not come up in {self.ns} (exit {self.proc.poll()}):\n"
-                            + self.log.read().decode(errors="replace"))
+                pytest.fail(
+                    f"the home MX did not come up in {self.ns} (exit {self.proc.poll()}):\n"
+                    + self.log.read().decode(errors="replace")
+                )
             time.sleep(0.1)
 
     def set_link(self, side: str, state: str) -> None:
@@ -218,8 +240,12 @@ def committed(site: Path, subject_prefix: str, heading: str) -> bool:
     if not (site / ".git").exists() or not git(site, "rev-parse", "--verify", "-q", "HEAD").strip():
         return False
     show = git(site, "show", "--name-only", "--format=%s", "HEAD").splitlines()
-    return bool(show) and show[0].startswith(subject_prefix) and "status.gmi" in show \
+    return (
+        bool(show)
+        and show[0].startswith(subject_prefix)
+        and "status.gmi" in show
         and heading in git(site, "show", "HEAD:status.gmi")
+    )
 
 
 @pytest.mark.parametrize("side", ["home", "host"], ids=["cut-home-side", "cut-host-side"])
@@ -244,8 +270,9 @@ def test_drill_across_a_namespace(side, home, home_link, netns_settings, sink): 
 
         wait_for(lambda: set(notices(sink, "down")) >= set(READERS), timeout=30)
         seconds = time.monotonic() - cut
-        print(f"\n[{side} side] link cut -> last subscriber notified: {seconds:.2f} s "
-              f"(interval 1, failures 3, timeout 1)")
+        print(
+            f"\n[{side} side] link cut -> last subscriber notified: {seconds:.2f} s (interval 1, failures 3, timeout 1)"
+        )
         wait_for(lambda: OWNER in notices(sink, "down"), timeout=15)
         wait_for(lambda: committed(site, "Outage:", "## Panne en cours"), timeout=15)
         assert "le serveur de courrier ne répond pas" in (site / "status.gmi").read_text()
@@ -254,8 +281,7 @@ def test_drill_across_a_namespace(side, home, home_link, netns_settings, sink): 
         home_link.set_link(side, "up")
         back = time.monotonic()
         wait_for(lambda: set(notices(sink, "resolved")) >= everyone, timeout=30)
-        print(f"[{side} side] link up -> everyone told it is resolved: {time.monotonic() - back:.2f} s "
-              f"(recoveries 2)")
+        print(f"[{side} side] link up -> everyone told it is resolved: {time.monotonic() - back:.2f} s (recoveries 2)")
         wait_for(lambda: committed(site, "Resolved:", "## Tout va bien"), timeout=15)
         time.sleep(2.5)  # a few more probes over the restored link: nothing more may be sent
         assert probe_status(db).state == "up"
@@ -269,7 +295,9 @@ def test_drill_across_a_namespace(side, home, home_link, netns_settings, sink): 
     assert dict(resolved) == {address: 1 for address in everyone}, resolved
     subjects = git(site, "log", "--format=%s").splitlines()
     assert [s for s in subjects if s.startswith(("Outage:", "Resolved:"))] == [
-        "Resolved: le serveur de courrier ne répond pas", "Outage: le serveur de courrier ne répond pas"]
+        "Resolved: le serveur de courrier ne répond pas",
+        "Outage: le serveur de courrier ne répond pas",
+    ]
     # The notice carries the subscriber's own unsubscribe token from home.
     with home.transaction() as session:
         token = session.scalar(select(Subscriber.token).where(Subscriber.address == READERS[0]))

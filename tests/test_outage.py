@@ -13,17 +13,16 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from click.testing import CliRunner
+from conftest import SinkHandler, free_port, git, wait_for
 from sqlalchemy import func, select
 
 from listbridge.cli import cli
 from listbridge.config import build_settings
-from listbridge.models import OutboxMessage, Subscriber
 from listbridge.db import Database
 from listbridge.lists.context import ListContext
 from listbridge.lists.subscriptions import subscribe
+from listbridge.models import OutboxMessage, Subscriber
 from listbridge.outage.watch import Watcher
-
-from conftest import SinkHandler, free_port, git, wait_for
 
 LIST = "bla@bla.example.org"
 READERS = [f"reader{i}@example{i % 3}.org" for i in range(12)]
@@ -72,14 +71,22 @@ def watcher_config(tmp_path: Path, db_url: str, relay_port: int, mx: str):
     `mx`, probing every second (3 failures down, 2 successes up)."""
     site = tmp_path / "site"
     subprocess.run(["git", "init", "--quiet", str(site)], check=True)
-    return build_settings({
-        "database": {"url": db_url},
-        "relay": {"host": "127.0.0.1", "port": relay_port, "connections": 2, "timeout": 5},
-        "site": {"repo": str(site), "base_url": "gemini://bla.example.org"},
-        "lists": [{"address": LIST, "title": "bla", "language": "fr", "owner": "owner@example.org"}],
-        "watch": {"mx": mx, "interval": 1, "failures": 3, "recoveries": 2, "timeout": 1,
-                  "roster": str(tmp_path / "roster.sqlite3")},
-    })
+    return build_settings(
+        {
+            "database": {"url": db_url},
+            "relay": {"host": "127.0.0.1", "port": relay_port, "connections": 2, "timeout": 5},
+            "site": {"repo": str(site), "base_url": "gemini://bla.example.org"},
+            "lists": [{"address": LIST, "title": "bla", "language": "fr", "owner": "owner@example.org"}],
+            "watch": {
+                "mx": mx,
+                "interval": 1,
+                "failures": 3,
+                "recoveries": 2,
+                "timeout": 1,
+                "roster": str(tmp_path / "roster.sqlite3"),
+            },
+        }
+    )
 
 
 @pytest.fixture
@@ -183,7 +190,9 @@ def test_maintainer_declares_updates_and_resolves(tmp_path, watcher_settings, ho
         return CliRunner().invoke(cli, ["--config", str(config), *args], catch_exceptions=False)
 
     assert run("roster", "import", s.watch.roster).exit_code == 0
-    result = run("outage", "declare", "--nature", "power cut at home", "--eta", "tonight 20:00", "--status", "identified")
+    result = run(
+        "outage", "declare", "--nature", "power cut at home", "--eta", "tonight 20:00", "--status", "identified"
+    )
     assert result.exit_code == 0, result.output
     assert run("outage", "declare", "--nature", "again").exit_code != 0  # one open outage at a time
     assert run("outage", "update", "--message", "The ISP is on site.", "--status", "monitoring").exit_code == 0
@@ -214,9 +223,10 @@ def test_stale_roster_is_reported(tmp_path, watcher_settings, home):
     export_roster(home, watcher_settings.watch.roster)
     db = Database(watcher_settings.database.url)
     db.upgrade()
+    import datetime as dt
+
     from listbridge.models import RosterImport
     from listbridge.outage.watch import roster_age
-    import datetime as dt
 
     Watcher(watcher_settings, db).refresh_roster()
     assert roster_age(watcher_settings, db)[1] is False
@@ -229,8 +239,10 @@ def test_stale_roster_is_reported(tmp_path, watcher_settings, home):
 
 def test_watch_once_prints_the_probe(tmp_path, watcher_settings, mx):
     config = tmp_path / "w.toml"
-    config.write_text(f'[database]\nurl = "{watcher_settings.database.url}"\n[site]\nrepo = "{watcher_settings.site.repo}"\n'
-                      f'[watch]\nmx = "{watcher_settings.watch.mx}"\ntimeout = 1.0\n')
+    config.write_text(
+        f'[database]\nurl = "{watcher_settings.database.url}"\n[site]\nrepo = "{watcher_settings.site.repo}"\n'
+        f'[watch]\nmx = "{watcher_settings.watch.mx}"\ntimeout = 1.0\n'
+    )
     result = CliRunner().invoke(cli, ["--config", str(config), "watch", "--once", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     tick = json.loads(result.output)

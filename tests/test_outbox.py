@@ -6,16 +6,15 @@ import datetime as dt
 import threading
 import time
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import func, insert, select, update
 
-from listbridge.outbound import compose, delivery, outbox
-from listbridge.models import FAILED, QUEUED, SENDING, SENT, OutboxMessage, OutboxRecipient, utcnow
 from listbridge.lists.context import ListContext
 from listbridge.lists.subscriptions import subscribe
-
+from listbridge.models import FAILED, QUEUED, SENDING, SENT, OutboxMessage, OutboxRecipient, utcnow
+from listbridge.outbound import compose, delivery, outbox
 
 
 def add_subscribers(db, settings, addresses):
@@ -30,15 +29,21 @@ def list_mail(db, settings, subject="A post") -> int:
     body = compose.build(mlist, "+", subject=subject, body="Body of the post.\n", sender=mlist.address)
     with db.transaction() as session:
         message, count = outbox.enqueue_fanout(
-            session, list_address=mlist.address, kind="post", envelope_from="bla+owner@bla.example.org",
-            body=body, retry_days=5,
+            session,
+            list_address=mlist.address,
+            kind="post",
+            envelope_from="bla+owner@bla.example.org",
+            body=body,
+            retry_days=5,
         )
     return count
 
 
 def states(db) -> Counter:
     with db.transaction() as session:
-        return Counter(dict(session.execute(select(OutboxRecipient.state, func.count()).group_by(OutboxRecipient.state)).all()))
+        return Counter(
+            dict(session.execute(select(OutboxRecipient.state, func.count()).group_by(OutboxRecipient.state)).all())
+        )
 
 
 def tokens(db, settings) -> dict[str, str]:
@@ -224,20 +229,32 @@ def test_a_large_fanout_is_claimed_through_the_due_index_at_once(db, settings):
     walks the due index and stops at its limit; it does not read and sort every due row."""
     if db.engine.dialect.name != "postgresql":
         pytest.skip("SQLite plans without statistics")
-    from listbridge.models import Subscriber
     from listbridge.addresses import new_token
+    from listbridge.models import Subscriber
 
     n = 30_000  # below some 20,000 rows, PostgreSQL walks the index even without statistics
     with db.transaction() as session:
-        session.execute(insert(Subscriber), [
-            {"list_address": settings.lists[0].address, "address": f"r{i}@d{i % 7}.example", "domain": f"d{i % 7}.example",
-             "display_name": "", "token": new_token(), "subscribed_at": utcnow()} for i in range(n)
-        ])
+        session.execute(
+            insert(Subscriber),
+            [
+                {
+                    "list_address": settings.lists[0].address,
+                    "address": f"r{i}@d{i % 7}.example",
+                    "domain": f"d{i % 7}.example",
+                    "display_name": "",
+                    "token": new_token(),
+                    "subscribed_at": utcnow(),
+                }
+                for i in range(n)
+            ],
+        )
     assert list_mail(db, settings) == n
     with db.engine.connect() as conn:
         query = outbox._LOCK_DUE.compile(dialect=conn.dialect)
-        plan = "\n".join(row[0] for row in conn.exec_driver_sql(
-            "EXPLAIN " + query.string, {**query.params, "now": utcnow(), "limit": 100}))
+        plan = "\n".join(
+            row[0]
+            for row in conn.exec_driver_sql("EXPLAIN " + query.string, {**query.params, "now": utcnow(), "limit": 100})
+        )
     assert "ix_outbox_recipients_due" in plan and "Sort" not in plan, plan
 
 
@@ -250,12 +267,21 @@ def test_stale_claims_are_queued_again(db, settings):
         rows = session.scalars(select(OutboxRecipient).order_by(OutboxRecipient.id)).all()
         host = socket.gethostname()
         # a: claimed long ago elsewhere; b: claimed now by a dead local process; c: alive (us).
-        session.execute(update(OutboxRecipient).where(OutboxRecipient.id == rows[0].id).values(
-            state=SENDING, claimed_by="elsewhere:1:w0", claimed_at=utcnow() - dt.timedelta(hours=1)))
-        session.execute(update(OutboxRecipient).where(OutboxRecipient.id == rows[1].id).values(
-            state=SENDING, claimed_by=f"{host}:{2**22 + 12345}:w0", claimed_at=utcnow()))
-        session.execute(update(OutboxRecipient).where(OutboxRecipient.id == rows[2].id).values(
-            state=SENDING, claimed_by=outbox.worker_id() + ":w0", claimed_at=utcnow()))
+        session.execute(
+            update(OutboxRecipient)
+            .where(OutboxRecipient.id == rows[0].id)
+            .values(state=SENDING, claimed_by="elsewhere:1:w0", claimed_at=utcnow() - dt.timedelta(hours=1))
+        )
+        session.execute(
+            update(OutboxRecipient)
+            .where(OutboxRecipient.id == rows[1].id)
+            .values(state=SENDING, claimed_by=f"{host}:{2**22 + 12345}:w0", claimed_at=utcnow())
+        )
+        session.execute(
+            update(OutboxRecipient)
+            .where(OutboxRecipient.id == rows[2].id)
+            .values(state=SENDING, claimed_by=outbox.worker_id() + ":w0", claimed_at=utcnow())
+        )
     with db.transaction() as session:
         assert outbox.release_stale(session, dt.timedelta(minutes=10)) == 2
         left = dict(session.execute(select(OutboxRecipient.address, OutboxRecipient.state)).all())
@@ -299,8 +325,11 @@ def test_a_bug_while_sending_backs_the_batch_off_and_keeps_the_worker(db, make_s
         worker.close()
     assert states(db) == Counter({SENT: 2, QUEUED: 3})
     with db.transaction() as session:
-        waiting = session.execute(select(OutboxRecipient.attempts, OutboxRecipient.last_error, OutboxRecipient.next_attempt_at)
-                                  .where(OutboxRecipient.state == QUEUED)).all()
+        waiting = session.execute(
+            select(OutboxRecipient.attempts, OutboxRecipient.last_error, OutboxRecipient.next_attempt_at).where(
+                OutboxRecipient.state == QUEUED
+            )
+        ).all()
     assert {(a, e) for a, e, _ in waiting} == {(1, "421 internal error while sending")}
     assert all(at > utcnow() for _, _, at in waiting)
     monkeypatch.setattr(delivery.Worker, "_envelope", built)

@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import database_write_lock
 from sqlalchemy import func, select
 
 from listbridge.inbound import dispatch
 from listbridge.models import Comment
-
-from conftest import database_write_lock
 
 LIST = "bla@bla.example.org"
 # Nested comments the email package's address parser recurses into, until RecursionError.
@@ -37,10 +36,16 @@ def _parser_recurses() -> bool:
 POISONOUS = _parser_recurses()
 
 
-def raw_message(subject: str, sender: str = "Carole <carole@example.net>", content_type: str = "text/plain",
-                body: str = "Hello.\r\n") -> bytes:
-    return (f"From: {sender}\r\nTo: {LIST}\r\nSubject: {subject}\r\nMessage-ID: <{time.time_ns()}@example.net>\r\n"
-            f"MIME-Version: 1.0\r\nContent-Type: {content_type}; charset=utf-8\r\n\r\n{body}").encode()
+def raw_message(
+    subject: str,
+    sender: str = "Carole <carole@example.net>",
+    content_type: str = "text/plain",
+    body: str = "Hello.\r\n",
+) -> bytes:
+    return (
+        f"From: {sender}\r\nTo: {LIST}\r\nSubject: {subject}\r\nMessage-ID: <{time.time_ns()}@example.net>\r\n"
+        f"MIME-Version: 1.0\r\nContent-Type: {content_type}; charset=utf-8\r\n\r\n{body}"
+    ).encode()
 
 
 def transaction(port: int, data: bytes, timeout: float = 10) -> tuple[int, str]:
@@ -53,7 +58,9 @@ def transaction(port: int, data: bytes, timeout: float = 10) -> tuple[int, str]:
         return code, msg.decode()
 
 
-def in_thread(port: int, data: bytes, replies: dict[str, tuple[int, str] | str], key: str, timeout: float = 10) -> threading.Thread:
+def in_thread(
+    port: int, data: bytes, replies: dict[str, tuple[int, str] | str], key: str, timeout: float = 10
+) -> threading.Thread:
     def run() -> None:
         try:
             replies[key] = transaction(port, data, timeout)
@@ -78,8 +85,9 @@ def test_a_from_header_the_parser_recurses_on_costs_only_its_own_message(service
         threads = [in_thread(port, raw_message("first"), replies, "first", timeout=60)]
         time.sleep(0.5)  # the first batch is now waiting for the lock in the store process
         threads += [in_thread(port, raw_message("poison", sender=DEEP_FROM), replies, "poison", timeout=60)]
-        threads += [in_thread(port, raw_message(f"innocent {n}"), replies, f"innocent {n}", timeout=60)
-                    for n in range(4)]
+        threads += [
+            in_thread(port, raw_message(f"innocent {n}"), replies, f"innocent {n}", timeout=60) for n in range(4)
+        ]
         time.sleep(1.0)  # all of them are queued for the next batch
     for thread in threads:
         thread.join(30)
@@ -95,8 +103,13 @@ def test_unclosed_heads_do_not_hold_up_the_mail_beside_them(service):
     for minutes; the mail sent beside it waited as long."""
     port = service.settings.smtp.port
     replies: dict[str, tuple[int, str] | str] = {}
-    poison = in_thread(port, raw_message("poison", content_type="text/html", body=("<head " * 60 + "\r\n") * 1600), replies,
-                       "poison", timeout=60)
+    poison = in_thread(
+        port,
+        raw_message("poison", content_type="text/html", body=("<head " * 60 + "\r\n") * 1600),
+        replies,
+        "poison",
+        timeout=60,
+    )
     time.sleep(0.2)
     started = time.monotonic()
     innocent = [in_thread(port, raw_message(f"innocent {n}"), replies, f"innocent {n}") for n in range(3)]
@@ -115,9 +128,11 @@ def test_a_message_over_the_time_limit_is_refused_alone(make_settings, db, monke
     settings = make_settings()
     many_parts = "".join("--B\r\nContent-Type: text/html\r\n\r\n<p>x\r\n" for _ in range(20_000)) + "--B--\r\n"
     slow = raw_message("slow", content_type='multipart/alternative; boundary="B"', body=many_parts)
-    batch = [dispatch.Received(raw_message("before"), "carole@example.net", (LIST,)),
-             dispatch.Received(slow, "slow@example.net", (LIST, LIST)),
-             dispatch.Received(raw_message("after"), "carole@example.net", (LIST,))]
+    batch = [
+        dispatch.Received(raw_message("before"), "carole@example.net", (LIST,)),
+        dispatch.Received(slow, "slow@example.net", (LIST, LIST)),
+        dispatch.Received(raw_message("after"), "carole@example.net", (LIST,)),
+    ]
     replies = dispatch.accept_many(db, settings, batch, lambda: {}).replies
     assert [[r.code for r in rs] for rs in replies] == [[250], [554, 554], [250]]
     assert "slow@example.net" in caplog.text and "not read within" in caplog.text
@@ -129,8 +144,11 @@ def test_deliver_refuses_a_poison_from_with_65_not_75(tmp_path: Path, db):
     """`deliver` is the same dispatch: a message that cannot be read bounces (65); a 75 would
     have the MTA retry it for days."""
     config = tmp_path / "listbridge.toml"
-    config.write_text(f'[database]\nurl = "{db.url}"\n\n[site]\nrepo = "{tmp_path / "site"}"\n\n'
-                      f'[[lists]]\naddress = "{LIST}"\nowner = "owner@example.org"\n', encoding="utf-8")
+    config.write_text(
+        f'[database]\nurl = "{db.url}"\n\n[site]\nrepo = "{tmp_path / "site"}"\n\n'
+        f'[[lists]]\naddress = "{LIST}"\nowner = "owner@example.org"\n',
+        encoding="utf-8",
+    )
     args = [sys.executable, "-m", "listbridge", "--config", str(config), "deliver", "-f", "x@example.net", "-r", LIST]
     result = subprocess.run(args, input=raw_message("poison", sender=DEEP_FROM), capture_output=True, timeout=60)
     assert result.returncode == 65, result.stderr

@@ -16,18 +16,18 @@ import subprocess
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
+from conftest import Received, Sink, free_port, send, wait_for
 from sqlalchemy import func, select
 
 from listbridge.config import Settings
+from listbridge.db import Database
 from listbridge.models import Comment, Confirmation, OutboxRecipient
 from listbridge.service import Service
-from listbridge.db import Database
-
-from conftest import Received, Sink, free_port, send, wait_for
 
 POSTFIX = Path("/usr/sbin/postfix")
 POSTCONF = Path("/usr/sbin/postconf")
@@ -77,9 +77,7 @@ def contrib_master_cf() -> str:
     """The `listbridge` service of contrib/postfix/master.cf, with its continuation lines."""
     entry: list[str] = []
     for line in (CONTRIB / "master.cf").read_text(encoding="utf-8").splitlines():
-        if line.startswith("listbridge"):
-            entry.append(line)
-        elif entry and line[:1] in (" ", "\t") and line.strip():
+        if line.startswith("listbridge") or entry and line[:1] in (" ", "\t") and line.strip():
             entry.append(line)
         elif entry:
             break

@@ -9,10 +9,9 @@ import time
 
 import pytest
 from aiosmtpd.controller import Controller
+from conftest import SinkHandler, free_port
 
 from listbridge.outage.probe import DOWN, UP, ProbeState, next_state, probe
-
-from conftest import SinkHandler, free_port
 
 
 @pytest.fixture
@@ -107,7 +106,15 @@ def test_hysteresis_absorbs_flapping():
         state, event = next_state(state, ok, failures=3, recoveries=2)
         events.append(event)
     assert events == [None] * 7 and state.state == UP
-    for ok, expected in [(False, None), (False, None), (False, DOWN), (False, None), (True, None), (False, None),
-                         (True, None), (True, UP)]:
+    for ok, expected in [
+        (False, None),
+        (False, None),
+        (False, DOWN),
+        (False, None),
+        (True, None),
+        (False, None),
+        (True, None),
+        (True, UP),
+    ]:
         state, event = next_state(state, ok, failures=3, recoveries=2)
         assert event == expected

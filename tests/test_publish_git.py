@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import git, send, site_repo, wait_for
 from sqlalchemy import select
 
 from listbridge.archive import publish
 from listbridge.cli import cli
+from listbridge.db import Database
 from listbridge.models import APPROVED, Comment
 from listbridge.service import PUBLISH_EVERY, PUBLISH_RETRY, Service, next_retry
-from listbridge.db import Database
-
-from conftest import git, send, site_repo, wait_for
 
 SLUG = "un-billet"
 LIST = "bla@bla.example.org"
@@ -32,8 +31,7 @@ def site(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(make_settings, site):
-    return make_settings(site={"repo": str(site)},
-                         lists=[{"address": LIST, "language": "en", "moderation": "none"}])
+    return make_settings(site={"repo": str(site)}, lists=[{"address": LIST, "language": "en", "moderation": "none"}])
 
 
 def published_flags(db: Database) -> list[bool]:
@@ -44,15 +42,29 @@ def published_flags(db: Database) -> list[bool]:
 def approved_comment(db: Database, text: str) -> None:
     """An approved comment not yet on the site, as moderation leaves it."""
     with db.transaction() as session:
-        session.add(Comment(list_address=LIST, sender="carole@example.net", display_name="Carole",
-                            subject=SLUG, status=APPROVED, post_slug=SLUG, post_title="Un billet",
-                            post_path=f"log/{SLUG}.gmi", text=text, published=False, raw=b"x"))
+        session.add(
+            Comment(
+                list_address=LIST,
+                sender="carole@example.net",
+                display_name="Carole",
+                subject=SLUG,
+                status=APPROVED,
+                post_slug=SLUG,
+                post_title="Un billet",
+                post_path=f"log/{SLUG}.gmi",
+                text=text,
+                published=False,
+                raw=b"x",
+            )
+        )
 
 
 def config_file(settings, tmp_path: Path) -> Path:
     path = tmp_path / "lb.toml"
-    path.write_text(f'[database]\nurl = "{settings.database.url}"\n[site]\nrepo = "{settings.site.repo}"\n'
-                    f'[[lists]]\naddress = "{LIST}"\nlanguage = "en"\n')
+    path.write_text(
+        f'[database]\nurl = "{settings.database.url}"\n[site]\nrepo = "{settings.site.repo}"\n'
+        f'[[lists]]\naddress = "{LIST}"\nlanguage = "en"\n'
+    )
     return path
 
 
@@ -97,17 +109,21 @@ def test_a_failed_commit_is_committed_by_the_next_publish_and_by_rebuild(setting
         os.umask(previous)
     assert published_flags(db) == [True]
     assert git(site, "show", "--name-only", "--format=", sha).split() == sorted(
-        ["log/commentaires/atom.xml", "log/commentaires/index.gmi", PAGE])
+        ["log/commentaires/atom.xml", "log/commentaires/index.gmi", PAGE]
+    )
     # Readable by a Gemini or web server running as another user, as git itself would write it.
-    assert {stat.S_IMODE((site / p).stat().st_mode) for p in git(site, "ls-files", "log/commentaires").split()} == {0o644}
+    assert {stat.S_IMODE((site / p).stat().st_mode) for p in git(site, "ls-files", "log/commentaires").split()} == {
+        0o644
+    }
 
     approved_comment(db, "Second.\n")
     lock.write_text("")
     publish.publish_pending(db, settings)
     lock.unlink()
     assert "Second." in (site / PAGE).read_text() and git(site, "status", "--porcelain") != ""
-    result = CliRunner().invoke(cli, ["--config", str(config_file(settings, tmp_path)), "archive", "rebuild"],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli, ["--config", str(config_file(settings, tmp_path)), "archive", "rebuild"], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     assert "site commit" in result.output  # judged against HEAD, not against the work tree
     assert git(site, "status", "--porcelain") == "" and "Second." in git(site, "show", f"HEAD:{PAGE}")

@@ -9,11 +9,10 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
+from conftest import SinkHandler, free_port
 
 from listbridge.config import build_settings
 from listbridge.outbound.relay import RelayClient, RelayError, prepare
-
-from conftest import SinkHandler, free_port
 
 MESSAGE = prepare(b"From: a@x.example\r\nTo: b@y.example\r\nSubject: hi\r\n\r\n.leading dot\r\nbody\r\n")
 
@@ -27,8 +26,16 @@ def relay_settings(tmp_path: Path, port: int, security: str, password: str = "s3
     secret = tmp_path / "password"
     secret.write_text(password + "\n")
     return build_settings(
-        {"relay": {"host": "127.0.0.1", "port": port, "security": security, "username": "lists",
-                   "password_file": str(secret), "timeout": 5}}
+        {
+            "relay": {
+                "host": "127.0.0.1",
+                "port": port,
+                "security": security,
+                "username": "lists",
+                "password_file": str(secret),
+                "timeout": 5,
+            }
+        }
     ).relay
 
 
@@ -46,8 +53,15 @@ def server_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
 
 def test_starttls_and_auth(trusted, tmp_path):
     handler, port = SinkHandler(), free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, tls_context=server_context(trusted),
-                            require_starttls=True, authenticator=authenticator, auth_required=True)
+    controller = Controller(
+        handler,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=server_context(trusted),
+        require_starttls=True,
+        authenticator=authenticator,
+        auth_required=True,
+    )
     controller.start()
     try:
         client = RelayClient(relay_settings(tmp_path, port, "starttls"))
@@ -63,8 +77,15 @@ def test_starttls_and_auth(trusted, tmp_path):
 def test_ssl(trusted, tmp_path):
     handler, port = SinkHandler(), free_port()
     # aiosmtpd does not see implicit TLS as TLS, hence auth_require_tls=False (the socket is TLS).
-    controller = Controller(handler, hostname="127.0.0.1", port=port, ssl_context=server_context(trusted),
-                            authenticator=authenticator, auth_required=True, auth_require_tls=False)
+    controller = Controller(
+        handler,
+        hostname="127.0.0.1",
+        port=port,
+        ssl_context=server_context(trusted),
+        authenticator=authenticator,
+        auth_required=True,
+        auth_require_tls=False,
+    )
     controller.start()
     try:
         client = RelayClient(relay_settings(tmp_path, port, "ssl"))
@@ -77,8 +98,15 @@ def test_ssl(trusted, tmp_path):
 
 def test_wrong_password_is_a_relay_error(trusted, tmp_path):
     port = free_port()
-    controller = Controller(SinkHandler(), hostname="127.0.0.1", port=port, tls_context=server_context(trusted),
-                            require_starttls=True, authenticator=authenticator, auth_required=True)
+    controller = Controller(
+        SinkHandler(),
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=server_context(trusted),
+        require_starttls=True,
+        authenticator=authenticator,
+        auth_required=True,
+    )
     controller.start()
     try:
         client = RelayClient(relay_settings(tmp_path, port, "starttls", password="wrong"))
@@ -90,8 +118,9 @@ def test_wrong_password_is_a_relay_error(trusted, tmp_path):
 
 def test_untrusted_certificate_is_refused(certificate, tmp_path):
     port = free_port()
-    controller = Controller(SinkHandler(), hostname="127.0.0.1", port=port, tls_context=server_context(certificate),
-                            require_starttls=True)
+    controller = Controller(
+        SinkHandler(), hostname="127.0.0.1", port=port, tls_context=server_context(certificate), require_starttls=True
+    )
     controller.start()
     try:
         with pytest.raises(RelayError):

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-
 from conftest import PG_URL
+from sqlalchemy import create_engine, text
 
 
 def wait_port(port: int, timeout: float = 20) -> None:
@@ -34,13 +33,17 @@ def test_serve_on_defaults_then_sigterm(tmp_path: Path):
         if probe.connect_ex(("127.0.0.1", 8025)) == 0:
             pytest.fail("port 8025 (the default) is busy: stop what listens there to run this test")
     env = {k: v for k, v in os.environ.items() if k != "LISTBRIDGE_CONFIG"}
-    server = subprocess.Popen([sys.executable, "-m", "listbridge", "serve"], cwd=tmp_path, env=env,
-                              stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "listbridge", "serve"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    )
     try:
         wait_port(8025)
         with smtplib.SMTP("127.0.0.1", 8025, timeout=10) as client:
-            refused = client.sendmail("zoe@example.org", ["bla+subscribe@localhost"],
-                                      "From: zoe@example.org\r\nSubject: subscribe\r\n\r\nplease\r\n")
+            refused = client.sendmail(
+                "zoe@example.org",
+                ["bla+subscribe@localhost"],
+                "From: zoe@example.org\r\nSubject: subscribe\r\n\r\nplease\r\n",
+            )
             assert refused == {}
             client.mail("zoe@example.org")
             code, _ = client.rcpt("someone@elsewhere.example")

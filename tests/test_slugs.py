@@ -74,6 +74,7 @@ def test_undecodable_encoded_words_are_kept() -> None:
 
 # --- properties --------------------------------------------------------------------------------
 
+
 @given(st.text())
 def test_slugify_is_idempotent_and_clean(text: str) -> None:
     slug = slugify(text)
@@ -82,8 +83,26 @@ def test_slugify_is_idempotent_and_clean(text: str) -> None:
 
 
 prefixes = st.lists(
-    st.sampled_from(["Re:", "RE:", "re :", "Re[2]:", "Re[12] :", "Fwd:", "FWD:", "Fw:", "TR:", "tr :",
-                     "AW:", "Réf:", "REF.:", "[bla]", "[Liste des 3hg]", "[]"]),
+    st.sampled_from(
+        [
+            "Re:",
+            "RE:",
+            "re :",
+            "Re[2]:",
+            "Re[12] :",
+            "Fwd:",
+            "FWD:",
+            "Fw:",
+            "TR:",
+            "tr :",
+            "AW:",
+            "Réf:",
+            "REF.:",
+            "[bla]",
+            "[Liste des 3hg]",
+            "[]",
+        ]
+    ),
     max_size=5,
 )
 spaces = st.sampled_from(["", " ", "  ", "\t"])
@@ -124,8 +143,10 @@ def _write(path: Path, text: str) -> None:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    _write(tmp_path / "log/Comment-les-3hg-ont-réparé-le-CHATONS.gmi",
-           "# Comment les 3hg ont réparé le CHATONS\n\nPublié le 2026-03-12.\n")
+    _write(
+        tmp_path / "log/Comment-les-3hg-ont-réparé-le-CHATONS.gmi",
+        "# Comment les 3hg ont réparé le CHATONS\n\nPublié le 2026-03-12.\n",
+    )
     _write(tmp_path / "log/2026-01-05-bonne-annee.gmi", "Pas de titre ici, 2025-12-31 dans le texte.\n")
     _write(tmp_path / "log/2025/panne.md", "```\n# not the title\n```\n# La grande panne\n")
     _write(tmp_path / "log/sans-date.gmi", "## Only a level-2 heading\n")
@@ -156,8 +177,11 @@ def test_scan_posts_reads_slug_title_path_and_date(site: Path) -> None:
     broken = posts["broken"]
     assert (broken.title, broken.date) == ("Caf\ufffd 2026-02-30 2026-02-28", "2026-02-28")  # invalid date skipped
     assert {p.path for p in posts.values()} == {
-        "log/Comment-les-3hg-ont-réparé-le-CHATONS.gmi", "log/2026-01-05-bonne-annee.gmi",
-        "log/2025/panne.md", "log/sans-date.gmi", "log/broken.gmi",
+        "log/Comment-les-3hg-ont-réparé-le-CHATONS.gmi",
+        "log/2026-01-05-bonne-annee.gmi",
+        "log/2025/panne.md",
+        "log/sans-date.gmi",
+        "log/broken.gmi",
     }
 
 

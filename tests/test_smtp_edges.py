@@ -10,19 +10,18 @@ import signal
 import smtplib
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from click.testing import CliRunner
+from conftest import database_write_lock, send, wait_for
 from sqlalchemy import func, select, text, update
 
 from listbridge.cli import cli
-from listbridge.models import AutoReply, Confirmation, Comment, OutboxMessage, OutboxRecipient, Subscriber
+from listbridge.models import AutoReply, Comment, Confirmation, OutboxMessage, OutboxRecipient, Subscriber
 from listbridge.service import Service
-
-from conftest import database_write_lock, send, wait_for
 
 LIST = "bla@bla.example.org"
 SUBSCRIBE = "bla+subscribe@bla.example.org"
@@ -40,12 +39,22 @@ def running(settings) -> Iterator[Service]:
         svc.stop()
 
 
-def raw_message(to: str = LIST, sender: str = "carole@example.net", subject: str = "hello", extra: str = "", body: str = "Hello.\r\n") -> bytes:
+def raw_message(
+    to: str = LIST,
+    sender: str = "carole@example.net",
+    subject: str = "hello",
+    extra: str = "",
+    body: str = "Hello.\r\n",
+) -> bytes:
     mid = f"<{time.time_ns()}@example.net>"
-    return (f"From: Carole <{sender}>\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: {mid}\r\n{extra}\r\n{body}").encode()
+    return (
+        f"From: Carole <{sender}>\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: {mid}\r\n{extra}\r\n{body}"
+    ).encode()
 
 
-def transaction(port: int, rcpts: list[str], data: bytes, sender: str = "carole@example.net") -> tuple[list[tuple[int, str]], tuple[int, str] | None]:
+def transaction(
+    port: int, rcpts: list[str], data: bytes, sender: str = "carole@example.net"
+) -> tuple[list[tuple[int, str]], tuple[int, str] | None]:
     """One raw SMTP transaction: the RCPT replies, and the DATA reply (None when no RCPT passed)."""
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
         client.ehlo()
@@ -73,10 +82,18 @@ def ensure_live(port: int) -> None:
 
 # --- RCPT: never an open relay -------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "rcpt",
-    ["someone@elsewhere.example.com", "bla@example.org", "nolist@bla.example.org", "bla+nope@bla.example.org",
-     "bla+confirm-NOT_A_TOKEN!@bla.example.org", "bla+confirm-@bla.example.org", "<>"],
+    [
+        "someone@elsewhere.example.com",
+        "bla@example.org",
+        "nolist@bla.example.org",
+        "bla+nope@bla.example.org",
+        "bla+confirm-NOT_A_TOKEN!@bla.example.org",
+        "bla+confirm-@bla.example.org",
+        "<>",
+    ],
 )
 def test_rcpt_not_ours_is_refused(service, rcpt):
     replies, data = transaction(service.settings.smtp.port, [rcpt], raw_message())
@@ -98,6 +115,7 @@ def test_several_recipients_in_one_smtp_transaction(service, sink):
 
 # --- size, lines, headers, garbage -----------------------------------------------------------
 
+
 def test_message_over_size_limit_gets_552(make_settings):
     with running(make_settings(smtp={"max_message_size": 20_000})) as svc:
         port = svc.settings.smtp.port
@@ -118,7 +136,9 @@ def test_message_over_size_limit_gets_552(make_settings):
         ensure_live(port)
 
 
-@pytest.mark.parametrize("garbage", [b"just a line of text without any header\r\n", b"\r\n\r\n", b"\x00\xff\xfe\x80 \x01\r\n"])
+@pytest.mark.parametrize(
+    "garbage", [b"just a line of text without any header\r\n", b"\r\n\r\n", b"\x00\xff\xfe\x80 \x01\r\n"]
+)
 def test_unparseable_message_is_refused_with_a_reason(service, garbage):
     port = service.settings.smtp.port
     _, (code, msg) = transaction(port, [LIST], garbage)
@@ -152,6 +172,7 @@ def test_huge_headers_are_accepted(service):
 
 # --- 451 on a database failure, nothing half-written -------------------------------------------
 
+
 def test_database_error_gives_451_and_writes_nothing(service):
     port = service.settings.smtp.port
     with service.db.engine.begin() as conn:
@@ -166,6 +187,7 @@ def test_database_error_gives_451_and_writes_nothing(service):
 
 
 # --- the store process: parsing and SQL in a child that may die without taking the server --------
+
 
 def test_a_store_process_killed_between_batches_is_replaced(service):
     port = service.settings.smtp.port
@@ -213,10 +235,12 @@ def test_a_dropped_database_connection_is_replaced_without_a_refusal(service):
     port = service.settings.smtp.port
     assert transaction(port, [LIST], raw_message(subject="before"))[1][0] == 250
     with service.db.engine.connect() as conn:
-        dropped = conn.execute(text(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )).scalar_one()
+        dropped = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
     assert dropped >= 1  # the store process's connection at least
     assert transaction(port, [LIST], raw_message(subject="after"))[1][0] == 250
     assert count(service.db, Comment) == 2
@@ -258,6 +282,7 @@ def test_a_wedged_store_process_is_killed_and_its_batch_gets_451(service, monkey
 
 
 # --- LMTP: one reply per recipient --------------------------------------------------------------
+
 
 def test_lmtp_replies_once_per_recipient(make_settings, sink):
     with running(make_settings(smtp={"lmtp": True})) as svc:
@@ -319,6 +344,7 @@ def test_request_replies_are_limited_per_address(service, sink):
 
 # --- confirmations, help, owner, held posts -------------------------------------------------------
 
+
 def test_expired_confirmation_is_refused(service, sink):
     port = service.settings.smtp.port
     send(port, SUBSCRIBE)
@@ -354,7 +380,10 @@ def test_owner_mail_is_forwarded_with_x_loop(service, sink):
     send(port, OWNER, subject="after the loop")
     wait_for(lambda: len(sink.handler.to("owner@example.org")) >= 2)
     time.sleep(0.3)
-    assert [r.message["Subject"] for r in sink.handler.to("owner@example.org")] == ["a question for the owner", "after the loop"]
+    assert [r.message["Subject"] for r in sink.handler.to("owner@example.org")] == [
+        "a question for the owner",
+        "after the loop",
+    ]
 
 
 def test_post_is_held_and_listed_for_moderation(service, sink, tmp_path: Path):
@@ -387,7 +416,9 @@ def test_request_without_any_sender_address_is_refused_not_deferred(service):
 
 
 def test_same_recipient_twice_is_acted_on_once(service):
-    replies, (code, _) = transaction(service.settings.smtp.port, [LIST, "BLA@Bla.Example.org"], raw_message(subject="twice"))
+    replies, (code, _) = transaction(
+        service.settings.smtp.port, [LIST, "BLA@Bla.Example.org"], raw_message(subject="twice")
+    )
     assert [c for c, _ in replies] == [250, 250] and code == 250
     assert count(service.db, Comment, Comment.subject == "twice") == 1
 
@@ -421,15 +452,19 @@ def test_a_failing_message_in_a_group_leaves_the_others_committed(make_settings,
     broken = tmp_path / "templates" / "mail" / "en"
     broken.mkdir(parents=True)
     (broken / "help.txt").write_text("Subject: {{ oops\n\nbody\n")
-    settings = make_settings(lists=[{"address": "bla@bla.example.org", "language": "en",
-                                     "templates": str(tmp_path / "templates")}])
+    settings = make_settings(
+        lists=[{"address": "bla@bla.example.org", "language": "en", "templates": str(tmp_path / "templates")}]
+    )
 
     def message(rcpt: str, subject: str) -> dispatch.Received:
         raw = f"From: a@example.org\r\nSubject: {subject}\r\n\r\nok\r\n".encode()
         return dispatch.Received(raw, "a@example.org", (rcpt,))
 
-    batch = [message("bla@bla.example.org", "one"), message("bla+help@bla.example.org", "help"),
-             message("bla@bla.example.org", "two")]
+    batch = [
+        message("bla@bla.example.org", "one"),
+        message("bla+help@bla.example.org", "help"),
+        message("bla@bla.example.org", "two"),
+    ]
     replies = dispatch.accept_many(db, settings, batch, lambda: {}).replies
     assert [r[0].code for r in replies] == [250, 451, 250]
     with db.transaction() as session:
@@ -438,12 +473,13 @@ def test_a_failing_message_in_a_group_leaves_the_others_committed(make_settings,
 
 # --- the workers are woken only when a batch left them work ---------------------------------------
 
+
 def test_a_batch_reports_the_work_it_left_for_the_workers(make_settings, db):
     """A held comment leaves nothing to do; a subscription request queues mail; an approved
     comment queues its broadcast and changes the site. The receiver wakes workers on these."""
-    from listbridge.inbound import dispatch
     from listbridge.archive.posts import Post
     from listbridge.db import MAIL_QUEUED, SITE_CHANGED
+    from listbridge.inbound import dispatch
 
     held = make_settings()
     open_list = make_settings(lists=[{"address": LIST, "language": "en", "moderation": "none"}])
@@ -451,8 +487,9 @@ def test_a_batch_reports_the_work_it_left_for_the_workers(make_settings, db):
 
     def accepted(settings, rcpt: str, subject: str) -> dispatch.Accepted:
         raw = raw_message(to=rcpt, subject=subject)
-        return dispatch.accept_many(db, settings, [dispatch.Received(raw, "carole@example.net", (rcpt,))],
-                                    lambda: {post.slug: post})
+        return dispatch.accept_many(
+            db, settings, [dispatch.Received(raw, "carole@example.net", (rcpt,))], lambda: {post.slug: post}
+        )
 
     comment = accepted(held, LIST, "Re: hello")
     assert [r.code for r in comment.replies[0]] == [250] and comment.effects == frozenset()

@@ -7,11 +7,11 @@ import socket
 import threading
 import time
 
-from listbridge.inbound import dispatch
-from listbridge.service import Service
-from listbridge.inbound.server import ListController, ListHandler
-
 from conftest import send
+
+from listbridge.inbound import dispatch
+from listbridge.inbound.server import ListController, ListHandler
+from listbridge.service import Service
 
 LIST = "bla@bla.example.org"
 
@@ -40,8 +40,12 @@ def test_a_trickling_data_is_cut_and_others_are_served_meanwhile(make_settings):
         with socket.create_connection(("127.0.0.1", svc.settings.smtp.port), timeout=10) as slow:
             stream = slow.makefile("rb")
             _read_reply(stream)
-            for command in (b"EHLO slow.example.net", b"MAIL FROM:<slow@example.net>", f"RCPT TO:<{LIST}>".encode(),
-                            b"DATA"):
+            for command in (
+                b"EHLO slow.example.net",
+                b"MAIL FROM:<slow@example.net>",
+                f"RCPT TO:<{LIST}>".encode(),
+                b"DATA",
+            ):
                 slow.sendall(command + b"\r\n")
                 reply = _read_reply(stream)
             assert reply.startswith(b"354")

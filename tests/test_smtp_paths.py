@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 from aiosmtpd.smtp import SMTP
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from listbridge.inbound.server import _LongLinesLMTP, _LongLinesSMTP, plain_path
 
@@ -24,8 +25,35 @@ def ours(cls: type, limit: int) -> SMTP:
 
 
 PIECES = st.sampled_from(
-    ["<", ">", "@", ".", " ", "\t", "(", ")", '"', "\\", ",", ":", "[", "]", "=", "SIZE=10",
-     "a", "Zz", "0", "+tag", "-", "_", "é", "~", "bla", "example.org", "BODY=8BITMIME"]
+    [
+        "<",
+        ">",
+        "@",
+        ".",
+        " ",
+        "\t",
+        "(",
+        ")",
+        '"',
+        "\\",
+        ",",
+        ":",
+        "[",
+        "]",
+        "=",
+        "SIZE=10",
+        "a",
+        "Zz",
+        "0",
+        "+tag",
+        "-",
+        "_",
+        "é",
+        "~",
+        "bla",
+        "example.org",
+        "BODY=8BITMIME",
+    ]
 )
 
 
@@ -41,8 +69,9 @@ def reading(server: SMTP, arg: str) -> object:
 NOISE = st.lists(PIECES, max_size=12).map("".join)
 # Mostly well-formed paths with a piece of noise somewhere, so that both sides of the fast
 # path's border are explored, not only strings no parser accepts.
-WORD = st.lists(st.sampled_from(["a", "Zz", "0", "+tag", "-", "_", "~", "!", "é", '"', " ", "(", ".", "\\"]),
-                min_size=1, max_size=5).map("".join)
+WORD = st.lists(
+    st.sampled_from(["a", "Zz", "0", "+tag", "-", "_", "~", "!", "é", '"', " ", "(", ".", "\\"]), min_size=1, max_size=5
+).map("".join)
 PATHS = st.builds(
     lambda before, local, domain, after, rest: f"{before}<{local}@{domain}>{after}{rest}",
     st.sampled_from(["", "", " ", "("]),
@@ -80,9 +109,17 @@ def test_everyday_paths_take_the_fast_path(arg: str) -> None:
 
 @pytest.mark.parametrize(
     "arg",
-    ["<>", '<"a b"@example.net>', "<a@example.net> (comment) SIZE=1", "<a@[127.0.0.1]>",
-     "<@relay.example:a@example.net>", " <a@example.net>", "a@example.net", "<a..b@example.net>",
-     "<réne@example.net>"],
+    [
+        "<>",
+        '<"a b"@example.net>',
+        "<a@example.net> (comment) SIZE=1",
+        "<a@[127.0.0.1]>",
+        "<@relay.example:a@example.net>",
+        " <a@example.net>",
+        "a@example.net",
+        "<a..b@example.net>",
+        "<réne@example.net>",
+    ],
 )
 def test_anything_else_goes_to_aiosmtpd(arg: str) -> None:
     assert plain_path(arg) is None

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
-from hypothesis import HealthCheck, example, given, settings, strategies as st
-
 from conftest import free_port
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
 from listbridge.inbound.server import _BulkData
 from listbridge.inbound.smtpdata import LINE_TOO_LONG, TOO_MUCH_DATA, DataAssembler, read_data
 
@@ -73,7 +74,12 @@ def transcript(port: int, pieces: list[bytes]) -> bytes:
                 said.extend(chunk)
 
         reply()
-        for command in (b"EHLO client.example\r\n", b"MAIL FROM:<a@example.net>\r\n", b"RCPT TO:<b@example.org>\r\n", b"DATA\r\n"):
+        for command in (
+            b"EHLO client.example\r\n",
+            b"MAIL FROM:<a@example.net>\r\n",
+            b"RCPT TO:<b@example.org>\r\n",
+            b"DATA\r\n",
+        ):
             sock.sendall(command)
             reply()
         for piece in pieces:
@@ -86,8 +92,23 @@ def transcript(port: int, pieces: list[bytes]) -> bytes:
 
 
 TOKENS = st.sampled_from(
-    [b".", b"..", b"x", b"Merci.", b" ", b"\r", b"\n", b"\r\n", b"\r\n.", b".\r\n", b"\r\n.\r\n",
-     b"\xff\x00", b"x" * 37, b"y" * 41, b"z" * 70]
+    [
+        b".",
+        b"..",
+        b"x",
+        b"Merci.",
+        b" ",
+        b"\r",
+        b"\n",
+        b"\r\n",
+        b"\r\n.",
+        b".\r\n",
+        b"\r\n.\r\n",
+        b"\xff\x00",
+        b"x" * 37,
+        b"y" * 41,
+        b"z" * 70,
+    ]
 )
 
 

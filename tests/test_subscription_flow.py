@@ -6,14 +6,13 @@ import re
 import time
 
 import pytest
+from conftest import send, wait_for
 from sqlalchemy import select
 
-from listbridge.models import Subscriber
-from listbridge.service import Service
 from listbridge.lists.context import ListContext
 from listbridge.lists.subscriptions import subscribe
-
-from conftest import send, wait_for
+from listbridge.models import Subscriber
+from listbridge.service import Service
 
 
 def subscribers(service) -> list[str]:
@@ -60,12 +59,16 @@ def _refusal(port: int, to: str) -> str:
     return "250"
 
 
-@pytest.mark.parametrize("language, already, not_subscribed", [
-    ("en", "is already subscribed to bla", "is not subscribed to bla"),
-    ("fr", "est déjà abonné à bla", "n'est pas abonné à bla"),
-])
-def test_resubscribe_and_a_strangers_unsubscribe_get_one_polite_reply(make_settings, sink, language, already,
-                                                                      not_subscribed):
+@pytest.mark.parametrize(
+    "language, already, not_subscribed",
+    [
+        ("en", "is already subscribed to bla", "is not subscribed to bla"),
+        ("fr", "est déjà abonné à bla", "n'est pas abonné à bla"),
+    ],
+)
+def test_resubscribe_and_a_strangers_unsubscribe_get_one_polite_reply(
+    make_settings, sink, language, already, not_subscribed
+):
     lists = [{"address": "bla@bla.example.org", "title": "bla", "owner": "owner@example.org", "language": language}]
     svc = Service(make_settings(lists=lists))
     svc.start()

@@ -12,13 +12,28 @@ from listbridge.render import render_mail
 from listbridge.resources import shipped_path
 
 CONTEXT = dict(
-    name="Zoé", address="zoe@example.org", confirm_address="bla+confirm-x@d", days=7,
-    subscribe_address="bla+subscribe@d", unsubscribe_address="bla+unsubscribe@d",
-    help_address="bla+help@d", owner_address="bla+owner@d",
-    post_title="Comment les 3hg ont réparé le CHATONS", text="Bravo !", author="Carole", attachments=2,
-    page_url="gemini://d/log/commentaires/x.gmi", subject="Re: x", reason="hors sujet",
-    nature="power cut", status="identified", eta="tonight", message="ISP on site",
-    opened_at=dt.datetime(2026, 11, 26, 9, 0), automatic=True, status_url="gemini://d/status.gmi",
+    name="Zoé",
+    address="zoe@example.org",
+    confirm_address="bla+confirm-x@d",
+    days=7,
+    subscribe_address="bla+subscribe@d",
+    unsubscribe_address="bla+unsubscribe@d",
+    help_address="bla+help@d",
+    owner_address="bla+owner@d",
+    post_title="Comment les 3hg ont réparé le CHATONS",
+    text="Bravo !",
+    author="Carole",
+    attachments=2,
+    page_url="gemini://d/log/commentaires/x.gmi",
+    subject="Re: x",
+    reason="hors sujet",
+    nature="power cut",
+    status="identified",
+    eta="tonight",
+    message="ISP on site",
+    opened_at=dt.datetime(2026, 11, 26, 9, 0),
+    automatic=True,
+    status_url="gemini://d/status.gmi",
 )
 
 

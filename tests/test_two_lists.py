@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import free_port, git, send, site_repo, wait_for
 from sqlalchemy import select
 
+from listbridge.archive.posts import site_posts
 from listbridge.cli import cli
 from listbridge.config import load_settings
-from listbridge.archive.posts import site_posts
+from listbridge.db import Database
 from listbridge.models import Comment
 from listbridge.service import Service
-from listbridge.db import Database
-
-from conftest import free_port, git, send, site_repo, wait_for
 
 ONE, TWO = "bla@bla.example.org", "autre@bla.example.org"
 DIR_ONE, DIR_TWO = "log/commentaires", "log/autre"  # the second inside the posts folder, on purpose
@@ -33,8 +32,8 @@ def config(tmp_path: Path, site: Path, db_url: str, sink) -> Path:
     path = tmp_path / "listbridge.toml"
     path.write_text(
         f'[database]\nurl = "{db_url}"\n'
-        f'[smtp]\nport = {free_port()}\n'
-        f'[relay]\nport = {sink.port}\n'
+        f"[smtp]\nport = {free_port()}\n"
+        f"[relay]\nport = {sink.port}\n"
         f'[site]\nrepo = "{site}"\nbase_url = "gemini://bla.example.org"\n'
         f'[[lists]]\naddress = "{ONE}"\ntitle = "bla"\nlanguage = "fr"\nmoderation = "all"\n'
         f'[[lists]]\naddress = "{TWO}"\ntitle = "autre"\nlanguage = "en"\nmoderation = "all"\n'

@@ -9,17 +9,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import free_port
 from sqlalchemy import func, select
 
-from listbridge.outage import roster
 from listbridge.cli import cli
 from listbridge.config import build_settings
-from listbridge.models import RosterImport
 from listbridge.db import Database
 from listbridge.lists.context import ListContext
 from listbridge.lists.subscriptions import subscribe
-
-from conftest import free_port
+from listbridge.models import RosterImport
+from listbridge.outage import roster
 
 LIST = "bla@bla.example.org"
 READERS = ["ann@example.org", "bob@example.net", "chloe@example.fr"]
@@ -73,7 +72,11 @@ def test_watch_once_from_cron_sends_the_notices_it_queues(tmp_path, db_url, sink
         assert result.exit_code == 0, result.output
         ticks.append(json.loads(result.output))
         assert imports(db_url) == 1  # read once; the next runs find the same export
-    assert [(t["ok"], t["failures"], t["event"]) for t in ticks] == [(False, 1, None), (False, 2, None), (False, 3, "down")]
+    assert [(t["ok"], t["failures"], t["event"]) for t in ticks] == [
+        (False, 1, None),
+        (False, 2, None),
+        (False, 3, "down"),
+    ]
     received = Counter(a for r in sink.handler.received for a in r.rcpt_tos)
     assert received == {a: 1 for a in [*READERS, "owner@example.org"]}  # delivered before exiting
     assert (ticks[-1]["mail_sent"], ticks[-1]["mail_queued"]) == (len(READERS) + 1, 0)
@@ -93,6 +96,7 @@ def test_roster_export_to_a_directory_is_one_sentence(tmp_path, db_url):
     folder.mkdir()
     result = CliRunner().invoke(cli, ["--config", str(config), "roster", "export", str(folder)])
     assert result.exit_code == 1
-    assert result.output.strip() == (f"Error: {folder} is a directory: give the roster's file name, "
-                                      f"such as {folder / 'roster.sqlite3'}.")
+    assert result.output.strip() == (
+        f"Error: {folder} is a directory: give the roster's file name, such as {folder / 'roster.sqlite3'}."
+    )
     assert list(folder.iterdir()) == []  # no temporary file left behind

@@ -13,9 +13,9 @@ import os
 import secrets
 import subprocess
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
 
 log = logging.getLogger(__name__)
 # Waits (seconds) while another git process holds the index lock: about 3 s in all.
@@ -114,7 +114,9 @@ class SiteRepo:
         if gone:
             self.git("rm", "--cached", "--quiet", "--ignore-unmatch", "--", *gone)
         # Every staged path (not only ours), to know whether the maintainer has staged work too.
-        everything = [p for p in self.git("diff", "--cached", "--no-renames", "--name-only", "-z").stdout.split("\0") if p]
+        everything = [
+            p for p in self.git("diff", "--cached", "--no-renames", "--name-only", "-z").stdout.split("\0") if p
+        ]
         wanted = set(paths)
         staged = [p for p in everything if p in wanted]
         if not staged:

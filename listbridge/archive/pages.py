@@ -89,9 +89,7 @@ def index_page(mlist: ListSettings, site: SiteSettings, posts: list[PostSummary]
     return index_from_lines(mlist, [index_line(mlist, p) for p in ordered])
 
 
-def atom_feed(
-    mlist: ListSettings, site: SiteSettings, latest: list[tuple[PostSummary, PublishedComment]]
-) -> str:
+def atom_feed(mlist: ListSettings, site: SiteSettings, latest: list[tuple[PostSummary, PublishedComment]]) -> str:
     """`<comments_dir>/atom.xml`: the latest published comments, newest first."""
     template = environment(mlist.templates).get_template(f"archive/{mlist.language}/atom.xml")
     latest = sorted(latest, key=lambda pc: (pc[1].date, pc[1].id), reverse=True)[:FEED_ENTRIES]

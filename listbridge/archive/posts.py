@@ -10,10 +10,10 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date as Date
 from pathlib import Path
-from typing import Iterable
 
 from listbridge.archive.slugs import slugify, subject_key
 from listbridge.config import Settings

@@ -10,19 +10,28 @@ from __future__ import annotations
 import logging
 import subprocess
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from sqlalchemy import delete, exists, func, insert, select, update
 
 from listbridge import failurelog
+from listbridge.archive.git import GitError, SiteRepo
 from listbridge.archive.pages import (
-    FEED_ENTRIES, PostSummary, PublishedComment, atom_feed, feed_path, index_from_lines, index_line, index_path, page_path, post_page,
+    FEED_ENTRIES,
+    PostSummary,
+    PublishedComment,
+    atom_feed,
+    feed_path,
+    index_from_lines,
+    index_line,
+    index_path,
+    page_path,
+    post_page,
 )
 from listbridge.config import ListSettings, Settings
-from listbridge.models import APPROVED, REMOVED, Comment, PostIndexEntry
-from listbridge.archive.git import GitError, SiteRepo
 from listbridge.db import Database
+from listbridge.models import APPROVED, REMOVED, Comment, PostIndexEntry
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +47,15 @@ def repo_for(settings: Settings, mlist: ListSettings) -> SiteRepo:
 
 
 # The columns a PublishedComment is made of, after the post's slug.
-_SHOWN_COLUMNS = (Comment.post_slug, Comment.id, Comment.display_name, Comment.received_at, Comment.text,
-                  Comment.attachments, Comment.status)
+_SHOWN_COLUMNS = (
+    Comment.post_slug,
+    Comment.id,
+    Comment.display_name,
+    Comment.received_at,
+    Comment.text,
+    Comment.attachments,
+    Comment.status,
+)
 
 
 def _published(row) -> PublishedComment:  # type: ignore[no-untyped-def]
@@ -63,8 +79,13 @@ def refresh_summaries(session, mlist: ListSettings, slugs: Iterable[str] | None)
     where = [Comment.list_address == mlist.address, Comment.status.in_(SHOWN)]
     where.append(Comment.post_slug.is_not(None) if slugs is None else Comment.post_slug.in_(sorted(set(slugs))))
     rows = session.execute(
-        select(Comment.post_slug, func.max(Comment.post_title), func.max(Comment.post_path),
-               func.max(Comment.received_at), func.count())
+        select(
+            Comment.post_slug,
+            func.max(Comment.post_title),
+            func.max(Comment.post_path),
+            func.max(Comment.received_at),
+            func.count(),
+        )
         .where(*where)
         .group_by(Comment.post_slug)
     ).all()
@@ -75,9 +96,17 @@ def refresh_summaries(session, mlist: ListSettings, slugs: Iterable[str] | None)
     entries = []
     for slug, title, path, last, count in rows:
         summary = PostSummary(slug, title or slug, path or "", last, count)
-        entries.append({"list_address": mlist.address, "post_slug": slug, "title": summary.title,
-                        "path": summary.path, "last": last, "count": count,
-                        "line": index_line(mlist, summary)})
+        entries.append(
+            {
+                "list_address": mlist.address,
+                "post_slug": slug,
+                "title": summary.title,
+                "path": summary.path,
+                "last": last,
+                "count": count,
+                "line": index_line(mlist, summary),
+            }
+        )
     if entries:
         session.execute(insert(PostIndexEntry), entries)
 
@@ -93,10 +122,13 @@ def _index_lines(session, list_address: str) -> list[str]:  # type: ignore[no-un
     """The index's lines, newest post first."""
     # Only the lines come back: no date parsing for a thousand rows. (A tie on `last` is
     # ordered by the database's collation; the incremental and the full render share it.)
-    return list(session.scalars(
-        select(PostIndexEntry.line).where(PostIndexEntry.list_address == list_address)
-        .order_by(PostIndexEntry.last.desc(), PostIndexEntry.post_slug.desc())
-    ))
+    return list(
+        session.scalars(
+            select(PostIndexEntry.line)
+            .where(PostIndexEntry.list_address == list_address)
+            .order_by(PostIndexEntry.last.desc(), PostIndexEntry.post_slug.desc())
+        )
+    )
 
 
 def _latest(session, list_address: str) -> list[tuple[PostSummary, PublishedComment]]:  # type: ignore[no-untyped-def]
@@ -154,7 +186,11 @@ def write_and_commit(repo: SiteRepo, pages: dict[str, str | None], message: str,
 
 
 def _render_and_commit(
-    db: Database, settings: Settings, mlist: ListSettings, slugs: Iterable[str] | None, message: str,
+    db: Database,
+    settings: Settings,
+    mlist: ListSettings,
+    slugs: Iterable[str] | None,
+    message: str,
     extra: Callable[[dict[str, str | None], list[str]], None] | None = None,
 ) -> str | None:
     repo = repo_for(settings, mlist)
@@ -193,12 +229,18 @@ def publish_pending(db: Database, settings: Settings) -> list[str]:
         try:
             sha = _render_and_commit(db, settings, mlist, slugs, commit_message(changes))
         except SITE_ERRORS as exc:
-            log.warning("the site commit for %s failed, %d change(s) stay pending and will be retried: %s",
-                        list_address, len(changes), failurelog.summary(exc))
+            log.warning(
+                "the site commit for %s failed, %d change(s) stay pending and will be retried: %s",
+                list_address,
+                len(changes),
+                failurelog.summary(exc),
+            )
             continue
         with db.transaction() as session:
             session.execute(
-                update(Comment).where(Comment.id.in_([c.id for c in changes])).values(published=True)
+                update(Comment)
+                .where(Comment.id.in_([c.id for c in changes]))
+                .values(published=True)
                 .execution_options(synchronize_session=False)
             )
         if sha:

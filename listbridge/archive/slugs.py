@@ -16,10 +16,22 @@ from email.errors import HeaderParseError
 from email.header import decode_header, make_header
 
 # Latin letters that NFKD does not split into a base letter and a mark.
-_LETTERS = str.maketrans({
-    "æ": "ae", "œ": "oe", "ø": "o", "đ": "d", "ð": "d", "þ": "th", "ł": "l", "ı": "i",
-    "ħ": "h", "ŧ": "t", "ŋ": "n", "ĸ": "k",
-})
+_LETTERS = str.maketrans(
+    {
+        "æ": "ae",
+        "œ": "oe",
+        "ø": "o",
+        "đ": "d",
+        "ð": "d",
+        "þ": "th",
+        "ł": "l",
+        "ı": "i",
+        "ħ": "h",
+        "ŧ": "t",
+        "ŋ": "n",
+        "ĸ": "k",
+    }
+)
 _NOT_ALNUM = re.compile(r"[^a-z0-9]+")
 
 # One reply/forward prefix ("Re:", "RE :", "Re[2]:", "Fwd:", "TR:", "AW:", "Réf.:", …) or one

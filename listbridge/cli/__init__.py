@@ -51,6 +51,7 @@ class App:
 
 pass_app = click.make_pass_decorator(App)
 
+
 def refuse_undecodable(command: click.Command, ctx: click.Context) -> None:
     """Refuse a text argument that came from bytes that are not UTF-8 (Python hands them over
     as lone surrogates, which no database, mail or terminal can encode). Paths are exempt:
@@ -95,7 +96,13 @@ class Group(click.Group):
 
 
 @click.group(cls=Group)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="PATH", help="configuration file (else $LISTBRIDGE_CONFIG, else ./listbridge.toml)")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="configuration file (else $LISTBRIDGE_CONFIG, else ./listbridge.toml)",
+)
 @click.option("-v", "--verbose", is_flag=True, help="log more detail")
 @click.version_option(package_name="listbridge")
 @click.pass_context
@@ -149,4 +156,18 @@ def main() -> None:
         sys.exit(exc.exit_code)
 
 
-from listbridge.cli import archive, db, deliver, forget, init, moderate, outage, queue, roster, serve, snippet, subscribers, watch# noqa: E402,F401  (registers commands)
+from listbridge.cli import (  # noqa: E402,F401  (registers commands)
+    archive,
+    db,
+    deliver,
+    forget,
+    init,
+    moderate,
+    outage,
+    queue,
+    roster,
+    serve,
+    snippet,
+    subscribers,
+    watch,
+)

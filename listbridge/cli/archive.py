@@ -3,10 +3,10 @@
 import click
 
 from listbridge.archive import publish
-from listbridge.failurelog import summary
-from listbridge.models import APPROVED, Comment
 from listbridge.cli import App, cli, pass_app
 from listbridge.cli.output import progress
+from listbridge.failurelog import summary
+from listbridge.models import APPROVED, Comment
 
 
 @cli.group()

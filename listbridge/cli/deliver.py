@@ -10,9 +10,9 @@ import sys
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from listbridge.inbound import dispatch
-from listbridge.config import ConfigError
 from listbridge.cli import App, cli, pass_app
+from listbridge.config import ConfigError
+from listbridge.inbound import dispatch
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,9 @@ def _reason(exc: BaseException) -> str:
 
 
 @cli.command()
-@click.option("--recipient", "-r", "recipients", multiple=True, required=True, metavar="ADDR", help="envelope recipient")
+@click.option(
+    "--recipient", "-r", "recipients", multiple=True, required=True, metavar="ADDR", help="envelope recipient"
+)
 @click.option("--sender", "-f", default="", metavar="ADDR", help="envelope sender")
 @pass_app
 def deliver(app: App, recipients: tuple[str, ...], sender: str) -> None:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import click
 
-from listbridge.config import render_default_config
 from listbridge.cli import App, cli, pass_app
+from listbridge.config import render_default_config
 
 
 @cli.command()

@@ -5,15 +5,14 @@ from __future__ import annotations
 import click
 from sqlalchemy import select
 
-from listbridge.lists import comments
 from listbridge.archive import publish
-from listbridge.archive.posts import site_posts
-from listbridge.models import APPROVED, HELD, Comment
-from listbridge.archive.posts import Post
+from listbridge.archive.posts import Post, site_posts
 from listbridge.archive.slugs import slugify
-from listbridge.lists.context import ListContext
 from listbridge.cli import App, cli, pass_app
 from listbridge.cli.output import emit
+from listbridge.lists import comments
+from listbridge.lists.context import ListContext
+from listbridge.models import APPROVED, HELD, Comment
 
 
 class CommentId(click.ParamType):
@@ -193,8 +192,9 @@ def interactive(app: App) -> None:
             if c.status != HELD:
                 continue  # someone else decided meanwhile
             click.echo(f"\n[{n}/{len(ids)}] " + _show(c))
-            choice = click.prompt("[a]pprove, [r]eject, [s]kip, [q]uit", type=click.Choice(["a", "r", "s", "q"]),
-                                  show_choices=False)
+            choice = click.prompt(
+                "[a]pprove, [r]eject, [s]kip, [q]uit", type=click.Choice(["a", "r", "s", "q"]), show_choices=False
+            )
             if choice == "q":
                 break
             if choice != "s":

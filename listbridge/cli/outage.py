@@ -6,11 +6,11 @@ import json
 
 import click
 
-from listbridge.outage import incidents
-from listbridge.lists.comments import actor
-from listbridge.models import INCIDENT_STATUSES, ProbeStatus, RESOLVED
-from listbridge.outage.watch import publish_status_safely, roster_age
 from listbridge.cli import App, cli, pass_app
+from listbridge.lists.comments import actor
+from listbridge.models import INCIDENT_STATUSES, RESOLVED, ProbeStatus
+from listbridge.outage import incidents
+from listbridge.outage.watch import publish_status_safely, roster_age
 
 OPEN_STATUSES = [s for s in INCIDENT_STATUSES if s != RESOLVED]
 
@@ -72,14 +72,33 @@ def status(app: App, as_json: bool) -> None:
         changes = incidents.updates(session, incident) if incident else []
         probe = session.get(ProbeStatus, 1)
         data: dict[str, object] = {
-            "outage": None if incident is None else {
-                "id": incident.id, "nature": incident.nature, "status": incident.status, "eta": incident.eta,
-                "automatic": incident.automatic, "opened_at": incident.opened_at.isoformat(timespec="seconds"),
-                "updates": [{"at": u.at.isoformat(timespec="seconds"), "kind": u.kind, "status": u.status,
-                             "message": u.message, "eta": u.eta, "by": u.actor} for u in changes],
+            "outage": None
+            if incident is None
+            else {
+                "id": incident.id,
+                "nature": incident.nature,
+                "status": incident.status,
+                "eta": incident.eta,
+                "automatic": incident.automatic,
+                "opened_at": incident.opened_at.isoformat(timespec="seconds"),
+                "updates": [
+                    {
+                        "at": u.at.isoformat(timespec="seconds"),
+                        "kind": u.kind,
+                        "status": u.status,
+                        "message": u.message,
+                        "eta": u.eta,
+                        "by": u.actor,
+                    }
+                    for u in changes
+                ],
             },
-            "mx": None if probe is None else {
-                "state": probe.state, "failures": probe.failures, "successes": probe.successes,
+            "mx": None
+            if probe is None
+            else {
+                "state": probe.state,
+                "failures": probe.failures,
+                "successes": probe.successes,
                 "last_probe": probe.last_at.isoformat(timespec="seconds") if probe.last_at else None,
                 "last_result": probe.last_detail,
             },
@@ -105,7 +124,9 @@ def status(app: App, as_json: bool) -> None:
     if exported is None:
         click.echo("Roster: none imported yet (run `listbridge roster export` at home and copy it here).")
     elif too_old:
-        click.echo(f"Roster: WARNING, exported {exported.isoformat(timespec='seconds')} UTC, older than "
-                   f"{app.settings.watch.roster_max_age:g} h: is home exporting it?")
+        click.echo(
+            f"Roster: WARNING, exported {exported.isoformat(timespec='seconds')} UTC, older than "
+            f"{app.settings.watch.roster_max_age:g} h: is home exporting it?"
+        )
     else:
         click.echo(f"Roster: exported {exported.isoformat(timespec='seconds')} UTC")

@@ -2,9 +2,9 @@
 
 import click
 
-from listbridge.outbound import delivery, outbox
 from listbridge.cli import App, cli, pass_app
 from listbridge.cli.output import emit, progress
+from listbridge.outbound import delivery, outbox
 
 
 @cli.group()
@@ -20,7 +20,11 @@ def list_(app: App, include_done: bool, as_json: bool) -> None:
     """Messages waiting in the outbox, with counts per state."""
     with app.ready_db().transaction() as session:
         rows = outbox.summary(session, include_done)
-    emit(rows, as_json, ["id", "kind", "list", "created", "queued", "sending", "sent", "failed", "next_attempt", "last_error"])
+    emit(
+        rows,
+        as_json,
+        ["id", "kind", "list", "created", "queued", "sending", "sent", "failed", "next_attempt", "last_error"],
+    )
 
 
 @queue.command()

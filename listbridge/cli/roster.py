@@ -2,8 +2,8 @@
 
 import click
 
-from listbridge.outage import roster as roster_file
 from listbridge.cli import App, cli, pass_app
+from listbridge.outage import roster as roster_file
 
 
 @cli.group()
@@ -34,4 +34,6 @@ def import_(app: App, path: str) -> None:
             snapshot = roster_file.import_(session, path)
     except roster_file.RosterError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{snapshot.subscribers} subscribers imported, exported {snapshot.exported_at.isoformat(timespec='seconds')} UTC")
+    click.echo(
+        f"{snapshot.subscribers} subscribers imported, exported {snapshot.exported_at.isoformat(timespec='seconds')} UTC"
+    )

@@ -2,9 +2,9 @@
 
 import click
 
-from listbridge.service import ListenError, Service
 from listbridge.archive.git import ensure_repo
 from listbridge.cli import App, cli, pass_app
+from listbridge.service import ListenError, Service
 
 
 @cli.command()

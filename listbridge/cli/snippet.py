@@ -3,9 +3,9 @@
 import click
 
 from listbridge.archive.posts import site_posts
-from listbridge.render import environment
 from listbridge.archive.slugs import slugify
 from listbridge.cli import App, cli, pass_app
+from listbridge.render import environment
 
 
 @cli.command()
@@ -29,4 +29,6 @@ def snippet(app: App, post: str, list_address: str | None) -> None:
         nl=False,
     )
     if found is None:
-        click.echo(f"note: no post {post!r} found under {app.settings.site.posts}/; the subject may not match.", err=True)
+        click.echo(
+            f"note: no post {post!r} found under {app.settings.site.posts}/; the subject may not match.", err=True
+        )

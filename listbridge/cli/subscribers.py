@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Iterator
 
 import click
 from sqlalchemy import select
 
-from listbridge.models import Subscriber
-from listbridge.lists.context import ListContext
-from listbridge.lists.subscriptions import subscribe, unsubscribe
 from listbridge.cli import App, cli, pass_app
 from listbridge.cli.output import emit, progress
+from listbridge.lists.context import ListContext
+from listbridge.lists.subscriptions import subscribe, unsubscribe
+from listbridge.models import Subscriber
 
-list_option = click.option("--list", "list_address", metavar="ADDR", help="which list (needed when several are configured)")
+list_option = click.option(
+    "--list", "list_address", metavar="ADDR", help="which list (needed when several are configured)"
+)
 
 
 @cli.group()

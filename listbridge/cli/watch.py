@@ -6,10 +6,10 @@ import threading
 
 import click
 
-from listbridge.outbound import delivery, outbox
 from listbridge.archive.git import ensure_repo
-from listbridge.outage.watch import Watcher
 from listbridge.cli import App, cli, pass_app
+from listbridge.outage.watch import Watcher
+from listbridge.outbound import delivery, outbox
 
 
 @cli.command()
@@ -26,12 +26,16 @@ def watch(app: App, once: bool, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps({**tick.as_dict(), "mail_sent": sent, "mail_queued": queued}))
             return
-        click.echo(f"{tick.mx}: {'up' if tick.ok else 'DOWN'} at {tick.step} ({tick.detail}, {tick.seconds}s); "
-                   f"state {tick.state}, {tick.failures} failure(s), {tick.successes} success(es)"
-                   + (f"; event: {tick.event}" if tick.event else ""))
+        click.echo(
+            f"{tick.mx}: {'up' if tick.ok else 'DOWN'} at {tick.step} ({tick.detail}, {tick.seconds}s); "
+            f"state {tick.state}, {tick.failures} failure(s), {tick.successes} success(es)"
+            + (f"; event: {tick.event}" if tick.event else "")
+        )
         if sent or queued:
-            click.echo(f"mail: {sent} delivered or failed, {queued} still queued"
-                       + (" (retried by the next run once due)" if queued else ""))
+            click.echo(
+                f"mail: {sent} delivered or failed, {queued} still queued"
+                + (" (retried by the next run once due)" if queued else "")
+            )
         return
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

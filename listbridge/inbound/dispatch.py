@@ -5,24 +5,24 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from listbridge import addresses
-from listbridge.lists import comments
-from listbridge.outbound import outbox
-from listbridge.config import Settings
-from listbridge.failurelog import summary
-from listbridge.message import Incoming
-from listbridge.inbound.parse import IntakeError, parse
 from listbridge.archive.posts import Post, site_posts
+from listbridge.config import Settings
 from listbridge.db import Database, effects
-from listbridge.lists.context import ListContext, Rejected, within_reply_limit, send
-from listbridge.lists.subscriptions import confirm, request, unsubscribe_with_token
+from listbridge.failurelog import summary
+from listbridge.inbound.parse import IntakeError, parse
 from listbridge.inbound.timelimit import Overtime, TimeLimit
+from listbridge.lists import comments
+from listbridge.lists.context import ListContext, Rejected, send, within_reply_limit
+from listbridge.lists.subscriptions import confirm, request, unsubscribe_with_token
+from listbridge.message import Incoming
+from listbridge.outbound import outbox
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,10 @@ Work = tuple[int, Incoming, Received]  # a parsed message and its place in the b
 
 
 def _commit_together(
-    db: Database, settings: Settings, work: Sequence[Work], replies: list[list[Reply]],
+    db: Database,
+    settings: Settings,
+    work: Sequence[Work],
+    replies: list[list[Reply]],
     posts: Callable[[], dict[str, Post]],
 ) -> frozenset[str]:
     """Act on `work` in one transaction, a second time on a new connection when the database
@@ -156,7 +159,10 @@ def _commit_alone(
 
 
 def _commit_one_by_one(
-    db: Database, settings: Settings, work: Sequence[Work], replies: list[list[Reply]],
+    db: Database,
+    settings: Settings,
+    work: Sequence[Work],
+    replies: list[list[Reply]],
     posts: Callable[[], dict[str, Post]],
 ) -> Accepted:
     """Act on each message in a transaction of its own, so that the culprit alone is refused."""
@@ -180,8 +186,12 @@ def _parse(message: Received) -> Incoming | list[Reply]:
         log.warning("refused unparseable message from <%s>: %s", message.envelope_from, exc)
         return [Reply(f"554 5.6.0 {exc}")] * len(message.recipients)
     except Overtime:
-        log.warning("refused a message from <%s> (%d bytes): not read within %g s",
-                    message.envelope_from, len(message.raw), PARSE_SECONDS)
+        log.warning(
+            "refused a message from <%s> (%d bytes): not read within %g s",
+            message.envelope_from,
+            len(message.raw),
+            PARSE_SECONDS,
+        )
         return [TOO_SLOW] * len(message.recipients)
 
 
@@ -244,13 +254,26 @@ def _act(
     try:
         if action == addresses.POST:
             if incoming.carries_loop(mlist.address):
-                _say(session, logging.WARNING, "dropped a comment from <%s> carrying %s's own X-Loop: its own mail "
-                     "came back", incoming.sender, mlist.address)
+                _say(
+                    session,
+                    logging.WARNING,
+                    "dropped a comment from <%s> carrying %s's own X-Loop: its own mail came back",
+                    incoming.sender,
+                    mlist.address,
+                )
                 return OK
             comment = comments.receive(session, ctx, incoming, posts(), automated)
             name = comment.id if comment.id is not None else incoming.message_id or "without Message-ID"
-            _say(session, logging.INFO, "comment %s from <%s> on %s: %s %s", name, incoming.sender,
-                 comment.post_slug or "no post", comment.status, comment.reason)
+            _say(
+                session,
+                logging.INFO,
+                "comment %s from <%s> on %s: %s %s",
+                name,
+                incoming.sender,
+                comment.post_slug or "no post",
+                comment.status,
+                comment.reason,
+            )
             return OK
         if action == addresses.OWNER:
             return _forward_to_owner(session, ctx, incoming)

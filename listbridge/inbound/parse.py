@@ -47,10 +47,19 @@ _PLAIN_TYPE = re.compile(
 _PLAIN_EXTRAS = frozenset({"content-transfer-encoding", "content-language", "content-description"})
 # The headers read below; the others (Received, DKIM-Signature…: most of a real header) are
 # never decoded.
-_READ = frozenset({
-    "from", "subject", "message-id", "in-reply-to", "references", "auto-submitted", "precedence", "x-loop",
-    "authentication-results",
-})
+_READ = frozenset(
+    {
+        "from",
+        "subject",
+        "message-id",
+        "in-reply-to",
+        "references",
+        "auto-submitted",
+        "precedence",
+        "x-loop",
+        "authentication-results",
+    }
+)
 # References longer than this keep the first id (the thread root) and the newest ones.
 MAX_REFERENCES = 100
 

@@ -6,17 +6,18 @@ import asyncio
 import logging
 import re
 import threading
+from collections.abc import Awaitable, Callable
 from importlib.metadata import version
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
-from listbridge.inbound import dispatch
 from listbridge.config import Settings
-from listbridge.inbound.smtpdata import DataAssembler, read_data
 from listbridge.db import MAIL_QUEUED, SITE_CHANGED
+from listbridge.inbound import dispatch
+from listbridge.inbound.smtpdata import DataAssembler, read_data
 
 log = logging.getLogger(__name__)
 

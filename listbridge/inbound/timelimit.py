@@ -31,7 +31,7 @@ class TimeLimit:
         self.seconds = seconds
         self._armed = False
 
-    def __enter__(self) -> "TimeLimit":
+    def __enter__(self) -> TimeLimit:
         global _running
         if self.seconds > 0 and threading.current_thread() is threading.main_thread():
             if signal.getsignal(signal.SIGALRM) is not _ring:

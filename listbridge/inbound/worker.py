@@ -25,14 +25,14 @@ import signal
 import socket
 import struct
 import threading
+from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Sequence
 
-from listbridge.inbound import dispatch
-from listbridge.config import Settings
 from listbridge.archive.posts import PostCache
+from listbridge.config import Settings
 from listbridge.db import Database
+from listbridge.inbound import dispatch
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class _ReplyChannel(asyncio.Protocol):
         self.lost: Exception | None = None
 
     @classmethod
-    async def open(cls, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> "_ReplyChannel":
+    async def open(cls, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> _ReplyChannel:
         own = sock.dup()
         try:
             _, channel = await loop.connect_accepted_socket(lambda: cls(sock, own, loop), own)

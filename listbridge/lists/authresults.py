@@ -60,7 +60,9 @@ def passes(headers: list[str] | tuple[str, ...], authserv_id: str, sender: str) 
                 continue
             if r["method"] == "dmarc" and _aligned(r.get("header.from", ""), from_domain):
                 return True
-            if r["method"] == "dkim" and _aligned(r.get("header.d", r.get("header.i", "").rpartition("@")[2]), from_domain):
+            if r["method"] == "dkim" and _aligned(
+                r.get("header.d", r.get("header.i", "").rpartition("@")[2]), from_domain
+            ):
                 return True
         return False  # only the topmost trusted header counts
     return False

@@ -14,15 +14,15 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from listbridge.lists import authresults, commenttext
-from listbridge.outbound import compose, outbox
 from listbridge.archive.pages import page_path
+from listbridge.archive.posts import Post, find_post
+from listbridge.db import SITE_CHANGED, FastInsert, note_effect
+from listbridge.lists import authresults, commenttext
+from listbridge.lists.context import ListContext, send
 from listbridge.message import Incoming
 from listbridge.models import APPROVED, HELD, REJECTED, Comment, ModerationEvent, OutboxMessage, utcnow
-from listbridge.archive.posts import Post, find_post
+from listbridge.outbound import compose, outbox
 from listbridge.render import render_mail
-from listbridge.db import SITE_CHANGED, FastInsert, note_effect
-from listbridge.lists.context import ListContext, send
 
 NO_POST = "no matching post"
 
@@ -111,11 +111,29 @@ class Stored:
     post_slug: str | None
 
 
-_INSERT_COMMENT = FastInsert(Comment.__table__, (
-    "list_address", "sender", "display_name", "subject", "message_id", "in_reply_to", "auto_submitted",
-    "received_at", "status", "reason", "post_slug", "post_title", "post_path", "text", "attachments",
-    "published", "raw", "decided_by",
-))
+_INSERT_COMMENT = FastInsert(
+    Comment.__table__,
+    (
+        "list_address",
+        "sender",
+        "display_name",
+        "subject",
+        "message_id",
+        "in_reply_to",
+        "auto_submitted",
+        "received_at",
+        "status",
+        "reason",
+        "post_slug",
+        "post_title",
+        "post_path",
+        "text",
+        "attachments",
+        "published",
+        "raw",
+        "decided_by",
+    ),
+)
 
 
 def receive(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[str, Post], automated: bool) -> Stored:
@@ -130,8 +148,15 @@ def receive(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[
         mlist.moderation == "first-post"
         and authenticated
         and bool(sender)
-        and bool(session.scalar(select(exists().where(
-            Comment.list_address == mlist.address, Comment.sender == sender, Comment.status == APPROVED))))
+        and bool(
+            session.scalar(
+                select(
+                    exists().where(
+                        Comment.list_address == mlist.address, Comment.sender == sender, Comment.status == APPROVED
+                    )
+                )
+            )
+        )
     )
     decision = decide(
         policy=mlist.moderation,
@@ -145,12 +170,24 @@ def receive(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[
         attached=post is not None,
     )
     row = dict(
-        list_address=mlist.address, sender=sender, display_name=incoming.display_name,
-        subject=incoming.subject, message_id=incoming.message_id, in_reply_to=incoming.in_reply_to,
-        auto_submitted=automated, received_at=utcnow(), status=HELD, reason=decision.reason,
-        post_slug=post.slug if post else None, post_title=post.title if post else "",
-        post_path=post.path if post else "", text=text, attachments=incoming.attachments, published=True,
-        raw=incoming.raw, decided_by="",
+        list_address=mlist.address,
+        sender=sender,
+        display_name=incoming.display_name,
+        subject=incoming.subject,
+        message_id=incoming.message_id,
+        in_reply_to=incoming.in_reply_to,
+        auto_submitted=automated,
+        received_at=utcnow(),
+        status=HELD,
+        reason=decision.reason,
+        post_slug=post.slug if post else None,
+        post_title=post.title if post else "",
+        post_path=post.path if post else "",
+        text=text,
+        attachments=incoming.attachments,
+        published=True,
+        raw=incoming.raw,
+        decided_by="",
     )
     if decision.status == HELD:  # the hot path: nothing reads it back before the commit
         _INSERT_COMMENT.stage(session, row)
@@ -194,7 +231,9 @@ def _transition(session: Session, comment: Comment, source: str, values: dict[st
     them; the second finds no row in `source`). False, with the comment reloaded, if it was
     not in `source`."""
     result = session.execute(
-        update(Comment).where(Comment.id == comment.id, Comment.status == source).values(**values)
+        update(Comment)
+        .where(Comment.id == comment.id, Comment.status == source)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -219,8 +258,15 @@ def approve(session: Session, ctx: ListContext, comment: Comment, actor: str, po
         if comment.status == APPROVED:
             return False
         raise NotHeld(comment)
-    session.add(ModerationEvent(comment_id=comment.id, action=APPROVED, actor=actor, at=comment.decided_at,
-                                detail=f"post {comment.post_slug}"))
+    session.add(
+        ModerationEvent(
+            comment_id=comment.id,
+            action=APPROVED,
+            actor=actor,
+            at=comment.decided_at,
+            detail=f"post {comment.post_slug}",
+        )
+    )
     note_effect(session, SITE_CHANGED)
     broadcast(session, ctx, comment)
     return True
@@ -233,7 +279,12 @@ class Rejection:
 
 
 def reject(
-    session: Session, ctx: ListContext, comment: Comment, actor: str, reason: str = "", notify: bool = False,
+    session: Session,
+    ctx: ListContext,
+    comment: Comment,
+    actor: str,
+    reason: str = "",
+    notify: bool = False,
     unpublish: bool = False,
 ) -> Rejection:
     """Reject a held comment (with `unpublish`, an approved one too: its page drops it), once
@@ -244,15 +295,23 @@ def reject(
         values["reason"] = reason
     if _transition(session, comment, HELD, values):
         pass
-    elif unpublish and comment.status == APPROVED and _transition(session, comment, APPROVED, {**values, "published": False}):
+    elif (
+        unpublish
+        and comment.status == APPROVED
+        and _transition(session, comment, APPROVED, {**values, "published": False})
+    ):
         note_effect(session, SITE_CHANGED)
     elif comment.status == REJECTED:
         return Rejection(changed=False, told=False)
     else:
         raise NotHeld(comment)
-    session.add(ModerationEvent(comment_id=comment.id, action=REJECTED, actor=actor, at=comment.decided_at, detail=reason))
+    session.add(
+        ModerationEvent(comment_id=comment.id, action=REJECTED, actor=actor, at=comment.decided_at, detail=reason)
+    )
     if notify and comment.sender and not comment.auto_submitted:
-        send(session, ctx, "rejected", comment.sender, name=comment.display_name, subject=comment.subject, reason=reason)
+        send(
+            session, ctx, "rejected", comment.sender, name=comment.display_name, subject=comment.subject, reason=reason
+        )
         return Rejection(changed=True, told=True)
     return Rejection(changed=True, told=False)
 

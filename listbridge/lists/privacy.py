@@ -21,7 +21,20 @@ from email.policy import compat32, default
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from listbridge.models import APPROVED, HELD, QUEUED, REJECTED, REMOVED, SENDING, AutoReply, Comment, Confirmation, OutboxMessage, OutboxRecipient, Subscriber
+from listbridge.models import (
+    APPROVED,
+    HELD,
+    QUEUED,
+    REJECTED,
+    REMOVED,
+    SENDING,
+    AutoReply,
+    Comment,
+    Confirmation,
+    OutboxMessage,
+    OutboxRecipient,
+    Subscriber,
+)
 
 BROADCAST_KIND = "comment"  # comments.broadcast
 OWNER_KIND = "owner"  # dispatch's forward of +owner mail
@@ -85,13 +98,18 @@ def _erase_outbox(session: Session, address: str, comments: list[Comment]) -> in
         message.body = b""
         # Not yet delivered: dropped. A row `sending` (SQLite) goes too, or a crash would queue
         # it again with the emptied body; its worker holds the body already and finishes.
-        session.execute(delete(OutboxRecipient).where(OutboxRecipient.message_id == message.id,
-                                                      OutboxRecipient.state.in_((QUEUED, SENDING))))
+        session.execute(
+            delete(OutboxRecipient).where(
+                OutboxRecipient.message_id == message.id, OutboxRecipient.state.in_((QUEUED, SENDING))
+            )
+        )
     return len(gone) + len(broadcasts)
 
 
 def _has_recipients(session: Session, message_id: int) -> bool:
-    count = session.scalar(select(func.count()).select_from(OutboxRecipient).where(OutboxRecipient.message_id == message_id))
+    count = session.scalar(
+        select(func.count()).select_from(OutboxRecipient).where(OutboxRecipient.message_id == message_id)
+    )
     return bool(count)
 
 
@@ -119,10 +137,14 @@ def _broadcasts_of(session: Session, comments: list[Comment]) -> list[OutboxMess
     for comment in comments:
         if not comment.post_slug or not comment.text.strip():
             continue
-        candidates = session.scalars(select(OutboxMessage).where(
-            OutboxMessage.kind == BROADCAST_KIND, OutboxMessage.list_address == comment.list_address,
-            OutboxMessage.post_slug == comment.post_slug, OutboxMessage.created_at >= comment.received_at,
-        ))
+        candidates = session.scalars(
+            select(OutboxMessage).where(
+                OutboxMessage.kind == BROADCAST_KIND,
+                OutboxMessage.list_address == comment.list_address,
+                OutboxMessage.post_slug == comment.post_slug,
+                OutboxMessage.created_at >= comment.received_at,
+            )
+        )
         for message in candidates:
             if message.id not in found and message.body and _carries(message.body, comment):
                 found[message.id] = message

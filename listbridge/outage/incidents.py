@@ -12,12 +12,12 @@ import datetime as dt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from listbridge.outbound import compose, outbox
 from listbridge.archive import publish
 from listbridge.config import Settings
-from listbridge.models import INVESTIGATING, RESOLVED, Incident, IncidentUpdate, utcnow
-from listbridge.render import environment, render_mail
 from listbridge.lists.context import ListContext
+from listbridge.models import INVESTIGATING, RESOLVED, Incident, IncidentUpdate, utcnow
+from listbridge.outbound import compose, outbox
+from listbridge.render import environment, render_mail
 
 AUTOMATIC_NATURE = {
     "en": "the mail server does not answer",
@@ -38,13 +38,20 @@ def current(session: Session) -> Incident | None:
 
 def updates(session: Session, incident: Incident) -> list[IncidentUpdate]:
     return list(
-        session.scalars(select(IncidentUpdate).where(IncidentUpdate.incident_id == incident.id).order_by(IncidentUpdate.id))
+        session.scalars(
+            select(IncidentUpdate).where(IncidentUpdate.incident_id == incident.id).order_by(IncidentUpdate.id)
+        )
     )
 
 
 def declare(
-    session: Session, settings: Settings, nature: str, eta: str = "", status: str = INVESTIGATING,
-    actor: str = "", automatic: bool = False,
+    session: Session,
+    settings: Settings,
+    nature: str,
+    eta: str = "",
+    status: str = INVESTIGATING,
+    actor: str = "",
+    automatic: bool = False,
 ) -> Incident:
     """Open an incident and announce it."""
     if current(session) is not None:
@@ -60,8 +67,14 @@ def declare(
     return incident
 
 
-def update(session: Session, settings: Settings, message: str, eta: str | None = None, status: str | None = None,
-           actor: str = "") -> Incident:
+def update(
+    session: Session,
+    settings: Settings,
+    message: str,
+    eta: str | None = None,
+    status: str | None = None,
+    actor: str = "",
+) -> Incident:
     """Add news to the open incident and announce it."""
     incident = current(session)
     if incident is None:
@@ -76,8 +89,9 @@ def update(session: Session, settings: Settings, message: str, eta: str | None =
     return incident
 
 
-def resolve(session: Session, settings: Settings, message: str = "", actor: str = "",
-            automatic_only: bool = False) -> Incident | None:
+def resolve(
+    session: Session, settings: Settings, message: str = "", actor: str = "", automatic_only: bool = False
+) -> Incident | None:
     """Close the open incident and announce it. With `automatic_only` (the MX came back),
     an outage a maintainer declared is left to the maintainer."""
     incident = current(session)
@@ -92,10 +106,12 @@ def resolve(session: Session, settings: Settings, message: str = "", actor: str 
     return incident
 
 
-def _change(session: Session, settings: Settings, incident: Incident, kind: str, status: str, message: str,
-            eta: str, actor: str) -> None:
-    change = IncidentUpdate(incident_id=incident.id, at=utcnow(), kind=kind, status=status, message=message,
-                            eta=eta, actor=actor)
+def _change(
+    session: Session, settings: Settings, incident: Incident, kind: str, status: str, message: str, eta: str, actor: str
+) -> None:
+    change = IncidentUpdate(
+        incident_id=incident.id, at=utcnow(), kind=kind, status=status, message=message, eta=eta, actor=actor
+    )
     session.add(change)
     session.flush()
     notify(session, settings, incident, change)
@@ -111,23 +127,41 @@ def notify(session: Session, settings: Settings, incident: Incident, change: Inc
     for mlist in settings.lists:
         ctx = ListContext(settings, mlist)
         subject, body = render_mail(
-            mlist, f"outage_{change.kind}", **ctx.common(),
-            nature=incident.nature, status=change.status, eta=change.eta, message=change.message,
-            opened_at=incident.opened_at, automatic=incident.automatic, status_url=status_url(settings),
+            mlist,
+            f"outage_{change.kind}",
+            **ctx.common(),
+            nature=incident.nature,
+            status=change.status,
+            eta=change.eta,
+            message=change.message,
+            opened_at=incident.opened_at,
+            automatic=incident.automatic,
+            status_url=status_url(settings),
         )
-        common = dict(subject=subject, body=body, sender=ctx.address("owner"),
-                      extra={"Auto-Submitted": "auto-generated", "Precedence": "bulk"})
+        common = dict(
+            subject=subject,
+            body=body,
+            sender=ctx.address("owner"),
+            extra={"Auto-Submitted": "auto-generated", "Precedence": "bulk"},
+        )
         _, count = outbox.enqueue_fanout(
-            session, list_address=mlist.address, kind=f"outage-{change.kind}", envelope_from=ctx.address("owner"),
-            body=compose.build(mlist, settings.smtp.separator, **common), retry_days=settings.relay.retry_days,
+            session,
+            list_address=mlist.address,
+            kind=f"outage-{change.kind}",
+            envelope_from=ctx.address("owner"),
+            body=compose.build(mlist, settings.smtp.separator, **common),
+            retry_days=settings.relay.retry_days,
         )
         total += count
         if mlist.owner:
             outbox.enqueue(
-                session, list_address=mlist.address, kind=f"outage-{change.kind}-owner",
+                session,
+                list_address=mlist.address,
+                kind=f"outage-{change.kind}-owner",
                 envelope_from=ctx.address("owner"),
                 body=compose.build(mlist, settings.smtp.separator, to=mlist.owner, **common),
-                recipients=[mlist.owner], retry_days=settings.relay.retry_days,
+                recipients=[mlist.owner],
+                retry_days=settings.relay.retry_days,
             )
     return total
 
@@ -143,14 +177,19 @@ def render_status(session: Session, settings: Settings) -> dict[str, str]:
     base = settings.site.base_url.rstrip("/")
     pages = {
         "status.gmi": env.get_template(f"status/{mlist.language}/status.gmi").render(
-            list=mlist, current=open_now, history=history),
+            list=mlist, current=open_now, history=history
+        ),
         "status.xml": env.get_template(f"status/{mlist.language}/status.xml").render(
-            list=mlist, history=history, base=base, updated=_stamp(max(
-                (u[-1].at for _, u in history if u), default=dt.datetime(1970, 1, 1)))),
+            list=mlist,
+            history=history,
+            base=base,
+            updated=_stamp(max((u[-1].at for _, u in history if u), default=dt.datetime(1970, 1, 1))),
+        ),
     }
     for incident, changes in history:
         pages[f"status/{incident.id}.gmi"] = env.get_template(f"status/{mlist.language}/incident.gmi").render(
-            list=mlist, incident=incident, updates=changes)
+            list=mlist, incident=incident, updates=changes
+        )
     return pages
 
 

@@ -53,8 +53,15 @@ def export(session: Session, path: str | Path) -> Snapshot:
             " display_name TEXT NOT NULL, token TEXT NOT NULL, subscribed_at TEXT NOT NULL);"
         )
         rows = session.execute(
-            select(Subscriber.list_address, Subscriber.address, Subscriber.display_name, Subscriber.token,
-                   Subscriber.subscribed_at).order_by(Subscriber.id).execution_options(yield_per=_BATCH)
+            select(
+                Subscriber.list_address,
+                Subscriber.address,
+                Subscriber.display_name,
+                Subscriber.token,
+                Subscriber.subscribed_at,
+            )
+            .order_by(Subscriber.id)
+            .execution_options(yield_per=_BATCH)
         )
         for chunk in rows.partitions(_BATCH):
             out.executemany(
@@ -110,8 +117,14 @@ def import_(session: Session, path: str | Path) -> Snapshot:
             session.execute(
                 insert(Subscriber),
                 [
-                    {"list_address": la, "address": a, "domain": a.rpartition("@")[2], "display_name": n,
-                     "token": t, "subscribed_at": dt.datetime.fromisoformat(s)}
+                    {
+                        "list_address": la,
+                        "address": a,
+                        "domain": a.rpartition("@")[2],
+                        "display_name": n,
+                        "token": t,
+                        "subscribed_at": dt.datetime.fromisoformat(s),
+                    }
                     for la, a, n, t, s in chunk
                 ],
             )

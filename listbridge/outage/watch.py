@@ -13,13 +13,13 @@ import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from listbridge.outbound import delivery, outbox
-from listbridge.outage import incidents, roster
 from listbridge.config import Settings
+from listbridge.db import Database
 from listbridge.failurelog import FailureLog
 from listbridge.models import ProbeStatus, utcnow
+from listbridge.outage import incidents, roster
 from listbridge.outage.probe import DOWN, UP, ProbeResult, ProbeState, next_state, probe
-from listbridge.db import Database
+from listbridge.outbound import delivery, outbox
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,16 @@ class Watcher:
             log.error("%s", exc)
         else:
             if fresh:
-                log.info("roster imported: %d subscribers, exported %s UTC", snapshot.subscribers,
-                         snapshot.exported_at.isoformat(timespec="seconds"))
+                log.info(
+                    "roster imported: %d subscribers, exported %s UTC",
+                    snapshot.subscribers,
+                    snapshot.exported_at.isoformat(timespec="seconds"),
+                )
             else:
-                log.debug("roster unchanged since its import (exported %s UTC)", snapshot.exported_at.isoformat(timespec="seconds"))
+                log.debug(
+                    "roster unchanged since its import (exported %s UTC)",
+                    snapshot.exported_at.isoformat(timespec="seconds"),
+                )
                 self._warn_if_stale()
         self._roster_mtime = mtime
 
@@ -86,9 +92,11 @@ class Watcher:
         exported, too_old = roster_age(self.settings, self.db)
         if too_old:
             self._warned_at = now
-            log.warning("the roster was exported %s; older than %g h: is home exporting it?",
-                        exported.isoformat(timespec="seconds") + " UTC" if exported else "never",
-                        self.settings.watch.roster_max_age)
+            log.warning(
+                "the roster was exported %s; older than %g h: is home exporting it?",
+                exported.isoformat(timespec="seconds") + " UTC" if exported else "never",
+                self.settings.watch.roster_max_age,
+            )
 
     def tick(self, result: ProbeResult | None = None) -> Tick:
         """Probe once (or take `result`), fold it into the stored state, act on a flip."""
@@ -100,8 +108,9 @@ class Watcher:
             if row is None:
                 row = ProbeStatus(id=1, state=UP, failures=0, successes=0)
                 session.add(row)
-            state, event = next_state(ProbeState(row.state, row.failures, row.successes), result.ok,
-                                      w.failures, w.recoveries)
+            state, event = next_state(
+                ProbeState(row.state, row.failures, row.successes), result.ok, w.failures, w.recoveries
+            )
             row.state, row.failures, row.successes = state.state, state.failures, state.successes
             row.last_at, row.last_ok, row.last_detail = utcnow(), result.ok, f"{result.step}: {result.detail}"
             language = self.settings.lists[0].language
@@ -118,8 +127,17 @@ class Watcher:
             log.warning("MX %s is %s (%s: %s)", w.mx, event, result.step, result.detail)
         if page_message:  # after the commit: the notices are safe even if git fails
             publish_status_safely(self.db, self.settings, page_message)
-        return Tick(w.mx, result.ok, result.step, result.detail, result.seconds, state.state,
-                    state.failures, state.successes, event)
+        return Tick(
+            w.mx,
+            result.ok,
+            result.step,
+            result.detail,
+            result.seconds,
+            state.state,
+            state.failures,
+            state.successes,
+            event,
+        )
 
     def run(self, stop: threading.Event) -> None:
         """Probe every `[watch] interval` seconds and deliver the outbox until `stop` is set."""

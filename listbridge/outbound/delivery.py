@@ -10,20 +10,20 @@ import datetime as dt
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Callable, Iterable, Iterator
 
 from sqlalchemy import select
 
-from listbridge.outbound import outbox
 from listbridge.addresses import subaddress
-from listbridge.outbound.compose import personal_headers
 from listbridge.config import Settings
+from listbridge.db import Database
 from listbridge.failurelog import FailureLog
 from listbridge.models import OutboxMessage
+from listbridge.outbound import outbox
+from listbridge.outbound.compose import personal_headers
 from listbridge.outbound.relay import RelayClient, RelayError, prepare
-from listbridge.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,10 @@ class Worker:
                 unsubscribe = subaddress(message.list_address, f"unsubscribe-{rows[0].token}", separator)
                 data = personal_headers(rows[0].address, unsubscribe) + data
             else:
-                data = personal_headers(message.list_address, subaddress(message.list_address, "unsubscribe", separator)) + data
+                data = (
+                    personal_headers(message.list_address, subaddress(message.list_address, "unsubscribe", separator))
+                    + data
+                )
         return message.envelope_from, [r.address for r in rows], data
 
     def _messages(self, ids: set[int]) -> dict[int, Prepared]:
@@ -172,7 +175,9 @@ class Worker:
         if missing:
             with self.db.transaction() as session:
                 for m in session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(missing))):
-                    self._cache[m.id] = Prepared(m.list_address, m.envelope_from, m.fanout, m.give_up_at, prepare(m.body))
+                    self._cache[m.id] = Prepared(
+                        m.list_address, m.envelope_from, m.fanout, m.give_up_at, prepare(m.body)
+                    )
         wanted = {i: self._cache[i] for i in ids}
         while len(self._cache) > 32:
             self._cache.popitem(last=False)
@@ -198,8 +203,9 @@ def run_workers(
 ) -> list[threading.Thread]:
     """Start `[relay] connections` worker threads. With `until_idle`, each exits once nothing is due."""
 
-    failures = FailureLog(log, "delivery batch failed; it will be retried after the claim lease",
-                          "delivery works again")
+    failures = FailureLog(
+        log, "delivery batch failed; it will be retried after the claim lease", "delivery works again"
+    )
 
     def loop(worker: Worker) -> None:
         try:

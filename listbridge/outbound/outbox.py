@@ -13,15 +13,16 @@ import datetime as dt
 import json
 import os
 import socket
-from typing import Any, Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 from sqlalchemy import BigInteger, any_, bindparam, case, func, insert, literal, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, Select
 
-from listbridge.models import FAILED, QUEUED, SENDING, SENT, OutboxMessage, OutboxRecipient, Subscriber, utcnow
 from listbridge.db import MAIL_QUEUED, note_effect
+from listbridge.models import FAILED, QUEUED, SENDING, SENT, OutboxMessage, OutboxRecipient, Subscriber, utcnow
 
 # A fan-out this large refreshes PostgreSQL's statistics on the recipients table (see enqueue_fanout).
 ANALYZE_AFTER = 1000
@@ -81,7 +82,9 @@ def enqueue_fanout(
     columns = ["message_id", "address", "domain", "token", "state", "attempts", "next_attempt_at", "last_error"]
     session.execute(insert(OutboxRecipient).from_select(columns, roster))
     # rowcount of INSERT … SELECT is not reported by every driver (psycopg gives -1): count.
-    count = session.scalar(select(func.count()).select_from(OutboxRecipient).where(OutboxRecipient.message_id == message.id))
+    count = session.scalar(
+        select(func.count()).select_from(OutboxRecipient).where(OutboxRecipient.message_id == message.id)
+    )
     if (count or 0) >= ANALYZE_AFTER and session.get_bind().dialect.name == "postgresql":
         # PostgreSQL plans from statistics that autovacuum refreshes a minute or more later.
         # Until then it takes a fresh fan-out for a dozen rows, and each claim reads and sorts
@@ -132,9 +135,7 @@ _IS_DUE = (_R.state == QUEUED, _R.next_attempt_at <= bindparam("now"))
 def _first_due(*columns: ColumnElement[object], order: tuple[ColumnElement[object], ...]) -> Select[Any]:
     """The first :limit due rows in `order`, locked for this transaction, skipping rows another
     transaction holds (SQLite, which has one writer, has no row locks and ignores this)."""
-    return (
-        select(*columns).where(*_IS_DUE).order_by(*order).limit(bindparam("limit")).with_for_update(skip_locked=True)
-    )
+    return select(*columns).where(*_IS_DUE).order_by(*order).limit(bindparam("limit")).with_for_update(skip_locked=True)
 
 
 # The order of ix_outbox_recipients_due, so no claim sorts the whole queue; a fan-out's rows
@@ -154,7 +155,13 @@ _LOCK_DUE = _first_due(*_CLAIMED_COLUMNS, order=(_R.next_attempt_at,))
 _SQLITE_CLAIMED = select(func.json_group_array(func.json_array(*_CLAIMED_COLUMNS))).where(
     _R.state == SENDING, _R.claimed_by == bindparam("owner"), _R.claimed_at == bindparam("now")
 )
-_MARK_SENT_VALUES = {"state": SENT, "done_at": bindparam("now"), "claimed_by": None, "claimed_at": None, "last_error": ""}
+_MARK_SENT_VALUES = {
+    "state": SENT,
+    "done_at": bindparam("now"),
+    "claimed_by": None,
+    "claimed_at": None,
+    "last_error": "",
+}
 # A batch of ids as one parameter: a JSON array on SQLite, an array on PostgreSQL.
 _SQLITE_MARK_SENT = (
     update(_R)
@@ -294,9 +301,12 @@ def make_all_due(session: Session) -> int:
 
 def pending_count(session: Session) -> int:
     """Rows not yet sent or failed."""
-    return session.scalar(
-        select(func.count()).select_from(OutboxRecipient).where(OutboxRecipient.state.in_([QUEUED, SENDING]))
-    ) or 0
+    return (
+        session.scalar(
+            select(func.count()).select_from(OutboxRecipient).where(OutboxRecipient.state.in_([QUEUED, SENDING]))
+        )
+        or 0
+    )
 
 
 def summary(session: Session, include_done: bool = False) -> list[dict[str, object]]:

@@ -14,7 +14,7 @@ import smtplib
 import socket
 import ssl
 from collections import deque
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from listbridge.config import RelaySettings
 

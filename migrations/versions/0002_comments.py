@@ -3,8 +3,9 @@
 Revision ID: 0002
 Revises: 0001
 """
-from alembic import op
+
 import sqlalchemy as sa
+from alembic import op
 
 revision = "0002"
 down_revision = "0001"
@@ -58,7 +59,16 @@ def downgrade() -> None:
     with op.batch_alter_table("comments") as batch:
         for index in ("ix_comments_unpublished", "ix_comments_sender", "ix_comments_post", "ix_comments_status"):
             batch.drop_index(index)
-        for column in ("published", "decided_by", "decided_at", "attachments", "text", "post_path", "post_title", "post_slug"):
+        for column in (
+            "published",
+            "decided_by",
+            "decided_at",
+            "attachments",
+            "text",
+            "post_path",
+            "post_title",
+            "post_slug",
+        ):
             batch.drop_column(column)
     op.rename_table("comments", "held_messages")
     with op.batch_alter_table("held_messages") as batch:

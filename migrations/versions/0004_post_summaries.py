@@ -6,8 +6,9 @@ Filled by the next publish (or `archive rebuild`): nothing to migrate from the c
 Revision ID: 0004
 Revises: 0003
 """
-from alembic import op
+
 import sqlalchemy as sa
+from alembic import op
 
 revision = "0004"
 down_revision = "0003"
