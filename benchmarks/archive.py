@@ -134,7 +134,7 @@ def fill(db: Database, posts: int, per_post: int, held: int) -> list[int]:
     rows = []
     n = 0
     for post in range(posts):
-        for k in range(per_post):
+        for _ in range(per_post):
             rows.append(comment_row(n, post, APPROVED, True, BASE + dt.timedelta(minutes=n)))
             n += 1
     held_rows = []

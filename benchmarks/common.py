@@ -76,7 +76,7 @@ class SmtpSink:
 
     def __init__(self, dump: Path | None = None) -> None:
         self.port = free_port()
-        self.output = tempfile.TemporaryFile()
+        self.output = tempfile.TemporaryFile()  # noqa: SIM115  (read and closed in stop())
         self.dump = dump
         args = [SMTP_SINK, "-c"]
         if dump is not None:

@@ -167,7 +167,8 @@ def main() -> None:
             postgres = f" + PostgreSQL {pg_cpu:.2f}" if pg_cpu else ""
             ratios.append(lb / null)
             print(
-                f"round {round_}: aiosmtpd null{' (uvloop)' if args.null_uvloop else ''} {null:6,.0f} msg/s ({null_cpu:.2f} ms CPU/msg)  "
+                f"round {round_}: aiosmtpd null{' (uvloop)' if args.null_uvloop else ''} "
+                f"{null:6,.0f} msg/s ({null_cpu:.2f} ms CPU/msg)  "
                 f"listbridge ({backend}) {lb:6,.0f} msg/s ({lb_cpu:.2f}{postgres} ms CPU/msg)  ratio {lb / null:.0%}",
                 flush=True,
             )

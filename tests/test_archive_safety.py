@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import unicodedata
 import xml.etree.ElementTree as ET
 from urllib.parse import unquote
@@ -202,7 +203,7 @@ def test_post_page_has_only_the_template_lines(language, slug, title, raw_commen
     lines = page_lines(page)
 
     # Links: exactly the three the template makes, at their places.
-    links = [l for l in lines if kind(l) == "link"]
+    links = [line for line in lines if kind(line) == "link"]
     assert len(links) == 3, links
     back, index, mail = links
     assert (lines[2], lines[3], lines[-1]) == (back, index, mail)
@@ -215,11 +216,11 @@ def test_post_page_has_only_the_template_lines(language, slug, title, raw_commen
     assert unquote(mail.split()[1]) == f"mailto:bla@bla.example.org?subject={slug}"
 
     # Headings: the page title, then one `## ` per comment, oldest first.
-    headings = [i for i, l in enumerate(lines) if kind(l) == "heading"]
+    headings = [i for i, line in enumerate(lines) if kind(line) == "heading"]
     assert headings[0] == 0 and lines[0].startswith(words["title"]) and not lines[0].startswith("##")
     assert len(headings) == 1 + len(comments), [lines[i] for i in headings]
     ordered = sorted(comments, key=lambda c: (c.date, c.id))
-    for at, c in zip(headings[1:], ordered):
+    for at, c in zip(headings[1:], ordered, strict=True):
         assert lines[at].startswith("## ") and lines[at].endswith(f", {c.date:%Y-%m-%d}"), lines[at]
         assert lines[at - 1] == ""  # a blank line before each comment
         name = lines[at].removeprefix("## ").removesuffix(f", {c.date:%Y-%m-%d}")
@@ -228,7 +229,7 @@ def test_post_page_has_only_the_template_lines(language, slug, title, raw_commen
             assert name == words["anonymous"]
 
     # No list item, no preformatted toggle anywhere.
-    assert [l for l in lines if kind(l) in ("list", "pre")] == []
+    assert [line for line in lines if kind(line) in ("list", "pre")] == []
     assert lines[1] == "" and lines[-2] == ""
 
     # Each comment's text sits under its own heading, neutralised but complete.
@@ -244,9 +245,9 @@ def test_post_page_has_only_the_template_lines(language, slug, title, raw_commen
         if c.attachments:
             assert section and section[-1] == attachments_note(language, c.attachments), section
             section = section[:-1]
-        assert all(kind(l) == "text" for l in section), section
+        assert all(kind(line) == "text" for line in section), section
         assert "" not in section[:1] + section[-1:], section  # no blank line at either end
-        assert all(a or b for a, b in zip(section, section[1:])), section  # never two blank lines
+        assert all(a or b for a, b in itertools.pairwise(section)), section  # never two blank lines
         assert visible_chars("\n".join(section)) == visible_chars(c.text)
 
 
@@ -275,12 +276,12 @@ def test_index_page_has_one_link_per_post(language, list_title, raw_posts):
     lines = page_lines(page)
 
     assert lines[0].startswith(words["index_title"])
-    assert [l for l in lines if kind(l) == "heading"] == [lines[0]]
-    assert [l for l in lines if kind(l) in ("list", "pre")] == []
-    links = [l for l in lines if kind(l) == "link"]
+    assert [line for line in lines if kind(line) == "heading"] == [lines[0]]
+    assert [line for line in lines if kind(line) in ("list", "pre")] == []
+    links = [line for line in lines if kind(line) == "link"]
     assert len(links) == len(posts)
     ordered = sorted(posts, key=lambda p: (p.last, p.slug), reverse=True)
-    for line, p in zip(links, ordered):
+    for line, p in zip(links, ordered, strict=True):
         assert line.startswith("=> "), line
         url, _, label = line.removeprefix("=> ").partition(" ")
         assert url.isascii() and url.isprintable() and " " not in url, url
@@ -316,7 +317,7 @@ def test_atom_feed_is_xml_and_feedparser_agrees(language, list_title, items):
     entries = root.findall(f"{ATOM}entry")
     assert len(entries) == min(len(latest), pages.FEED_ENTRIES)
     newest_first = sorted(latest, key=lambda pc: (pc[1].date, pc[1].id), reverse=True)
-    for entry, (post, c) in zip(entries, newest_first):
+    for entry, (_, c) in zip(entries, newest_first, strict=False):  # the feed keeps the newest
         content = entry.find(f"{ATOM}content").text or ""
         assert content == ("" if c.removed else _xml_text(c.text))
         name = entry.find(f"{ATOM}author/{ATOM}name").text or ""
@@ -341,7 +342,7 @@ def test_known_smuggling_attempts_are_neutralised(language):
     assert "## \\# Eve => x, 2024-01-01" in lines
     for expected in ("ok", "\\=> gemini://evil/ x", "\\# h", "\\* li", "\\```", "\\=> y", "\\=z"):
         assert expected in lines
-    assert sum(kind(l) == "link" for l in lines) == 3
+    assert sum(kind(line) == "link" for line in lines) == 3
 
 
 def test_atom_feed_keeps_the_latest_entries_only():

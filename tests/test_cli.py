@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import send
 
 from listbridge.cli import cli
 from listbridge.config import build_settings
+
+from helpers import send
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from pathlib import Path
 import feedparser
 import pytest
 from click.testing import CliRunner
-from conftest import git, send, site_repo, wait_for
 from sqlalchemy import select
 
 from listbridge.archive import publish
@@ -18,6 +17,8 @@ from listbridge.lists.context import ListContext
 from listbridge.lists.subscriptions import subscribe
 from listbridge.models import APPROVED, HELD, REJECTED, Comment, ModerationEvent
 from listbridge.service import Service
+
+from helpers import git, send, site_repo, wait_for
 
 SLUG = "Comment-les-3hg-ont-réparé-le-CHATONS"
 LIST = "bla@bla.example.org"
@@ -112,7 +113,10 @@ def test_held_comment_approved_published_and_broadcast(running, sink, tmp_path, 
         svc.settings.smtp.port,
         LIST,
         subject="Re: [bla] Comment les 3hg ont réparé le CHATONS ?",
-        body="Bravo pour la réparation !\n\n=> gemini://evil.example/ piège\n# Un faux titre\n\n-- \nCarole, sa signature\n",
+        body=(
+            "Bravo pour la réparation !\n\n=> gemini://evil.example/ piège\n# Un faux titre\n\n"
+            "-- \nCarole, sa signature\n"
+        ),
     )
     (held,) = comments(svc)
     assert (held.status, held.post_slug, held.reason) == (HELD, SLUG, "every comment is moderated")
@@ -138,7 +142,7 @@ def test_held_comment_approved_published_and_broadcast(running, sink, tmp_path, 
     assert "piège" in feed.entries[0].summary
 
     for rcpt in ("ann@example.org", "bob@example.net"):
-        (got,) = wait_for(lambda: sink.handler.to(rcpt))
+        (got,) = wait_for(lambda rcpt=rcpt: sink.handler.to(rcpt))
         msg = got.message
         assert msg["Subject"] == "[bla] Comment les 3hg ont réparé le CHATONS"
         (author,) = msg["From"].addresses

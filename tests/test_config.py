@@ -155,7 +155,8 @@ def test_unknown_key_warning_through_load_settings(tmp_path):
         ),
         (
             {"lists": [{"address": "a@x.org", "comments_dir": "../c"}]},
-            "[[lists]] comments_dir of list a@x.org must be a folder inside the site repo other than [site] posts, not '../c'.",
+            "[[lists]] comments_dir of list a@x.org must be a folder inside the site repo "
+            "other than [site] posts, not '../c'.",
         ),
         (
             {"site": {"comments_dir": "/"}},

@@ -16,11 +16,12 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from conftest import free_port, wait_for
 from sqlalchemy import select
 
 from listbridge.db import Database
 from listbridge.models import QUEUED, SENDING, SENT, Comment, Confirmation, OutboxRecipient
+
+from helpers import free_port, wait_for
 
 LIST = "bla@bla.example.org"
 SUBSCRIBE = "bla+subscribe@bla.example.org"
@@ -45,7 +46,7 @@ class Server:
     def __init__(self, config: Path, port: int, log: Path) -> None:
         self.port = port
         self.log = log
-        self.out = open(log, "ab")
+        self.out = open(log, "ab")  # noqa: SIM115  (the server writes to it until stop())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "listbridge", "--config", str(config), "serve"],
             stdout=self.out,

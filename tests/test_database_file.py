@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port, wait_for
 from sqlalchemy import text
 
 from listbridge.db import Database
+
+from helpers import free_port, wait_for
 
 
 @pytest.fixture

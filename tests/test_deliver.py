@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 from sqlalchemy import func, select, text
 
 from listbridge.models import Comment, Confirmation, OutboxRecipient
+
+from helpers import free_port
 
 LIST = "bla@bla.example.org"
 

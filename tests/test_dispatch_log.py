@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import PG_URL
 from sqlalchemy import func, select, text
 
 from listbridge.inbound import dispatch
 from listbridge.models import Comment, Confirmation
+
+from helpers import PG_URL
 
 LIST = "bla@bla.example.org"
 

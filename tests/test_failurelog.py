@@ -6,10 +6,10 @@ import logging
 import threading
 import time
 
-from conftest import free_port
-
 from listbridge.db import Database
 from listbridge.outbound import delivery
+
+from helpers import free_port
 
 
 def test_workers_facing_a_down_database_log_one_traceback(make_settings, caplog):

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import free_port, git, send, site_repo, wait_for
 from sqlalchemy import select
 
 from listbridge.cli import cli
@@ -16,6 +15,8 @@ from listbridge.config import load_settings
 from listbridge.db import Database
 from listbridge.models import REMOVED, Comment, OutboxMessage, OutboxRecipient
 from listbridge.service import Service
+
+from helpers import free_port, git, send, site_repo, wait_for
 
 LIST = "bla@bla.example.org"
 SLUG = "un-billet"

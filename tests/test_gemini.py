@@ -18,12 +18,13 @@ from pathlib import Path
 from urllib.parse import quote, urljoin
 
 import pytest
-from conftest import free_port
 
 from listbridge.archive import publish
 from listbridge.config import Settings, build_settings
 from listbridge.db import Database
 from listbridge.models import APPROVED, Comment
+
+from helpers import free_port
 
 pytest.importorskip(
     "jetforce", reason="jetforce (the Gemini server these tests run) is not installed: pip install jetforce"
@@ -42,18 +43,20 @@ def gemini_get(port: int, url: str, cafile: Path, timeout: float = 10.0) -> tupl
     """One Gemini request: (header line without CRLF, body bytes). The server's certificate is
     checked against the one the test made (CN/SAN localhost)."""
     context = ssl.create_default_context(cafile=str(cafile))
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(url.encode("utf-8") + b"\r\n")
-            chunks = []
-            while True:
-                try:
-                    chunk = tls.recv(65536)
-                except ssl.SSLEOFError:  # some servers close without close_notify
-                    break
-                if not chunk:
-                    break
-                chunks.append(chunk)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(url.encode("utf-8") + b"\r\n")
+        chunks = []
+        while True:
+            try:
+                chunk = tls.recv(65536)
+            except ssl.SSLEOFError:  # some servers close without close_notify
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
     response = b"".join(chunks)
     header, sep, body = response.partition(b"\r\n")
     assert sep, f"no CRLF-terminated header in {response[:200]!r}"
@@ -223,13 +226,13 @@ def test_comment_page_served_over_gemini_is_the_published_file(db, settings, sit
 
     # What a Gemini reader sees there: no link or heading smuggled in by the commenter.
     lines = body.decode("utf-8").splitlines()
-    assert [l for l in lines if l.startswith("=>")] == [
+    assert [line for line in lines if line.startswith("=>")] == [
         "=> /log/Comment-les-3hg-ont-r%C3%A9par%C3%A9-le-CHATONS.gmi Retour au billet",
         "=> index.gmi Tous les commentaires",
         "=> mailto:bla@bla.example.org?subject=Comment-les-3hg-ont-r%C3%A9par%C3%A9-le-CHATONS "
         "Envoyer un commentaire par courriel",
     ]
-    assert [l for l in lines if l.startswith("#")] == [f"# Commentaires : {TITLE}", "## Carole, 2024-05-01"]
+    assert [line for line in lines if line.startswith("#")] == [f"# Commentaires : {TITLE}", "## Carole, 2024-05-01"]
     assert "\\=> gemini://evil.example/ un lien piégé" in lines and "\\# Un faux titre" in lines
     assert "\\* pas une liste" in lines and "\\```" in lines
 
@@ -246,13 +249,13 @@ def test_index_links_resolve_to_the_post_pages(db, settings, site, gemini):
     header_ok(header)
     assert body == (site / "log" / "commentaires" / "index.gmi").read_bytes()
 
-    links = [l for l in body.decode("utf-8").splitlines() if l.startswith("=>")]
+    links = [line for line in body.decode("utf-8").splitlines() if line.startswith("=>")]
     assert links == [  # newest first
         f"=> {ASCII_SLUG}.gmi 2024-05-02 Un autre billet (1)",
         f"=> {quote(SLUG)}.gmi 2024-05-01 {TITLE} (1)",
     ]
     # Follow each link as a client would (relative to the index URL): it reaches the page.
-    for line, slug in zip(links, (ASCII_SLUG, SLUG)):
+    for line, slug in zip(links, (ASCII_SLUG, SLUG), strict=True):
         target = urljoin(index_url.replace("gemini://", "http://"), line.split()[1]).replace("http://", "gemini://")
         header, page = gemini.get(target)
         header_ok(header)

@@ -10,12 +10,13 @@ import threading
 import time
 
 import pytest
-from conftest import send
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from listbridge.lists import commenttext
 from listbridge.lists.commenttext import clean
+
+from helpers import send
 
 LIST = "bla@bla.example.org"
 SIZE = 200_000

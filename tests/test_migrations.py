@@ -74,7 +74,7 @@ def test_walk_every_migration_up_and_down(empty: Database):
         assert current(empty) == {revision}
     assert empty.is_current()
     assert tables(empty) == set(Base.metadata.tables)
-    for revision, below in zip(reversed(revisions), list(reversed(revisions))[1:] + [None]):
+    for revision, below in zip(reversed(revisions), list(reversed(revisions))[1:] + [None], strict=True):
         assert current(empty) == {revision}
         empty.downgrade(below or "base")
         assert current(empty) == ({below} if below else set())

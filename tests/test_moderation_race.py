@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import site_repo
 from sqlalchemy import func, select
 
 from listbridge.db import Database
 from listbridge.lists.context import ListContext
 from listbridge.lists.subscriptions import subscribe
 from listbridge.models import APPROVED, HELD, REJECTED, Comment, ModerationEvent, OutboxMessage, utcnow
+
+from helpers import site_repo
 
 LIST = "bla@bla.example.org"
 SLUG = "un-billet"
@@ -87,7 +88,7 @@ def race(config: Path, commands: list[list[str]]) -> list[subprocess.CompletedPr
     os.write(go, b"g" * len(procs))
     os.close(go)
     done = []
-    for p, command in zip(procs, commands):
+    for p, command in zip(procs, commands, strict=True):
         out, err = p.communicate(timeout=120)
         done.append(subprocess.CompletedProcess(command, p.returncode, out, err))
     return done

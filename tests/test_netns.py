@@ -14,6 +14,7 @@ Needs root and iproute2 on Linux; skipped otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import secrets
@@ -27,21 +28,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
 from sqlalchemy import select
-from test_outage import (
-    READERS,
-    db_count,
-    export_roster,
-    git,
-    home,  # noqa: F401  (fixture: the home database with its subscribers)
-    watcher_config,
-)
 
 from listbridge.db import Database
 from listbridge.models import ProbeStatus, Subscriber
 from listbridge.outage.probe import probe
 from listbridge.outage.watch import Watcher
+
+from helpers import READERS, db_count, export_roster, git, wait_for, watcher_config
 
 OWNER = "owner@example.org"
 TEST_RANGE = ipaddress.ip_network("10.231.0.0/16")  # test-only, never routed off this machine
@@ -64,10 +58,8 @@ def _pick_subnet() -> ipaddress.IPv4Network:
     for line in ip("-4", "route", "show", "table", "all").stdout.splitlines():
         fields = [f for f in line.split() if f not in ("unreachable", "blackhole", "prohibit", "local", "broadcast")]
         if fields and fields[0] != "default":
-            try:
+            with contextlib.suppress(ValueError):
                 used.append(ipaddress.ip_network(fields[0], strict=False))
-            except ValueError:
-                pass
     blocks = list(TEST_RANGE.subnets(new_prefix=30))
     start = os.getpid() % len(blocks)
     for i in range(len(blocks)):
@@ -88,7 +80,7 @@ class HomeLink:
         self.subnet: ipaddress.IPv4Network | None = None
         self.host_ip = self.home_ip = ""
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115  (the watcher's output until teardown)
         self.created_ns = self.created_veth = self.created_guard = False
 
     @property
@@ -164,21 +156,18 @@ class HomeLink:
     def teardown(self) -> None:
         """Undo everything setup did, as far as it got; report what could not be undone."""
         problems = []
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(timeout=5)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
         if self.created_ns:
             # Anything still running in our own namespace was started by this test.
             for pid in ip("netns", "pids", self.ns, check=False).stdout.split():
-                try:
+                with contextlib.suppress(OSError, ValueError):
                     os.kill(int(pid), 9)
-                except (OSError, ValueError):
-                    pass
         if self.created_veth:
             ip("link", "del", self.host_if, check=False)  # removes both ends
         if self.created_guard:

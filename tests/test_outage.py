@@ -4,7 +4,6 @@ a real relay sink, the status page committed to a real git repo."""
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -13,19 +12,14 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 from click.testing import CliRunner
-from conftest import SinkHandler, free_port, git, wait_for
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from listbridge.cli import cli
-from listbridge.config import build_settings
 from listbridge.db import Database
-from listbridge.lists.context import ListContext
-from listbridge.lists.subscriptions import subscribe
 from listbridge.models import OutboxMessage, Subscriber
 from listbridge.outage.watch import Watcher
 
-LIST = "bla@bla.example.org"
-READERS = [f"reader{i}@example{i % 3}.org" for i in range(12)]
+from helpers import LIST, READERS, SinkHandler, db_count, export_roster, free_port, git, wait_for, watcher_config
 
 
 class MX:
@@ -54,51 +48,8 @@ def mx():
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Database:
-    """The home instance's database with its subscribers."""
-    db = Database(f"sqlite:///{tmp_path / 'home.sqlite3'}")
-    db.upgrade()
-    settings = build_settings({"lists": [{"address": LIST, "language": "fr"}]})
-    with db.transaction() as session:
-        for i, address in enumerate(READERS):
-            subscribe(session, ListContext(settings, settings.lists[0]), address, name=f"Lecteur {i}")
-    yield db
-    db.dispose()
-
-
-def watcher_config(tmp_path: Path, db_url: str, relay_port: int, mx: str):
-    """A watcher's settings: its own database, relay = the sink, a fresh git site, the MX at
-    `mx`, probing every second (3 failures down, 2 successes up)."""
-    site = tmp_path / "site"
-    subprocess.run(["git", "init", "--quiet", str(site)], check=True)
-    return build_settings(
-        {
-            "database": {"url": db_url},
-            "relay": {"host": "127.0.0.1", "port": relay_port, "connections": 2, "timeout": 5},
-            "site": {"repo": str(site), "base_url": "gemini://bla.example.org"},
-            "lists": [{"address": LIST, "title": "bla", "language": "fr", "owner": "owner@example.org"}],
-            "watch": {
-                "mx": mx,
-                "interval": 1,
-                "failures": 3,
-                "recoveries": 2,
-                "timeout": 1,
-                "roster": str(tmp_path / "roster.sqlite3"),
-            },
-        }
-    )
-
-
-@pytest.fixture
 def watcher_settings(tmp_path, db_url, sink, mx):
     return watcher_config(tmp_path, db_url, sink.port, f"127.0.0.1:{mx.port}")
-
-
-def export_roster(home: Database, path: str) -> None:
-    from listbridge.outage import roster
-
-    with home.transaction() as session:
-        roster.export(session, path)
 
 
 def notices(sink, kind: str) -> Counter:
@@ -142,11 +93,6 @@ def test_full_drill(home, watcher_settings, mx, sink):
     assert first.message["List-Unsubscribe"] == f"<mailto:bla+unsubscribe-{token}@bla.example.org>"
     assert first.message["Auto-Submitted"] == "auto-generated" and first.message["Precedence"] == "bulk"
     assert "gemini://bla.example.org/status.gmi" in first.message.get_content()
-
-
-def db_count(db: Database, model, *where) -> int:
-    with db.transaction() as session:
-        return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
 
 
 def test_flapping_sends_nothing_and_a_restart_repeats_nothing(home, watcher_settings, mx, sink):

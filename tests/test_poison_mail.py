@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import database_write_lock
 from sqlalchemy import func, select
 
 from listbridge.inbound import dispatch
 from listbridge.models import Comment
+
+from helpers import database_write_lock
 
 LIST = "bla@bla.example.org"
 # Nested comments the email package's address parser recurses into, until RecursionError.

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Received, Sink, free_port, send, wait_for
 from sqlalchemy import func, select
 
 from listbridge.config import Settings
 from listbridge.db import Database
 from listbridge.models import Comment, Confirmation, OutboxRecipient
 from listbridge.service import Service
+
+from helpers import Received, Sink, free_port, send, wait_for
 
 POSTFIX = Path("/usr/sbin/postfix")
 POSTCONF = Path("/usr/sbin/postconf")

@@ -9,9 +9,10 @@ import time
 
 import pytest
 from aiosmtpd.controller import Controller
-from conftest import SinkHandler, free_port
 
 from listbridge.outage.probe import DOWN, UP, ProbeState, next_state, probe
+
+from helpers import SinkHandler, free_port
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import git, send, site_repo, wait_for
 from sqlalchemy import select
 
 from listbridge.archive import publish
@@ -18,6 +17,8 @@ from listbridge.cli import cli
 from listbridge.db import Database
 from listbridge.models import APPROVED, Comment
 from listbridge.service import PUBLISH_EVERY, PUBLISH_RETRY, Service, next_retry
+
+from helpers import git, send, site_repo, wait_for
 
 SLUG = "un-billet"
 LIST = "bla@bla.example.org"

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
-from conftest import SinkHandler, free_port
 
 from listbridge.config import build_settings
 from listbridge.outbound.relay import RelayClient, RelayError, prepare
+
+from helpers import SinkHandler, free_port
 
 MESSAGE = prepare(b"From: a@x.example\r\nTo: b@y.example\r\nSubject: hi\r\n\r\n.leading dot\r\nbody\r\n")
 

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PG_URL
 from sqlalchemy import create_engine, text
+
+from helpers import PG_URL
 
 
 def wait_port(port: int, timeout: float = 20) -> None:

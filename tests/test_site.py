@@ -9,9 +9,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import git
 
 from listbridge.archive.git import SiteRepo
+
+from helpers import git
 
 
 def test_commit_only_our_files_with_an_explicit_author(tmp_path: Path, monkeypatch):

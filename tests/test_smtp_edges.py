@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import database_write_lock, send, wait_for
 from sqlalchemy import func, select, text, update
 
 from listbridge.cli import cli
 from listbridge.models import AutoReply, Comment, Confirmation, OutboxMessage, OutboxRecipient, Subscriber
 from listbridge.service import Service
+
+from helpers import database_write_lock, send, wait_for
 
 LIST = "bla@bla.example.org"
 SUBSCRIBE = "bla+subscribe@bla.example.org"
@@ -121,9 +122,8 @@ def test_message_over_size_limit_gets_552(make_settings):
         port = svc.settings.smtp.port
         big = raw_message(body="x" * 70 + "\r\n") + b"y" * 70 * 400 + b"\r\n"
         # smtplib announces SIZE=, refused at MAIL FROM …
-        with pytest.raises(smtplib.SMTPSenderRefused) as info:
-            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-                client.sendmail("carole@example.net", [LIST], big)
+        with pytest.raises(smtplib.SMTPSenderRefused) as info, smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.sendmail("carole@example.net", [LIST], big)
         assert info.value.smtp_code == 552
         # … and a client that does not announce it is refused after DATA.
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:

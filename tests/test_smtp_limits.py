@@ -7,11 +7,11 @@ import socket
 import threading
 import time
 
-from conftest import send
-
 from listbridge.inbound import dispatch
 from listbridge.inbound.server import ListController, ListHandler
 from listbridge.service import Service
+
+from helpers import send
 
 LIST = "bla@bla.example.org"
 

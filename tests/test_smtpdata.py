@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
-from conftest import free_port
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from listbridge.inbound.server import _BulkData
 from listbridge.inbound.smtpdata import LINE_TOO_LONG, TOO_MUCH_DATA, DataAssembler, read_data
+
+from helpers import free_port
 
 # (line limit, data size limit): small ones, so that generated blocks cross them and the
 # reader's buffer limit (the line limit) often cuts a block; and the receiver's own.
@@ -124,7 +125,7 @@ def sessions(draw: st.DrawFn) -> tuple[tuple[int, int | None], list[bytes]]:
         body = (b"\r\n" + body).replace(b"\r\n.\r\n", b"\r\n..\r\n")[2:]
     block = body + b".\r\n"
     cuts = sorted(draw(st.sets(st.integers(1, max(1, len(block) - 1)), max_size=6)))
-    pieces = [block[a:b] for a, b in zip([0, *cuts], [*cuts, len(block)]) if block[a:b]]
+    pieces = [block[a:b] for a, b in zip([0, *cuts], [*cuts, len(block)], strict=True) if block[a:b]]
     return limits, pieces
 
 

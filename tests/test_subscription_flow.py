@@ -6,13 +6,14 @@ import re
 import time
 
 import pytest
-from conftest import send, wait_for
 from sqlalchemy import select
 
 from listbridge.lists.context import ListContext
 from listbridge.lists.subscriptions import subscribe
 from listbridge.models import Subscriber
 from listbridge.service import Service
+
+from helpers import send, wait_for
 
 
 def subscribers(service) -> list[str]:

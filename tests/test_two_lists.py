@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import free_port, git, send, site_repo, wait_for
 from sqlalchemy import select
 
 from listbridge.archive.posts import site_posts
@@ -17,6 +16,8 @@ from listbridge.config import load_settings
 from listbridge.db import Database
 from listbridge.models import Comment
 from listbridge.service import Service
+
+from helpers import free_port, git, send, site_repo, wait_for
 
 ONE, TWO = "bla@bla.example.org", "autre@bla.example.org"
 DIR_ONE, DIR_TWO = "log/commentaires", "log/autre"  # the second inside the posts folder, on purpose

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import free_port
 from sqlalchemy import func, select
 
 from listbridge.cli import cli
@@ -19,6 +18,8 @@ from listbridge.lists.context import ListContext
 from listbridge.lists.subscriptions import subscribe
 from listbridge.models import RosterImport
 from listbridge.outage import roster
+
+from helpers import free_port
 
 LIST = "bla@bla.example.org"
 READERS = ["ann@example.org", "bob@example.net", "chloe@example.fr"]
@@ -48,7 +49,8 @@ def watcher_config(tmp_path: Path, db_url: str, relay_port: int) -> Path:
         f'[relay]\nhost = "127.0.0.1"\nport = {relay_port}\nconnections = 1\ntimeout = 5\n'
         f'[site]\nrepo = "{tmp_path / "site"}"\n'
         f'[[lists]]\naddress = "{LIST}"\ntitle = "bla"\nlanguage = "en"\nowner = "owner@example.org"\n'
-        f'[watch]\nmx = "127.0.0.1:{free_port()}"\nfailures = 3\ntimeout = 1.0\nroster = "{tmp_path / "roster.sqlite3"}"\n'
+        f'[watch]\nmx = "127.0.0.1:{free_port()}"\nfailures = 3\ntimeout = 1.0\n'
+        f'roster = "{tmp_path / "roster.sqlite3"}"\n'
     )
     return path
 
@@ -67,7 +69,7 @@ def test_watch_once_from_cron_sends_the_notices_it_queues(tmp_path, db_url, sink
     with home.transaction() as session:
         roster.export(session, tmp_path / "roster.sqlite3")
     ticks = []
-    for n in range(3):  # the MX port is closed: three failed probes open the outage
+    for _ in range(3):  # the MX port is closed: three failed probes open the outage
         result = run(config, "watch", "--once", "--json")
         assert result.exit_code == 0, result.output
         ticks.append(json.loads(result.output))

@@ -35,5 +35,6 @@ def import_(app: App, path: str) -> None:
     except roster_file.RosterError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(
-        f"{snapshot.subscribers} subscribers imported, exported {snapshot.exported_at.isoformat(timespec='seconds')} UTC"
+        f"{snapshot.subscribers} subscribers imported, "
+        f"exported {snapshot.exported_at.isoformat(timespec='seconds')} UTC"
     )

@@ -159,7 +159,7 @@ def _body_view(message: email.message.Message) -> email.message.Message:
     """`message` with only the top-level headers that shape its body (Content-*, MIME-Version).
     mail-parser decodes every header it is given, addresses twice over, which was most of its
     time on a typical comment; the headers listbridge acts on are read above, from the raw items."""
-    for name in {key for key in message.keys() if not _shapes_body(key)}:
+    for name in {key for key in message if not _shapes_body(key)}:
         del message[name]
     return message
 

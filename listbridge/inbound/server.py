@@ -130,7 +130,7 @@ class GroupCommitter:
 def _in_step(batch: list[tuple[dispatch.Received, object]], replies: list[list[dispatch.Reply]]) -> bool:
     """True when there is one list of replies per message, and one reply per recipient."""
     return len(replies) == len(batch) and all(
-        len(answer) == len(item.recipients) for (item, _), answer in zip(batch, replies)
+        len(answer) == len(item.recipients) for (item, _), answer in zip(batch, replies, strict=True)
     )
 
 

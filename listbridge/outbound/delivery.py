@@ -132,7 +132,7 @@ class Worker:
         done = 0
         try:
             for replies in self.relay.send_many(self._envelope(rows, messages[rows[0].message_id]) for rows in groups):
-                outcomes += map(outbox.Outcome, groups[done], *zip(*replies))
+                outcomes += map(outbox.Outcome, groups[done], *zip(*replies, strict=True))
                 done += 1
         except RelayError as exc:
             log.warning("%s", exc)
