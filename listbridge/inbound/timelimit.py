@@ -24,8 +24,7 @@ class Overtime(BaseException):
 
 class TimeLimit:
     """`with TimeLimit(seconds):` raises Overtime in the block once `seconds` have passed.
-    Not nested. Its SIGALRM handler stays installed after the block, and does nothing then
-    (installing one costs more than the rest of the block's bookkeeping)."""
+    Not nested. Its SIGALRM handler stays installed after the block, and does nothing then."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -37,7 +36,12 @@ class TimeLimit:
             if signal.getsignal(signal.SIGALRM) is not _ring:
                 signal.signal(signal.SIGALRM, _ring)
             _running, self._armed = self, True
-            signal.setitimer(signal.ITIMER_REAL, self.seconds, _REPEAT)
+            try:
+                signal.setitimer(signal.ITIMER_REAL, self.seconds, _REPEAT)
+                return self
+            except BaseException:  # it rang before the block began: the block never runs
+                self.__exit__(None, None, None)
+                raise
         return self
 
     def __exit__(

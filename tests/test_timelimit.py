@@ -1,0 +1,32 @@
+"""TimeLimit: Overtime inside the block once its time is up, and no timer left behind, even
+when the alarm rings while the block is being entered."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from listbridge.inbound import timelimit
+from listbridge.inbound.timelimit import Overtime, TimeLimit
+
+
+def test_a_block_past_its_time_gets_overtime_and_leaves_no_timer():
+    started = time.monotonic()
+    with pytest.raises(Overtime), TimeLimit(0.05):
+        while True:
+            pass
+    assert time.monotonic() - started < 2
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and timelimit._running is None
+
+
+def test_an_alarm_that_rings_on_entry_leaves_no_timer():
+    """Limits so short that the alarm often rings inside __enter__, before the block."""
+    for _ in range(20_000):
+        try:
+            with TimeLimit(0.0005):
+                pass
+        except Overtime:
+            pass
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and timelimit._running is None
