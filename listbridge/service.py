@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import signal
@@ -19,7 +18,6 @@ from listbridge.outbound import delivery, outbox
 
 log = logging.getLogger(__name__)
 
-CLAIM_LEASE = dt.timedelta(minutes=10)
 PUBLISH_EVERY = 30.0  # seconds; an intake that stores an approval wakes it at once
 PUBLISH_RETRY = 2.0  # seconds before a failed site commit is first tried again
 
@@ -46,7 +44,7 @@ class Service:
         if not self.db.is_current():
             self.db.upgrade()
         with self.db.transaction() as session:
-            released = outbox.release_stale(session, CLAIM_LEASE)
+            released = outbox.release_stale(session, outbox.CLAIM_LEASE)
         if released:
             log.info("queued again %d deliveries left in flight by a stopped process", released)
         self.store.start()
@@ -91,7 +89,7 @@ class Service:
         while not self.stopping.wait(60):
             try:
                 with self.db.transaction() as session:
-                    outbox.release_stale(session, CLAIM_LEASE)
+                    outbox.release_stale(session, outbox.CLAIM_LEASE)
             except Exception as exc:
                 failures.failed(exc)
             else:

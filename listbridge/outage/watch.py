@@ -143,7 +143,7 @@ class Watcher:
         """Probe every `[watch] interval` seconds and deliver the outbox until `stop` is set."""
         wakeup = threading.Event()
         with self.db.transaction() as session:
-            outbox.release_stale(session, dt.timedelta(minutes=10))
+            outbox.release_stale(session, outbox.CLAIM_LEASE)
         workers = delivery.run_workers(self.db, self.settings, stop, wakeup)
         failures = FailureLog(log, "probe cycle failed; trying again next interval", "probe cycles work again")
         try:

@@ -240,7 +240,7 @@ def run_workers(
 def flush(db: Database, settings: Settings, progress: Callable[[int], None] | None = None) -> None:
     """Deliver everything queued now, ignoring backoff, then return (`queue flush`)."""
     with db.transaction() as session:
-        outbox.release_stale(session, dt.timedelta(minutes=10))
+        outbox.release_stale(session, outbox.CLAIM_LEASE)
         outbox.make_all_due(session)
     _until_idle(db, settings, progress)
 
@@ -249,7 +249,7 @@ def deliver_due(db: Database, settings: Settings) -> None:
     """Deliver what is due now, backoff kept, then return (`watch --once` run by cron: a relay
     that refuses is tried again at the next run that finds the row due)."""
     with db.transaction() as session:
-        outbox.release_stale(session, dt.timedelta(minutes=10))
+        outbox.release_stale(session, outbox.CLAIM_LEASE)
     _until_idle(db, settings, None)
 
 

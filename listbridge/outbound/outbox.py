@@ -27,6 +27,8 @@ from listbridge.models import FAILED, QUEUED, SENDING, SENT, OutboxMessage, Outb
 # A fan-out this large refreshes PostgreSQL's statistics on the recipients table (see enqueue_fanout).
 ANALYZE_AFTER = 1000
 # Backoff for temporary failures: 1 min, 2, 4 … capped at 4 h, until the message's give-up time.
+# A claim older than this is taken to belong to a process that died or hangs (release_stale).
+CLAIM_LEASE = dt.timedelta(minutes=10)
 FIRST_RETRY = dt.timedelta(minutes=1)
 MAX_RETRY = dt.timedelta(hours=4)
 
