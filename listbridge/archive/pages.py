@@ -99,12 +99,12 @@ def atom_feed(mlist: ListSettings, site: SiteSettings, latest: list[tuple[PostSu
             "url": _url(site, page_path(mlist, post.slug)),
             "title": _xml(post.title),
             "author": _xml(c.author).strip(),
-            "updated": _stamp(c.date),
+            "updated": atom_time(c.date),
             "text": _xml("" if c.removed else c.text),
         }
         for post, c in latest
     ]
-    updated = entries[0]["updated"] if entries else _stamp(dt.datetime(1970, 1, 1))
+    updated = entries[0]["updated"] if entries else atom_time(dt.datetime(1970, 1, 1))
     return template.render(
         list=mlist,
         entries=entries,
@@ -132,5 +132,6 @@ def _xml(text: str) -> str:
     return _SURROGATE.sub("\ufffd", _NOT_XML.sub("", text))
 
 
-def _stamp(when: dt.datetime) -> str:
+def atom_time(when: dt.datetime) -> str:
+    """A naive UTC time as an Atom (RFC 3339) date: 2026-12-02T13:46:35Z."""
     return when.replace(microsecond=0).isoformat() + "Z"

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from listbridge.archive import publish
+from listbridge.archive.pages import atom_time
 from listbridge.config import Settings
 from listbridge.lists.context import ListContext
 from listbridge.models import INVESTIGATING, RESOLVED, Incident, IncidentUpdate, utcnow
@@ -183,7 +184,7 @@ def render_status(session: Session, settings: Settings) -> dict[str, str]:
             list=mlist,
             history=history,
             base=base,
-            updated=_stamp(max((u[-1].at for _, u in history if u), default=dt.datetime(1970, 1, 1))),
+            updated=atom_time(max((u[-1].at for _, u in history if u), default=dt.datetime(1970, 1, 1))),
         ),
     }
     for incident, changes in history:
@@ -200,7 +201,3 @@ def publish_status(session: Session, settings: Settings, message: str) -> str | 
     repo = publish.repo_for(settings, settings.lists[0])
     with repo.lock():
         return publish.write_and_commit(repo, dict(render_status(session, settings)), message, settings.site.push)
-
-
-def _stamp(when: dt.datetime) -> str:
-    return when.replace(microsecond=0).isoformat() + "Z"
