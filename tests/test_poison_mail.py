@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from listbridge.inbound import dispatch
+from listbridge.inbound.parse import parse
 from listbridge.models import Comment
 
 from helpers import database_write_lock
@@ -138,6 +139,47 @@ def test_a_message_over_the_time_limit_is_refused_alone(make_settings, db, monke
     assert [[r.code for r in rs] for rs in replies] == [[250], [554, 554], [250]]
     assert "slow@example.net" in caplog.text and "not read within" in caplog.text
     assert subjects(db) == ["after", "before"]
+
+
+# A second or more of mail-parser's time, under PARSE_SECONDS and 1 MB: slow, not refused.
+SLOW_BODY = "".join("--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(28_000)) + "--b--\r\n"
+
+
+def test_slow_messages_sent_together_do_not_add_up_for_the_mail_beside_them(service):
+    """Each slow message is within the bound, so none is refused; yet their times must not
+    add up for an innocent message queued behind them in one batch."""
+    port = service.settings.smtp.port
+    slow = raw_message("slow", content_type='multipart/mixed; boundary="b"', body=SLOW_BODY)
+    assert len(slow) < service.settings.smtp.max_message_size
+    started = time.monotonic()
+    parse(slow)
+    count = min(40, int(15 / (time.monotonic() - started)) + 1)  # one after another: over 15 s
+    replies: dict[str, tuple[int, str] | str] = {}
+    threads = [in_thread(port, slow, replies, f"slow {n}", timeout=300) for n in range(count)]
+    time.sleep(0.5)  # the first is being read; the others wait for the next batch
+    started = time.monotonic()
+    in_thread(port, raw_message("innocent"), replies, "innocent", timeout=60).join(60)
+    took = time.monotonic() - started
+    for thread in threads:
+        thread.join(300)
+    assert replies.pop("innocent")[0] == 250 and took < 10, f"answered after {took:.1f} s"
+    assert all(isinstance(r, tuple) and r[0] in (250, 554) for r in replies.values()), replies
+
+
+def test_a_batch_out_of_time_leaves_the_rest_for_the_next(make_settings, db, monkeypatch):
+    """Past BATCH_PARSE_SECONDS the messages not yet read are deferred, not refused; the
+    smallest are read first, and a batch always reads one, whatever it takes."""
+    monkeypatch.setattr(dispatch, "BATCH_PARSE_SECONDS", 0.01)
+    settings = make_settings()
+    body = "".join("--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(3_000)) + "--b--\r\n"
+    slow = [raw_message(f"slow {n}", content_type='multipart/mixed; boundary="b"', body=body) for n in range(2)]
+    batch = [dispatch.Received(raw, "carole@example.net", (LIST,)) for raw in (slow[0], raw_message("small"), slow[1])]
+    accepted = dispatch.accept_many(db, settings, batch, lambda: {})
+    assert accepted.deferred == {0, 2} and accepted.replies == [[], [dispatch.OK], []]
+    assert subjects(db) == ["small"]
+    again = dispatch.accept_many(db, settings, [batch[0], batch[2]], lambda: {})
+    assert again.deferred == {1} and again.replies[0] == [dispatch.OK]
+    assert subjects(db) == ["slow 0", "small"]
 
 
 @pytest.mark.skipif(not POISONOUS, reason="this Python's address parser does not recurse on the poison")

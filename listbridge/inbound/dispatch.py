@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -55,6 +56,10 @@ UNKNOWN = Reply("550 5.1.1 No such list or address here")
 # The most one message may take to parse, in the store process and in `deliver`: tens of times
 # what the largest message accepted takes, so only a parser gone wrong on hostile input meets it.
 PARSE_SECONDS = 5.0
+# What parsing one batch may take in all. Past it, the messages not yet read wait for the next
+# batch: mail sent beside slow messages is answered within seconds, not after the sum of their
+# times (each under PARSE_SECONDS, so none of them refused).
+BATCH_PARSE_SECONDS = 2.0
 TOO_SLOW = Reply("554 5.6.0 message takes too long to read")
 
 
@@ -86,6 +91,9 @@ class Accepted:
 
     replies: list[list[Reply]]
     effects: frozenset[str] = frozenset()
+    # Messages left unread for want of time in this batch (their replies are empty): the
+    # caller offers them again in the next one.
+    deferred: frozenset[int] = frozenset()
 
 
 def accept(
@@ -104,19 +112,43 @@ def accept(
 def accept_many(
     db: Database, settings: Settings, messages: Sequence[Received], posts: Callable[[], dict[str, Post]] | None = None
 ) -> Accepted:
-    """Parse each message, then act on them all in one transaction (group commit: one fsync for
-    all of them); if that fails, on each alone, so that one bad message never takes the others
-    down with it. The replies are final only once this returns."""
-    posts = posts or (lambda: site_posts(settings))
-    parsed = [_parse(message) for message in messages]
+    """Parse the messages (within BATCH_PARSE_SECONDS), then act on them all in one transaction
+    (group commit: one fsync for all of them); if that fails, on each alone, so that one bad
+    message never takes the others down with it. The replies are final only once this returns."""
+    parsed = _parse_batch(messages)
     replies: list[list[Reply]] = [p if isinstance(p, list) else [] for p in parsed]
     work = [(i, p, messages[i]) for i, p in enumerate(parsed) if isinstance(p, Incoming)]
-    if len(work) == 1:
-        return Accepted(replies, _commit_alone(db, settings, work[0], replies, posts))
-    if not work:
-        return Accepted(replies)
+    done = _commit(db, settings, work, replies, posts or (lambda: site_posts(settings)))
+    return Accepted(replies, done, frozenset(i for i, p in enumerate(parsed) if p is None))
+
+
+def _parse_batch(messages: Sequence[Received]) -> list[Incoming | list[Reply] | None]:
+    """Each message parsed, or its refusal; None for one left to the next batch. The smallest
+    go first (hostile mail is large); the first always has its full PARSE_SECONDS, the others
+    what remains of BATCH_PARSE_SECONDS, and one cut short by that waits instead of being
+    refused. Every batch thus reads at least one message."""
+    parsed: list[Incoming | list[Reply] | None] = [None] * len(messages)
+    deadline = time.monotonic() + BATCH_PARSE_SECONDS
+    for n, i in enumerate(sorted(range(len(messages)), key=lambda i: len(messages[i].raw))):
+        seconds = PARSE_SECONDS if n == 0 else min(PARSE_SECONDS, deadline - time.monotonic())
+        if seconds <= 0:
+            break
+        parsed[i] = _parse(messages[i], seconds)
+    return parsed
+
+
+def _commit(
+    db: Database,
+    settings: Settings,
+    work: Sequence[Work],
+    replies: list[list[Reply]],
+    posts: Callable[[], dict[str, Post]],
+) -> frozenset[str]:
+    """Act on the parsed messages, together, else one by one; what they left for the workers."""
+    if len(work) <= 1:
+        return _commit_alone(db, settings, work[0], replies, posts) if work else frozenset()
     try:
-        return Accepted(replies, _commit_together(db, settings, work, replies, posts))
+        return _commit_together(db, settings, work, replies, posts)
     except Exception as exc:
         log.warning("a batch of %d messages failed (%s); storing each alone", len(work), summary(exc))
     return _commit_one_by_one(db, settings, work, replies, posts)
@@ -164,7 +196,7 @@ def _commit_one_by_one(
     work: Sequence[Work],
     replies: list[list[Reply]],
     posts: Callable[[], dict[str, Post]],
-) -> Accepted:
+) -> frozenset[str]:
     """Act on each message in a transaction of its own, so that the culprit alone is refused."""
     done = frozenset[str]()
     for item in work:
@@ -173,19 +205,22 @@ def _commit_one_by_one(
         except Exception:  # a bug on this message: the MTA keeps it; the others stand
             log.exception("unexpected error while storing a message from <%s>", item[2].envelope_from)
             replies[item[0]] = [TEMPORARY_FAILURE] * len(item[2].recipients)
-    return Accepted(replies, done)
+    return done
 
 
-def _parse(message: Received) -> Incoming | list[Reply]:
+def _parse(message: Received, seconds: float = PARSE_SECONDS) -> Incoming | list[Reply] | None:
     """The message parsed, or its refusal (one per recipient) when it cannot be read, or not
-    within PARSE_SECONDS: then it alone is refused, and the rest of its batch goes on."""
+    within PARSE_SECONDS: then it alone is refused, and the rest of its batch goes on. None
+    when `seconds`, less than that, ran out: the batch's time, not the message, is to blame."""
     try:
-        with TimeLimit(PARSE_SECONDS):
+        with TimeLimit(seconds):
             return parse(message.raw, message.envelope_from)
     except IntakeError as exc:
         log.warning("refused unparseable message from <%s>: %s", message.envelope_from, exc)
         return [Reply(f"554 5.6.0 {exc}")] * len(message.recipients)
     except Overtime:
+        if seconds < PARSE_SECONDS:
+            return None
         log.warning(
             "refused a message from <%s> (%d bytes): not read within %g s",
             message.envelope_from,

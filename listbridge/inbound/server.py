@@ -105,13 +105,15 @@ class GroupCommitter:
         return await future
 
     async def _run(self) -> None:
+        waiting: list[tuple[dispatch.Received, asyncio.Future[list[dispatch.Reply]]]] = []
         while True:
-            batch = [await self.queue.get()]
+            batch = waiting or [await self.queue.get()]  # what the last batch left unread first
             while len(batch) < self.MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             try:
                 accepted = await self.accept_many([item for item, _ in batch])
             except Exception as exc:
+                waiting = []
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
@@ -119,18 +121,28 @@ class GroupCommitter:
             if accepted.effects:
                 self.on_effects(accepted.effects)
             answers = accepted.replies
-            if not _in_step(batch, answers):  # a bug: nobody may be left waiting for a reply
+            if not _in_step(batch, accepted):  # a bug: nobody may be left waiting for a reply
                 log.error("the store's replies do not match its batch of %d; all of it gets 451", len(batch))
                 answers = [[dispatch.TEMPORARY_FAILURE] * len(item.recipients) for item, _ in batch]
-            for (_, future), replies in zip(batch, answers, strict=True):
-                if not future.done():
+                accepted = dispatch.Accepted(answers)
+            waiting = [batch[i] for i in sorted(accepted.deferred) if not batch[i][1].done()]
+            for i, ((_, future), replies) in enumerate(zip(batch, answers, strict=True)):
+                if i not in accepted.deferred and not future.done():
                     future.set_result(replies)
 
 
-def _in_step(batch: list[tuple[dispatch.Received, object]], replies: list[list[dispatch.Reply]]) -> bool:
-    """True when there is one list of replies per message, and one reply per recipient."""
-    return len(replies) == len(batch) and all(
-        len(answer) == len(item.recipients) for (item, _), answer in zip(batch, replies, strict=True)
+def _in_step(batch: list[tuple[dispatch.Received, object]], accepted: dispatch.Accepted) -> bool:
+    """True when there is one list of replies per message, one reply per recipient of each
+    message read, and at least one message read (else the batch would come back for ever)."""
+    replies, deferred = accepted.replies, accepted.deferred
+    return (
+        len(replies) == len(batch)
+        and len(deferred) < len(batch)
+        and all(
+            i in deferred or len(answer) == len(item.recipients)
+            for i, ((item, _), answer) in enumerate(zip(batch, replies, strict=True))
+        )
+        and all(0 <= i < len(batch) for i in deferred)
     )
 
 
