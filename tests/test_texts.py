@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import jinja2
 import pytest
 
 from listbridge.config import build_settings
 from listbridge.render import render_mail
 from listbridge.resources import shipped_path
 
+LIST_ADDRESS = "bla@bla.example.org"
 CONTEXT = dict(
     name="Zoé",
     address="zoe@example.org",
@@ -76,3 +78,71 @@ def test_a_site_folder_overrides_and_extends_shipped_texts(tmp_path: Path):
     assert render_mail(mlist, "welcome", **CONTEXT) == ("Salut Zoé", "Bienvenue chez nous, zoe@example.org.\n")
     assert render_mail(mlist, "help", **CONTEXT)[0] == "Aide de la liste bla"
     assert render_mail(mlist, "goodbye", **CONTEXT)[0].startswith("Vous avez quitté")  # not overridden
+
+
+def _mail(sender: str, subject: str = "hello", body: str = "Bonjour.") -> bytes:
+    return f"From: {sender}\r\nTo: bla@bla.example.org\r\nSubject: {subject}\r\n\r\n{body}\r\n".encode()
+
+
+@pytest.mark.parametrize("language", ["en", "fr"])
+def test_every_text_renders_with_what_its_real_caller_passes(language, make_settings, db, tmp_path, monkeypatch):
+    """Each text reached through the code that sends it (subscriptions, help, comments,
+    outages), so that StrictUndefined fails on any name its caller does not pass: a full
+    context, as above, would hide one."""
+    from sqlalchemy import select
+
+    from listbridge.archive.posts import site_posts
+    from listbridge.inbound import dispatch
+    from listbridge.lists import comments
+    from listbridge.lists.context import ListContext
+    from listbridge.lists.subscriptions import subscribe
+    from listbridge.models import Comment, Confirmation
+    from listbridge.outage import incidents
+
+    from helpers import site_repo
+
+    rendered: set[str] = set()
+    get_template = jinja2.Environment.get_template
+
+    def recording(self: jinja2.Environment, name: str, *args: object, **kwargs: object) -> jinja2.Template:
+        rendered.add(name)
+        return get_template(self, name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jinja2.Environment, "get_template", recording)
+    site = site_repo(tmp_path / "site", {"log/un-billet.gmi": "# Un billet\n"})
+    settings = make_settings(
+        site={"repo": str(site), "base_url": "gemini://bla.example.org"},
+        subscriptions={"confirm_limit": 100},
+        lists=[{"address": LIST_ADDRESS, "owner": "owner@example.org", "language": language, "moderation": "all"}],
+    )
+    posts = site_posts(settings)
+
+    def deliver(sender: str, to: str, **mail: str) -> None:
+        replies = dispatch.accept(db, settings, _mail(sender, **mail), sender, [to], lambda: posts)
+        assert [r.code for r in replies] == [250], replies
+
+    def confirm(address: str) -> None:
+        with db.transaction() as session:
+            query = select(Confirmation.token).where(Confirmation.address == address).order_by(Confirmation.id.desc())
+            token = session.scalars(query).first()
+        deliver(address, f"bla+confirm-{token}@bla.example.org")
+
+    deliver("zoe@example.org", "bla+subscribe@bla.example.org")  # confirm_subscribe
+    confirm("zoe@example.org")  # welcome
+    deliver("zoe@example.org", "bla+subscribe@bla.example.org")  # already_subscribed
+    deliver("nobody@example.org", "bla+unsubscribe@bla.example.org")  # not_subscribed
+    deliver("zoe@example.org", "bla+help@bla.example.org")  # help
+    deliver("zoe@example.org", "bla+unsubscribe@bla.example.org")  # confirm_unsubscribe
+    confirm("zoe@example.org")  # goodbye
+    deliver("carole@example.net", LIST_ADDRESS, subject="Un billet")
+    deliver("carole@example.net", LIST_ADDRESS, subject="Un billet", body="Hors sujet.")
+    with db.transaction() as session:
+        ctx = ListContext(settings, settings.lists[0])
+        subscribe(session, ctx, "ann@example.org", name="Ann")
+        first, second = session.scalars(select(Comment).order_by(Comment.id)).all()
+        comments.approve(session, ctx, first, "moderator")  # comment, to the subscribers
+        comments.reject(session, ctx, second, "moderator", "hors sujet", notify=True)  # rejected, to its author
+        incidents.declare(session, settings, "power cut", "tonight", actor="admin")  # outage_opened
+        incidents.update(session, settings, "ISP on site", actor="admin")  # outage_updated
+        incidents.resolve(session, settings, "back", actor="admin")  # outage_resolved
+    assert rendered >= {f"mail/{language}/{name}.txt" for name in names(language)}
