@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from listbridge.inbound import dispatch
+from listbridge.inbound import parse as parse_module
 from listbridge.inbound.parse import parse
 from listbridge.models import Comment
 
@@ -180,6 +181,27 @@ def test_a_batch_out_of_time_leaves_the_rest_for_the_next(make_settings, db, mon
     again = dispatch.accept_many(db, settings, [batch[0], batch[2]], lambda: {})
     assert again.deferred == {1} and again.replies[0] == [dispatch.OK]
     assert subjects(db) == ["slow 0", "small"]
+
+
+def test_any_error_inside_the_parser_costs_only_its_message(make_settings, db, monkeypatch):
+    """On every Python, whatever the email package does with DEEP_FROM: the address parser
+    raising RecursionError (as 3.11.7's does) is a 554 for that message alone."""
+    real = parse_module._parsed_first_address
+
+    def recursing(value: str) -> tuple[str, str]:
+        if "poison" in value:
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(value)
+
+    monkeypatch.setattr(parse_module, "_parsed_first_address", recursing)
+    batch = [
+        dispatch.Received(raw_message("before"), "carole@example.net", (LIST,)),
+        dispatch.Received(raw_message("poison", sender="(x) <poison@example.net>"), "x@example.net", (LIST,)),
+        dispatch.Received(raw_message("after"), "carole@example.net", (LIST,)),
+    ]
+    replies = dispatch.accept_many(db, make_settings(), batch, lambda: {}).replies
+    assert [[r.line[:9] for r in rs] for rs in replies] == [["250 2.0.0"], ["554 5.6.0"], ["250 2.0.0"]]
+    assert subjects(db) == ["after", "before"]
 
 
 @pytest.mark.skipif(not POISONOUS, reason="this Python's address parser does not recurse on the poison")
