@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from listbridge.db import Database
 from listbridge.outbound import delivery
 
-from helpers import free_port
+from helpers import free_port, wait_for
 
 
 def test_workers_facing_a_down_database_log_one_traceback(make_settings, caplog):
@@ -18,17 +17,22 @@ def test_workers_facing_a_down_database_log_one_traceback(make_settings, caplog)
     caplog.set_level(logging.INFO, logger="listbridge")
     stop, wakeup = threading.Event(), threading.Event()
     threads = delivery.run_workers(db, settings, stop, wakeup)
-    time.sleep(2.5)  # each worker fails about once a second
-    stop.set()
+
+    def failures() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "listbridge.outbound.delivery" and r.levelno == logging.ERROR]
+
+    try:
+        wait_for(lambda: len(failures()) >= 4, timeout=30)  # each worker fails about once a second
+    finally:
+        stop.set()
     wakeup.set()
     for thread in threads:
         thread.join(10)
     db.dispose()
-    failures = [r for r in caplog.records if r.name == "listbridge.outbound.delivery" and r.levelno == logging.ERROR]
-    assert len(failures) >= 4
-    assert sum(1 for r in failures if r.exc_info) == 1
-    assert all("Connection refused" in r.getMessage() for r in failures), failures[0].getMessage()
-    assert all("\n" not in r.getMessage() for r in failures)
+    records = failures()
+    assert sum(1 for r in records if r.exc_info) == 1
+    assert all("Connection refused" in r.getMessage() for r in records), records[0].getMessage()
+    assert all("\n" not in r.getMessage() for r in records)
 
 
 def test_a_new_failure_gets_its_traceback_and_recovery_is_said_once(caplog):

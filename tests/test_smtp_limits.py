@@ -6,6 +6,7 @@ import smtplib
 import socket
 import threading
 import time
+from importlib.metadata import version
 
 from listbridge.inbound import dispatch
 from listbridge.inbound.server import ListController, ListHandler
@@ -29,7 +30,7 @@ def _read_reply(stream) -> bytes:
 def test_the_banner_names_listbridge_not_the_python_library(service):
     with socket.create_connection(("127.0.0.1", service.settings.smtp.port), timeout=10) as raw:
         banner = raw.makefile("rb").readline().decode()
-    assert banner.startswith("220 ") and " ESMTP listbridge 0.1.0" in banner, banner
+    assert banner.startswith("220 ") and f" ESMTP listbridge {version('listbridge')}" in banner, banner
     assert "Python" not in banner
 
 

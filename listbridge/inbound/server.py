@@ -21,7 +21,6 @@ from listbridge.inbound.smtpdata import DataAssembler, read_data
 
 log = logging.getLogger(__name__)
 
-IDENT = f"ESMTP listbridge {version('listbridge')}"  # the banner: 220 HOST ESMTP listbridge 0.1.0
 DATA_TOO_SLOW = "421 4.4.2 DATA took too long, closing the connection"
 
 
@@ -282,7 +281,7 @@ class ListController(Controller):
             port=settings.smtp.port,
             data_size_limit=settings.smtp.max_message_size,
             enable_SMTPUTF8=True,
-            ident=IDENT,
+            ident=f"ESMTP listbridge {version('listbridge')}",  # the banner: 220 HOST ESMTP listbridge 0.1.0
             **kwargs,
         )
         self.data_timeout = settings.smtp.data_timeout
