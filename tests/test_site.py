@@ -139,3 +139,15 @@ def test_pages_are_written_as_git_would_under_the_umask(tmp_path: Path):
     assert stat.S_IMODE((folder / "a.gmi").stat().st_mode) == 0o644
     assert stat.S_IMODE((folder / "b.gmi").stat().st_mode) == 0o640
     assert not [p for p in folder.iterdir() if p.name.startswith(".listbridge-")]
+
+
+def test_an_unchanged_page_an_older_version_wrote_0600_becomes_readable(tmp_path: Path):
+    repo = SiteRepo(tmp_path / "site", "listbridge", "bla@x.org")
+    previous = os.umask(0o022)
+    try:
+        repo.write("log/a.gmi", "same\n")
+        (repo.path / "log" / "a.gmi").chmod(0o600)
+        assert repo.write("log/a.gmi", "same\n") is False  # nothing to commit, yet fixed
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((repo.path / "log" / "a.gmi").stat().st_mode) == 0o644

@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import secrets
+import stat
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
@@ -77,10 +78,13 @@ class SiteRepo:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def write(self, relpath: str, content: str) -> bool:
-        """Write a page atomically; False (and nothing written) when it is unchanged."""
+        """Write a page atomically; False when it is unchanged. An unchanged page that only
+        its owner can read (an older listbridge wrote them 0600) is written again, so that it
+        gets the mode of a new one and a server running as another user can read it."""
         target = self.path / relpath
         data = content.encode("utf-8")
-        if target.exists() and target.read_bytes() == data:
+        unchanged = target.exists() and target.read_bytes() == data
+        if unchanged and target.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, temp = _create_beside(target)
@@ -91,7 +95,7 @@ class SiteRepo:
         except BaseException:
             os.unlink(temp)
             raise
-        return True
+        return not unchanged
 
     def remove(self, relpath: str) -> bool:
         target = self.path / relpath
