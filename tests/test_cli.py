@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from listbridge.cli import cli
 from listbridge.config import build_settings
 
-from helpers import send
+from helpers import git, send
 
 
 @pytest.fixture
@@ -177,3 +177,20 @@ def test_several_lists_need_list_option(tmp_path, db_url):
     assert result.exit_code == 0, result.output
     rows = json.loads(CliRunner().invoke(cli, ["--config", str(config), "subscribers", "list", "--json"]).output)
     assert [(r["list"], r["address"]) for r in rows] == [("b@x.org", "z@y.org")]
+
+
+def test_archive_push_on_a_new_site_repo_is_one_sentence(config, tmp_path):
+    """A site repo with no commit and no remote yet, as `serve` creates it on the defaults."""
+    site = tmp_path / "fresh-site"
+    git(tmp_path, "init", "--quiet", str(site))
+    with_site = config.read_text(encoding="utf-8") + f'[site]\nrepo = "{site}"\n'
+    config.write_text(with_site, encoding="utf-8")
+    result = CliRunner().invoke(cli, ["--config", str(config), "archive", "push"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: the site repo {site} has no remote to push to (git remote add origin URL)."
+    ]
+    git(tmp_path, "init", "--quiet", "--bare", str(tmp_path / "remote.git"))
+    git(site, "remote", "add", "origin", str(tmp_path / "remote.git"))
+    pushed = run(config, "archive", "push")
+    assert pushed.exit_code == 0 and pushed.output == "pushed 0 commit(s)\n", pushed.output

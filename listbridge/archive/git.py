@@ -134,9 +134,12 @@ class SiteRepo:
             self.git("commit", "--quiet", "--no-verify", "-m", message, "--", *staged)
         return self.git("rev-parse", "HEAD").stdout.strip()
 
+    def has_remote(self) -> bool:
+        return bool(self.git("remote", check=False).stdout.split())
+
     def push(self, remote: str = "origin") -> bool:
         """Push the current branch; False (logged) when it fails, to be retried later."""
-        if not self.git("remote", check=False).stdout.split():
+        if not self.has_remote():
             log.warning("site repo %s has no remote to push to", self.path)
             return False
         if self.git("rev-parse", "--verify", "--quiet", "HEAD", check=False).returncode != 0:
@@ -149,6 +152,8 @@ class SiteRepo:
 
     def unpushed(self, remote: str = "origin") -> int:
         """How many local commits the remote's branch does not have (all of them if unknown)."""
+        if self.git("rev-parse", "--verify", "--quiet", "HEAD", check=False).returncode != 0:
+            return 0  # nothing committed yet
         branch = self.git("rev-parse", "--abbrev-ref", "HEAD").stdout.strip()
         known = self.git("rev-parse", "--verify", "--quiet", f"{remote}/{branch}", check=False)
         spec = f"{remote}/{branch}..HEAD" if known.returncode == 0 else "HEAD"

@@ -37,6 +37,8 @@ def rebuild(app: App) -> None:
 def push(app: App) -> None:
     """Push the site repo's commits that have not reached the remote yet."""
     repo = publish.repo_for(app.settings, app.settings.lists[0])
+    if not repo.has_remote():
+        raise click.ClickException(f"the site repo {repo.path} has no remote to push to (git remote add origin URL).")
     waiting = repo.unpushed()
     with repo.lock():
         if not repo.push():
