@@ -9,6 +9,8 @@ trip each (two without PIPELINING would be 3 + N).
 
 from __future__ import annotations
 
+import itertools
+import logging
 import re
 import smtplib
 import socket
@@ -17,6 +19,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 
 from listbridge.config import RelaySettings
+
+log = logging.getLogger(__name__)
 
 _EOL = re.compile(rb"\r\n|\r(?!\n)|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
@@ -28,6 +32,11 @@ Transaction = tuple[str, Sequence[str], bytes]
 
 class RelayError(Exception):
     """The relay could not be reached or dropped the connection: a temporary failure."""
+
+
+class _Unanswered(RelayError):
+    """The session ended before the relay answered the first command sent on it (or answered
+    421, closing): it accepted nothing, so the same transactions can go on a new session."""
 
 
 def prepare(data: bytes) -> bytes:
@@ -45,6 +54,10 @@ class _Connection:
         self.pipelining = pipelining
         self._partial = b""  # an incomplete last line
         self._replies: deque[tuple[int, bytes]] = deque()
+        self.first: int | None = None  # the code of the first reply read since begin()
+
+    def begin(self) -> None:
+        self.first = None
 
     def write(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -62,7 +75,10 @@ class _Connection:
                         self._replies.append((int(line[:3]), line[4:].rstrip(b"\r")))
                     except ValueError:
                         raise smtplib.SMTPResponseException(-1, line) from None
-        return self._replies.popleft()
+        code, text = self._replies.popleft()
+        if self.first is None:
+            self.first = code
+        return code, text
 
     def replies(self, count: int) -> list[tuple[int, bytes]]:
         """The next `count` replies."""
@@ -107,9 +123,8 @@ class RelayClient:
 
         Raises RelayError when the connection fails; the session is then dropped.
         """
-        for replies in self.send_many([(sender, recipients, data)]):
-            return replies
-        raise RelayError("relay connection lost")  # pragma: no cover - send_many yields once
+        (replies,) = self.send_many([(sender, recipients, data)])  # all of it: the session stays open
+        return replies
 
     def send_many(self, transactions: Iterable[Transaction]) -> Iterator[list[Reply]]:
         """Send transactions back to back, yielding each one's per-recipient replies in order.
@@ -119,9 +134,26 @@ class RelayClient:
         yet yielded have an unknown fate, and must be retried. Stopping the iteration early
         drops the session too (an envelope may be in flight).
         """
+        pending = iter(transactions)
+        first = next(pending, None)
+        if first is None:
+            return
+        reused = self._conn is not None
+        try:
+            yield from self._session(itertools.chain([first], pending))
+        except _Unanswered as exc:
+            if not reused:
+                raise
+            # An idle session the relay has closed since (Postfix's smtpd_timeout): the next
+            # transaction is not yet pulled from `pending`, so the same ones go on a new one.
+            log.info("relay session was closed while idle (%s); reconnecting", exc.__cause__)
+            yield from self._session(itertools.chain([first], pending))
+
+    def _session(self, transactions: Iterator[Transaction]) -> Iterator[list[Reply]]:
         if self._conn is None:
             self._conn = self._connect()
         conn = self._conn
+        conn.begin()
         done = False
         try:
             if conn.pipelining:
@@ -131,6 +163,8 @@ class RelayClient:
                     yield self._lockstep(conn, sender, recipients, data)
             done = True
         except (OSError, smtplib.SMTPException) as exc:
+            if conn.first in (None, 421):
+                raise _Unanswered(f"relay connection lost: {exc}") from exc
             raise RelayError(f"relay connection lost: {exc}") from exc
         finally:
             if not done:
