@@ -114,6 +114,11 @@ def test_two_lists_keep_their_index_feed_and_pages(config, site):
     assert files(site, DIR_TWO) == {**two, "notes.txt": "the maintainer's\n"}
     assert "Encore un avis." not in git(site, "show", f"HEAD:{DIR_TWO}/atom.xml")
 
+    # The same post commented on both lists is a page on each: the progress counts both.
+    (fourth,) = receive(config, [(TWO, "Premier billet", "Same post, other list.\n")])[3:]
+    cli_run(config, "moderate", "approve", str(fourth))
+    assert "rendering posts: 3/3 done" in cli_run(config, "archive", "rebuild")
+
 
 def test_snippet_points_at_each_lists_folder(config):
     assert f"=> /{DIR_ONE}/ " in cli_run(config, "snippet", "--list", ONE, "premier")
