@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from listbridge.db import Database
 
-from helpers import free_port, wait_for
+from helpers import PG_URL, free_port, wait_for
 
 
 @pytest.fixture
@@ -128,3 +129,11 @@ def test_an_unusable_database_url_is_one_sentence(tmp_path: Path, url: str, said
     (line,) = result.stderr.splitlines()
     assert line.startswith("listbridge: error: [database] url ") and said in line and line.endswith("."), line
     assert "s3cret" not in line
+
+
+@pytest.mark.skipif(not PG_URL, reason="a URL with a password needs a server that takes it: PostgreSQL pass")
+def test_db_upgrade_does_not_print_the_password(tmp_path: Path) -> None:
+    url = make_url(PG_URL).set(password="s3cret-pw")  # trust authentication ignores it
+    result = listbridge(tmp_path, url.render_as_string(hide_password=False), "db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    assert "s3cret-pw" not in result.stdout + result.stderr and "***" in result.stdout

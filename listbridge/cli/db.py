@@ -1,6 +1,7 @@
 """`listbridge db upgrade`."""
 
 import click
+from sqlalchemy.engine import make_url
 
 from listbridge.cli import App, cli, pass_app
 
@@ -16,4 +17,5 @@ def db() -> None:
 def upgrade(app: App, revision: str) -> None:
     """Apply the schema migrations (to REVISION, default the newest)."""
     app.db.upgrade(revision)
-    click.echo(f"database at {revision}: {app.settings.database.url}")
+    shown = make_url(app.settings.database.url).render_as_string(hide_password=True)
+    click.echo(f"database at {revision}: {shown}")
