@@ -126,7 +126,7 @@ def subscribe(session: Session, ctx: ListContext, address: str, name: str = "", 
             address,
             name=name,
             address=address,
-            **{"unsubscribe_address": ctx.address(f"unsubscribe-{subscriber.token}")},
+            unsubscribe_address=ctx.address(f"unsubscribe-{subscriber.token}"),
         )
     return True
 

@@ -139,18 +139,14 @@ def notify(session: Session, settings: Settings, incident: Incident, change: Inc
             automatic=incident.automatic,
             status_url=status_url(settings),
         )
-        common = dict(
-            subject=subject,
-            body=body,
-            sender=ctx.address("owner"),
-            extra={"Auto-Submitted": "auto-generated", "Precedence": "bulk"},
-        )
+        sender = ctx.address("owner")
+        extra = {"Auto-Submitted": "auto-generated", "Precedence": "bulk"}
         _, count = outbox.enqueue_fanout(
             session,
             list_address=mlist.address,
             kind=f"outage-{change.kind}",
             envelope_from=ctx.address("owner"),
-            body=compose.build(mlist, settings.smtp.separator, **common),
+            body=compose.build(mlist, settings.smtp.separator, subject=subject, body=body, sender=sender, extra=extra),
             retry_days=settings.relay.retry_days,
         )
         total += count
@@ -160,7 +156,15 @@ def notify(session: Session, settings: Settings, incident: Incident, change: Inc
                 list_address=mlist.address,
                 kind=f"outage-{change.kind}-owner",
                 envelope_from=ctx.address("owner"),
-                body=compose.build(mlist, settings.smtp.separator, to=mlist.owner, **common),
+                body=compose.build(
+                    mlist,
+                    settings.smtp.separator,
+                    subject=subject,
+                    body=body,
+                    sender=sender,
+                    to=mlist.owner,
+                    extra=extra,
+                ),
                 recipients=[mlist.owner],
                 retry_days=settings.relay.retry_days,
             )
