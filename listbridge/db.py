@@ -11,7 +11,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import URL, Connection, Dialect, Engine, Table, bindparam, create_engine, event, insert, make_url, text
+from sqlalchemy import (
+    URL,
+    Connection,
+    CursorResult,
+    Dialect,
+    Engine,
+    Result,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    insert,
+    make_url,
+    text,
+)
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
@@ -119,6 +133,14 @@ def note_effect(session: Session, effect: str) -> None:
 def effects(session: Session) -> frozenset[str]:
     """The effects noted on this session so far."""
     return frozenset(session.info.get("effects", ()))
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched. Session.execute is typed to return a Result; for
+    such a statement it is a CursorResult, the kind that counts rows."""
+    if not isinstance(result, CursorResult):
+        raise TypeError(f"{type(result).__name__} has no row count: not an UPDATE or DELETE")
+    return result.rowcount
 
 
 class Database:

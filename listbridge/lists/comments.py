@@ -16,7 +16,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from listbridge.archive.pages import page_path
 from listbridge.archive.posts import Post, find_post
-from listbridge.db import SITE_CHANGED, FastInsert, note_effect
+from listbridge.db import SITE_CHANGED, FastInsert, note_effect, rowcount
 from listbridge.lists import authresults, commenttext
 from listbridge.lists.context import ListContext, send
 from listbridge.message import Incoming
@@ -236,7 +236,7 @@ def _transition(session: Session, comment: Comment, source: str, values: dict[st
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    if rowcount(result) != 1:
         session.refresh(comment)
         return False
     for key, value in values.items():

@@ -21,6 +21,7 @@ from email.policy import compat32, default
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from listbridge.db import rowcount
 from listbridge.models import (
     APPROVED,
     HELD,
@@ -56,7 +57,7 @@ class Forgotten:
 def forget(session: Session, address: str, delete_published: bool) -> Forgotten:
     """Remove every trace of `address` (lower case) that listbridge keeps, save the site's git history."""
     done = Forgotten()
-    done.subscriptions = session.execute(delete(Subscriber).where(Subscriber.address == address)).rowcount
+    done.subscriptions = rowcount(session.execute(delete(Subscriber).where(Subscriber.address == address)))
     session.execute(delete(Confirmation).where(Confirmation.address == address))
     session.execute(delete(AutoReply).where(AutoReply.address == address))
     theirs = list(session.scalars(select(Comment).where(Comment.sender == address).order_by(Comment.id)))

@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, Select
 
-from listbridge.db import MAIL_QUEUED, note_effect
+from listbridge.db import MAIL_QUEUED, note_effect, rowcount
 from listbridge.models import FAILED, QUEUED, SENDING, SENT, OutboxMessage, OutboxRecipient, Subscriber, utcnow
 
 # A fan-out this large refreshes PostgreSQL's statistics on the recipients table (see enqueue_fanout).
@@ -246,12 +246,14 @@ def record(session: Session, outcomes: Sequence[Outcome], give_up_at: dict[int, 
 def release_stale(session: Session, lease: dt.timedelta, now: dt.datetime | None = None) -> int:
     """Queue again rows whose claim is older than `lease` or whose local process is gone."""
     now = now or utcnow()
-    stale = session.execute(
-        update(OutboxRecipient)
-        .where(OutboxRecipient.state == SENDING, OutboxRecipient.claimed_at < now - lease)
-        .values(state=QUEUED, claimed_by=None, claimed_at=None)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    stale = rowcount(
+        session.execute(
+            update(OutboxRecipient)
+            .where(OutboxRecipient.state == SENDING, OutboxRecipient.claimed_at < now - lease)
+            .values(state=QUEUED, claimed_by=None, claimed_at=None)
+            .execution_options(synchronize_session=False)
+        )
+    )
     host = socket.gethostname()
     owners = session.scalars(
         select(OutboxRecipient.claimed_by)
@@ -260,12 +262,14 @@ def release_stale(session: Session, lease: dt.timedelta, now: dt.datetime | None
     ).all()
     dead = [o for o in owners if o and not _alive(_pid(o))]
     if dead:
-        stale += session.execute(
-            update(OutboxRecipient)
-            .where(OutboxRecipient.state == SENDING, OutboxRecipient.claimed_by.in_(dead))
-            .values(state=QUEUED, claimed_by=None, claimed_at=None)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        stale += rowcount(
+            session.execute(
+                update(OutboxRecipient)
+                .where(OutboxRecipient.state == SENDING, OutboxRecipient.claimed_by.in_(dead))
+                .values(state=QUEUED, claimed_by=None, claimed_at=None)
+                .execution_options(synchronize_session=False)
+            )
+        )
     return stale
 
 
@@ -293,12 +297,14 @@ def make_all_due(session: Session) -> int:
     """`queue flush`: retry now whatever is waiting for its backoff (rows already due are left
     alone: a fresh fan-out of 100,000 rows needs no rewrite)."""
     now = utcnow()
-    return session.execute(
-        update(OutboxRecipient)
-        .where(OutboxRecipient.state == QUEUED, OutboxRecipient.next_attempt_at > now)
-        .values(next_attempt_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    return rowcount(
+        session.execute(
+            update(OutboxRecipient)
+            .where(OutboxRecipient.state == QUEUED, OutboxRecipient.next_attempt_at > now)
+            .values(next_attempt_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    )
 
 
 def pending_count(session: Session) -> int:
