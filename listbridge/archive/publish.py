@@ -7,13 +7,15 @@ makes no commit.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import subprocess
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy import Row, delete, exists, func, insert, select, update
+from sqlalchemy.orm import Session
 
 from listbridge import failurelog
 from listbridge.archive.git import GitError, SiteRepo
@@ -56,24 +58,31 @@ _SHOWN_COLUMNS = (
     Comment.attachments,
     Comment.status,
 )
+# A row of _SHOWN_COLUMNS.
+_ShownRow = Row[str | None, int, str, dt.datetime, str, int, str]
+# A comment not yet on the site: id, list_address, post_slug, display_name, status.
+_Change = Row[int, str, str | None, str, str]
 
 
-def _published(row) -> PublishedComment:  # type: ignore[no-untyped-def]
+def _published(row: _ShownRow) -> PublishedComment:
     _, i, name, when, text, attachments, status = row
     return PublishedComment(i, name, when, text, attachments, status == REMOVED)
 
 
-def _shown_comments(session, list_address: str, slugs: Iterable[str] | None) -> dict[str, list[PublishedComment]]:  # type: ignore[no-untyped-def]
+def _shown_comments(
+    session: Session, list_address: str, slugs: Iterable[str] | None
+) -> dict[str, list[PublishedComment]]:
     """The shown comments of `slugs` (None: every post), oldest first, by post, in one query."""
     where = [Comment.list_address == list_address, Comment.status.in_(SHOWN)]
     where.append(Comment.post_slug.is_not(None) if slugs is None else Comment.post_slug.in_(sorted(set(slugs))))
     by_post: dict[str, list[PublishedComment]] = defaultdict(list)
     for row in session.execute(select(*_SHOWN_COLUMNS).where(*where).order_by(Comment.received_at, Comment.id)):
+        assert row[0] is not None  # the WHERE keeps comments on a post only
         by_post[row[0]].append(_published(row))
     return by_post
 
 
-def refresh_summaries(session, mlist: ListSettings, slugs: Iterable[str] | None) -> None:  # type: ignore[no-untyped-def]
+def refresh_summaries(session: Session, mlist: ListSettings, slugs: Iterable[str] | None) -> None:
     """Bring post_summaries up to date for `slugs` (None: every post of the list): one
     aggregate over those posts' comments only, and their index lines rendered again."""
     where = [Comment.list_address == mlist.address, Comment.status.in_(SHOWN)]
@@ -95,6 +104,7 @@ def refresh_summaries(session, mlist: ListSettings, slugs: Iterable[str] | None)
     session.execute(stale)
     entries = []
     for slug, title, path, last, count in rows:
+        assert slug is not None  # the WHERE keeps comments on a post only
         summary = PostSummary(slug, title or slug, path or "", last, count)
         entries.append(
             {
@@ -111,14 +121,14 @@ def refresh_summaries(session, mlist: ListSettings, slugs: Iterable[str] | None)
         session.execute(insert(PostIndexEntry), entries)
 
 
-def _summaries(session, list_address: str, slugs: Iterable[str] | None = None) -> dict[str, PostSummary]:  # type: ignore[no-untyped-def]
+def _summaries(session: Session, list_address: str, slugs: Iterable[str] | None = None) -> dict[str, PostSummary]:
     query = select(PostIndexEntry).where(PostIndexEntry.list_address == list_address)
     if slugs is not None:
         query = query.where(PostIndexEntry.post_slug.in_(sorted(set(slugs))))
     return {e.post_slug: PostSummary(e.post_slug, e.title, e.path, e.last, e.count) for e in session.scalars(query)}
 
 
-def _index_lines(session, list_address: str) -> list[str]:  # type: ignore[no-untyped-def]
+def _index_lines(session: Session, list_address: str) -> list[str]:
     """The index's lines, newest post first."""
     # Only the lines come back: no date parsing for a thousand rows. (A tie on `last` is
     # ordered by the database's collation; the incremental and the full render share it.)
@@ -131,7 +141,7 @@ def _index_lines(session, list_address: str) -> list[str]:  # type: ignore[no-un
     )
 
 
-def _latest(session, list_address: str) -> list[tuple[PostSummary, PublishedComment]]:  # type: ignore[no-untyped-def]
+def _latest(session: Session, list_address: str) -> list[tuple[PostSummary, PublishedComment]]:
     """The feed's comments, newest first: read along ix_comments_feed, FEED_ENTRIES rows."""
     rows = session.execute(
         select(*_SHOWN_COLUMNS)
@@ -218,7 +228,7 @@ def publish_pending(db: Database, settings: Settings) -> list[str]:
             _retry_pushes(settings)
         return []
     commits = []
-    by_list: dict[str, list] = defaultdict(list)
+    by_list: dict[str, list[_Change]] = defaultdict(list)
     for row in rows:
         by_list[row.list_address].append(row)
     for list_address, changes in by_list.items():
@@ -305,7 +315,7 @@ def _retry_pushes(settings: Settings) -> None:
                 repo.push()
 
 
-def commit_message(changes: list) -> str:  # type: ignore[type-arg]
+def commit_message(changes: Sequence[_Change]) -> str:
     """`Comment by Carole on <slug>`, or a count when several changes go in one commit."""
     if len(changes) == 1:
         c = changes[0]
