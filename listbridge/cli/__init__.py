@@ -6,6 +6,7 @@ import logging
 import sys
 import warnings
 from functools import cached_property
+from typing import TextIO
 
 import click
 from sqlalchemy.exc import OperationalError
@@ -121,7 +122,14 @@ def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
     ctx.obj = App(config_path)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
     if issubclass(category, ConfigWarning):
         click.echo(f"listbridge: warning: {message}", err=True)
     else:

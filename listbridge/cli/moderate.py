@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from listbridge.archive import publish
 from listbridge.archive.posts import Post, site_posts
@@ -74,7 +75,7 @@ def list_(app: App, everything: bool, as_json: bool) -> None:
     emit(rows, as_json, ["id", "post", "name", "subject", "received", "status", "reason", "message_id"])
 
 
-def _load(session, ids: tuple[int, ...]) -> list[Comment]:  # type: ignore[no-untyped-def]
+def _load(session: Session, ids: tuple[int, ...]) -> list[Comment]:
     found = {c.id: c for c in session.scalars(select(Comment).where(Comment.id.in_(ids)))}
     missing = [str(i) for i in ids if i not in found]
     if missing:
@@ -202,7 +203,7 @@ def interactive(app: App) -> None:
     publish.publish_pending(db, app.settings)
 
 
-def _decide_one(app: App, session, c: Comment, choice: str) -> str:  # type: ignore[no-untyped-def]
+def _decide_one(app: App, session: Session, c: Comment, choice: str) -> str:
     """Approve ("a") or reject ("r") one comment, asking what is needed; what became of it."""
     try:
         if choice == "a":

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import click
+from sqlalchemy.orm import Session
 
 from listbridge.cli import App, cli, pass_app
 from listbridge.lists.comments import actor
-from listbridge.models import INCIDENT_STATUSES, RESOLVED, ProbeStatus
+from listbridge.models import INCIDENT_STATUSES, RESOLVED, Incident, ProbeStatus
 from listbridge.outage import incidents
 from listbridge.outage.watch import publish_status_safely, roster_age
 
@@ -20,11 +22,12 @@ def outage_group() -> None:
     """Tell subscribers about an outage (also done by `watch` when the MX stops answering)."""
 
 
-def _act(app: App, what, page_message: str) -> None:  # type: ignore[no-untyped-def]
+def _act(app: App, what: Callable[[Session], Incident | None], page_message: str) -> None:
     db = app.ready_db()
     try:
         with db.transaction() as session:
             incident = what(session)
+            assert incident is not None  # resolve() returns None only when automatic_only
             summary = f"#{incident.id} {incident.status}: {incident.nature}"
     except incidents.OutageError as exc:
         raise click.ClickException(str(exc)) from None
