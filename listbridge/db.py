@@ -26,8 +26,10 @@ from sqlalchemy import (
     make_url,
     text,
 )
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from listbridge.resources import shipped_path
 
@@ -56,7 +58,7 @@ def make_engine(url: str, *, warn_exposed: bool = True) -> Engine:
         engine = _create_engine(url, parsed, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+        def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             # FULL: a 250 means the mail survives a power cut, not only a crash.
@@ -287,7 +289,7 @@ class FastInsert:
         order = list(compiled.positiontup or ()) if compiled.positional else list(where)
         if sorted(order) != sorted(where):  # pragma: no cover - a dialect that renders otherwise
             raise RuntimeError(f"unexpected parameters for {self.table.name}: {order}")
-        convert = {}
+        convert: dict[str, Callable[[Any], Any]] = {}
         for name in order:
             column = where[name][1]
             processor = self.table.c[column].type.dialect_impl(dialect).bind_processor(dialect)

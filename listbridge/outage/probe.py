@@ -10,6 +10,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from typing import IO
 
 UP = "up"
 DOWN = "down"
@@ -59,7 +60,7 @@ def split_hostport(value: str, default_port: int = 25) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _reply(reader, deadline: float) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+def _reply(reader: IO[bytes], deadline: float) -> tuple[int, str]:
     """Read one (possibly multi-line) SMTP reply."""
     lines = []
     while True:

@@ -14,11 +14,11 @@ import json
 import os
 import socket
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from sqlalchemy import BigInteger, any_, bindparam, case, func, insert, literal, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql import ColumnElement, Select
 
 from listbridge.db import MAIL_QUEUED, note_effect, rowcount
@@ -134,7 +134,9 @@ _CLAIMED_COLUMNS = (_R.id, _R.message_id, _R.address, _R.domain, _R.token, _R.at
 _IS_DUE = (_R.state == QUEUED, _R.next_attempt_at <= bindparam("now"))
 
 
-def _first_due(*columns: ColumnElement[object], order: tuple[ColumnElement[object], ...]) -> Select[Any]:
+def _first_due(
+    *columns: QueryableAttribute[object], order: tuple[QueryableAttribute[object], ...]
+) -> Select[*tuple[object, ...]]:
     """The first :limit due rows in `order`, locked for this transaction, skipping rows another
     transaction holds (SQLite, which has one writer, has no row locks and ignores this)."""
     return select(*columns).where(*_IS_DUE).order_by(*order).limit(bindparam("limit")).with_for_update(skip_locked=True)
@@ -157,7 +159,7 @@ _LOCK_DUE = _first_due(*_CLAIMED_COLUMNS, order=(_R.next_attempt_at,))
 _SQLITE_CLAIMED = select(func.json_group_array(func.json_array(*_CLAIMED_COLUMNS))).where(
     _R.state == SENDING, _R.claimed_by == bindparam("owner"), _R.claimed_at == bindparam("now")
 )
-_MARK_SENT_VALUES = {
+_MARK_SENT_VALUES: dict[str, object] = {
     "state": SENT,
     "done_at": bindparam("now"),
     "claimed_by": None,
@@ -321,7 +323,7 @@ def summary(session: Session, include_done: bool = False) -> list[dict[str, obje
     """One line per message: counts by state, next attempt, last error (for `queue list`)."""
     r = OutboxRecipient
 
-    def count(state: str):  # type: ignore[no-untyped-def]
+    def count(state: str) -> ColumnElement[int]:
         return func.sum(case((r.state == state, 1), else_=0))
 
     query = (
