@@ -16,6 +16,7 @@ import email.message
 import email.utils
 import re
 import secrets
+from collections.abc import Sequence
 from email import quoprimime
 
 import mailparser
@@ -136,7 +137,7 @@ def _read_message(raw: bytes) -> email.message.Message:
     return message
 
 
-def _plain_body(message: email.message.Message, headers: list[tuple[str, object]]) -> str | None:
+def _plain_body(message: email.message.Message, headers: Sequence[tuple[str, object]]) -> str | None:
     """The text of a message with no MIME structure to walk: one text/plain part declared UTF-8
     or ASCII (or nothing), in any transfer encoding. For such a message mail-parser returns the
     decoded body's bytes read as UTF-8, bad bytes replaced, whichever of those charsets is

@@ -43,7 +43,7 @@ def export(session: Session, path: str | Path) -> Snapshot:
     fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".roster-", suffix=".tmp")
     os.close(fd)
     exported_at = utcnow()  # to the microsecond: two exports in one second are told apart
-    count, lists = 0, set()
+    count, lists = 0, set[str]()
     try:
         out = sqlite3.connect(temp)
         out.executescript(
