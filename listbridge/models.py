@@ -6,6 +6,7 @@ Times are naive UTC everywhere, so SQLite and PostgreSQL behave the same.
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     UniqueConstraint,
     true,
@@ -44,7 +46,9 @@ def utcnow() -> dt.datetime:
 
 
 class Base(DeclarativeBase):
-    pass
+    if TYPE_CHECKING:
+        # Each model maps a Table of its own (declarative allows any FromClause).
+        __table__: ClassVar[Table]
 
 
 class Subscriber(Base):
