@@ -1,7 +1,7 @@
 """Alembic environment: runs on the connection listbridge hands over (see store.alembic_config)."""
 
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine
 
 from listbridge.models import Base
 
@@ -9,7 +9,7 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def run(connection) -> None:  # type: ignore[no-untyped-def]
+def run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -25,5 +25,7 @@ if connection is not None:
     run(connection)
 else:
     url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("no connection handed over and no sqlalchemy.url: nothing to migrate")
     with create_engine(url).begin() as fresh:
         run(fresh)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import re
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import version
 from typing import Any
 
@@ -130,7 +130,7 @@ class GroupCommitter:
                     future.set_result(replies)
 
 
-def _in_step(batch: list[tuple[dispatch.Received, object]], accepted: dispatch.Accepted) -> bool:
+def _in_step(batch: Sequence[tuple[dispatch.Received, object]], accepted: dispatch.Accepted) -> bool:
     """True when there is one list of replies per message, one reply per recipient of each
     message read, and at least one message read (else the batch would come back for ever)."""
     replies, deferred = accepted.replies, accepted.deferred
@@ -216,7 +216,7 @@ class _BulkData(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
-        assert self.envelope is not None
+        assert self.envelope is not None and self.session is not None
         if not self.envelope.rcpt_tos:
             await self.push("503 Error: need RCPT command")
             return
