@@ -155,6 +155,7 @@ def approve_one(db: Database, settings: Settings, comment_id: int) -> None:
     ctx = ListContext(settings, settings.lists[0])
     with db.transaction() as session:
         comment = session.get(Comment, comment_id)
+        assert comment is not None
         lb_comments.approve(session, ctx, comment, actor="bench")
     commits = publish.publish_pending(db, settings)
     assert len(commits) == 1, commits

@@ -159,8 +159,8 @@ def run_listbridge(
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        url, port, personalize, connections = sys.argv[2:6]
-        deliver_child(url, int(port), personalize == "1", int(connections))
+        url, port, personal, connections = sys.argv[2:6]
+        deliver_child(url, int(port), personal == "1", int(connections))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sizes", nargs="*", type=int, default=[10_000, 100_000], help="subscriber counts")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -161,7 +162,7 @@ def make_list(listdir: Path, port: int, addresses: list[str], personalize: bool,
     return mail
 
 
-def send(listdir: Path, mail: Path) -> tuple[float, os.struct_rusage, int]:
+def send(listdir: Path, mail: Path) -> tuple[float, resource.struct_rusage, int]:
     """Run mlmmj-send once in the foreground: seconds, its rusage, its peak RSS in kB."""
     rss_file = listdir / "time.out"
     log = listdir / "mlmmj-send.log"
