@@ -28,6 +28,7 @@ import threading
 from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import cast
 
 from listbridge.archive.posts import PostCache
 from listbridge.config import Settings
@@ -200,7 +201,8 @@ class _ReplyChannel(asyncio.Protocol):
         return channel
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # connect_accepted_socket gives a stream transport; Protocol types it as the base class.
+        self.transport = cast(asyncio.Transport, transport)
 
     def close(self) -> None:
         """Close the transport, from any thread: on the loop's own thread, at once; from another,
