@@ -75,7 +75,7 @@ class Received:
 
     @property
     def message(self) -> EmailMessage:
-        return BytesParser(policy=default_policy).parsebytes(self.data)  # type: ignore[return-value]
+        return BytesParser(policy=default_policy).parsebytes(self.data)
 
 
 @dataclass

@@ -98,6 +98,7 @@ def test_serve_reports_an_exposed_database_once(tmp_path: Path, umask_022: None)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=40)
+    assert server.stderr is not None
     warnings = [line for line in server.stderr.read().splitlines() if "other users" in line]
     assert len(warnings) == 1, warnings
 

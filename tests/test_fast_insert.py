@@ -127,7 +127,9 @@ def test_a_connection_known_closed_is_flagged_lost_as_sqlalchemy_would(db: Datab
     assert db._pinned is not None
     session = db.sessions()
     session.begin()
-    session.connection().connection.dbapi_connection.close()  # as a dropped connection ends up
+    dbapi_connection = session.connection().connection.dbapi_connection
+    assert dbapi_connection is not None
+    dbapi_connection.close()  # as a dropped connection ends up
     with pytest.raises(DBAPIError) as caught:  # not the driver's own error
         fast.insert(session, values())
     assert caught.value.connection_invalidated

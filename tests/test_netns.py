@@ -38,7 +38,7 @@ from listbridge.outage.watch import Watcher
 from helpers import READERS, db_count, export_roster, git, wait_for, watcher_config
 
 OWNER = "owner@example.org"
-TEST_RANGE = ipaddress.ip_network("10.231.0.0/16")  # test-only, never routed off this machine
+TEST_RANGE = ipaddress.IPv4Network("10.231.0.0/16")  # test-only, never routed off this machine
 GUARD_METRIC = 4242
 SMTP_PORT = 25  # the home namespace has its own port space
 
@@ -50,7 +50,7 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def _pick_subnet() -> ipaddress.IPv4Network:
     """A /30 of the test range that no address or route in this namespace uses yet; starts at
     a pid-derived block so parallel runs pick different ones."""
-    used: list[ipaddress.IPv4Network] = []
+    used: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for line in ip("-4", "-o", "addr", "show").stdout.splitlines():
         fields = line.split()
         if "inet" in fields:
@@ -273,7 +273,8 @@ def test_drill_across_a_namespace(side, home, home_link, netns_settings, sink): 
         print(f"[{side} side] link up -> everyone told it is resolved: {time.monotonic() - back:.2f} s (recoveries 2)")
         wait_for(lambda: committed(site, "Resolved:", "## Tout va bien"), timeout=15)
         time.sleep(2.5)  # a few more probes over the restored link: nothing more may be sent
-        assert probe_status(db).state == "up"
+        status = probe_status(db)
+        assert status is not None and status.state == "up"
     finally:
         stop.set()
         thread.join(timeout=30)

@@ -311,7 +311,9 @@ def test_a_bug_while_sending_backs_the_batch_off_and_keeps_the_worker(db, make_s
     built = delivery.Worker._envelope
     calls = []
 
-    def breaks_on_the_third(self, rows, message):  # type: ignore[no-untyped-def]
+    def breaks_on_the_third(
+        self: delivery.Worker, rows: list[outbox.Claimed], message: delivery.Prepared
+    ) -> tuple[str, list[str], bytes]:
         calls.append(rows)
         if len(calls) == 3:
             raise RuntimeError("a bug")

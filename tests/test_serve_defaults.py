@@ -61,6 +61,7 @@ def test_serve_on_defaults_then_sigterm(tmp_path: Path):
         if server.poll() is None:
             server.kill()
             server.wait()
+    assert server.stderr is not None
     log = server.stderr.read()
     assert "Traceback" not in log
     assert "listening on 127.0.0.1:8025" in log and "subscribe sent to zoe@example.org" in log

@@ -15,13 +15,14 @@ class Recorder(asyncio.Transport):
         super().__init__()
         self.written: list[bytes] = []
 
-    def write(self, data: bytes) -> None:  # type: ignore[override]
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self.written.append(bytes(data))
 
 
 def channel() -> tuple[_ReplyChannel, Recorder]:
     a, b = socket.socketpair()
-    a.close(), b.close()
+    a.close()
+    b.close()
     reply_channel, transport = _ReplyChannel(a, b, asyncio.get_running_loop()), Recorder()
     reply_channel.connection_made(transport)
     return reply_channel, transport
