@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from pathlib import Path
@@ -142,7 +143,7 @@ def test_held_comment_approved_published_and_broadcast(running, sink, tmp_path, 
     assert "piège" in feed.entries[0].summary
 
     for rcpt in ("ann@example.org", "bob@example.net"):
-        (got,) = wait_for(lambda rcpt=rcpt: sink.handler.to(rcpt))
+        (got,) = wait_for(functools.partial(sink.handler.to, rcpt))
         msg = got.message
         assert msg["Subject"] == "[bla] Comment les 3hg ont réparé le CHATONS"
         (author,) = msg["From"].addresses

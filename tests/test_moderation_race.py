@@ -94,7 +94,7 @@ def race(config: Path, commands: list[list[str]]) -> list[subprocess.CompletedPr
     return done
 
 
-def decisions(db: Database, comment_id: int) -> tuple[str, list[str], int]:
+def decisions(db: Database, comment_id: int) -> tuple[str | None, list[str], int | None]:
     """The comment's status, its logged decisions, and how many broadcasts are queued."""
     with db.transaction() as session:
         status = session.scalar(select(Comment.status).where(Comment.id == comment_id))

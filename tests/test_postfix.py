@@ -299,7 +299,13 @@ def walk(postfix: Postfix, sink: Sink, db: Database, wakeup: Callable[[], None] 
     assert f"nolist@{DOMAIN}" in report and "5.1.1" in report, report
 
     # Postfix's queue is empty: nothing deferred, nothing left over.
-    wait_for(lambda: "Mail queue is empty" in postfix.queue_listing() or postfix.flush(), timeout=10)
+    def queue_empty() -> bool:
+        if "Mail queue is empty" in postfix.queue_listing():
+            return True
+        postfix.flush()
+        return False
+
+    wait_for(queue_empty, timeout=10)
 
     # Nothing was stored for the unknown address or the null-sender mail, nothing else was sent.
     assert count(db, Comment) == 0

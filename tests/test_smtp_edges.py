@@ -67,6 +67,15 @@ def transaction(
         return replies, (code, msg.decode())
 
 
+def data_transaction(
+    port: int, rcpts: list[str], data: bytes, sender: str = "carole@example.net"
+) -> tuple[list[tuple[int, str]], tuple[int, str]]:
+    """transaction() where a RCPT passes, so that DATA is sent: the RCPT and DATA replies."""
+    replies, reply = transaction(port, rcpts, data, sender)
+    assert reply is not None, replies
+    return replies, reply
+
+
 def count(db, model, *where) -> int:
     with db.transaction() as session:
         return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
@@ -107,7 +116,7 @@ def test_several_recipients_in_one_smtp_transaction(service, sink):
     port = service.settings.smtp.port
     replies, data = transaction(port, [LIST, "nolist@bla.example.org", SUBSCRIBE, HELP], raw_message(subject="many"))
     assert [c for c, _ in replies] == [250, 550, 250, 250]
-    assert data[0] == 250
+    assert data is not None and data[0] == 250
     assert count(service.db, Comment, Comment.subject == "many") == 1
     assert count(service.db, Confirmation, Confirmation.address == "carole@example.net") == 1
     got = wait_for(lambda: len(sink.handler.to("carole@example.net")) >= 2 and sink.handler.to("carole@example.net"))
@@ -141,7 +150,7 @@ def test_message_over_size_limit_gets_552(make_settings):
 )
 def test_unparseable_message_is_refused_with_a_reason(service, garbage):
     port = service.settings.smtp.port
-    _, (code, msg) = transaction(port, [LIST], garbage)
+    _, (code, msg) = data_transaction(port, [LIST], garbage)
     assert 550 <= code < 600, (code, msg)
     assert not msg.startswith("Error: ("), msg  # not aiosmtpd's generic text
     assert len(msg) > 10
@@ -153,7 +162,7 @@ def test_unparseable_message_is_refused_with_a_reason(service, garbage):
 
 def test_long_line_is_accepted(service):
     body = "word " * 2000 + "\r\n"  # a 10 KB line, well past RFC 5321's 1000 octets
-    _, (code, msg) = transaction(service.settings.smtp.port, [LIST], raw_message(subject="long", body=body))
+    _, (code, msg) = data_transaction(service.settings.smtp.port, [LIST], raw_message(subject="long", body=body))
     assert code == 250, msg
     with service.db.transaction() as session:
         held = session.scalars(select(Comment).where(Comment.subject == "long")).one()
@@ -165,7 +174,9 @@ def test_huge_headers_are_accepted(service):
     many = "".join(f"X-Trace-{n}: {'t' * 60}\r\n" for n in range(2000))
     one_line = "X-Long: " + "z" * 20_000 + "\r\n"
     extra = f"References:{refs}\r\n{many}{one_line}"
-    _, (code, msg) = transaction(service.settings.smtp.port, [LIST], raw_message(subject="big headers", extra=extra))
+    _, (code, msg) = data_transaction(
+        service.settings.smtp.port, [LIST], raw_message(subject="big headers", extra=extra)
+    )
     assert code == 250, msg
     assert count(service.db, Comment, Comment.subject == "big headers") == 1
 
@@ -178,7 +189,7 @@ def test_database_error_gives_451_and_writes_nothing(service):
     with service.db.engine.begin() as conn:
         conn.execute(text("DROP TABLE comments"))
     # +subscribe is acted on first (confirmation, reply, outbox), then the post fails.
-    replies, (code, msg) = transaction(port, [SUBSCRIBE, LIST], raw_message(subject="db down"))
+    replies, (code, msg) = data_transaction(port, [SUBSCRIBE, LIST], raw_message(subject="db down"))
     assert [c for c, _ in replies] == [250, 250]
     assert code == 451, msg
     for model in (Confirmation, AutoReply, OutboxMessage, OutboxRecipient):
@@ -193,24 +204,24 @@ def test_a_store_process_killed_between_batches_is_replaced(service):
     port = service.settings.smtp.port
     first = service.store.pid
     assert first is not None and first != os.getpid()
-    assert transaction(port, [LIST], raw_message(subject="before"))[1][0] == 250
+    assert data_transaction(port, [LIST], raw_message(subject="before"))[1][0] == 250
     os.kill(first, signal.SIGKILL)
     wait_for(lambda: service.store.pid is None, timeout=10)
-    assert transaction(port, [LIST], raw_message(subject="after"))[1][0] == 250
+    assert data_transaction(port, [LIST], raw_message(subject="after"))[1][0] == 250
     assert service.store.pid not in (None, first)
     assert count(service.db, Comment) == 2
 
 
 def test_a_store_process_stopped_after_batches_exits_at_once(service):
     """The event loop's transport holds the socket: stop() must still end the child's wait."""
-    assert transaction(service.settings.smtp.port, [LIST], raw_message(subject="one"))[1][0] == 250
+    assert data_transaction(service.settings.smtp.port, [LIST], raw_message(subject="one"))[1][0] == 250
     child = service.store.pid
     assert child is not None
     started = time.monotonic()
     assert service.store.stop() == 0  # it left on EOF, not killed after the 30 s grace
     assert time.monotonic() - started < 10
     assert service.store.pid is None
-    assert transaction(service.settings.smtp.port, [LIST], raw_message(subject="two"))[1][0] == 250
+    assert data_transaction(service.settings.smtp.port, [LIST], raw_message(subject="two"))[1][0] == 250
     assert service.store.pid not in (None, child)
     assert count(service.db, Comment) == 2
 
@@ -233,7 +244,7 @@ def test_a_dropped_database_connection_is_replaced_without_a_refusal(service):
     if service.db.engine.dialect.name != "postgresql":
         pytest.skip("SQLite connections are not dropped by a server")
     port = service.settings.smtp.port
-    assert transaction(port, [LIST], raw_message(subject="before"))[1][0] == 250
+    assert data_transaction(port, [LIST], raw_message(subject="before"))[1][0] == 250
     with service.db.engine.connect() as conn:
         dropped = conn.execute(
             text(
@@ -242,7 +253,7 @@ def test_a_dropped_database_connection_is_replaced_without_a_refusal(service):
             )
         ).scalar_one()
     assert dropped >= 1  # the store process's connection at least
-    assert transaction(port, [LIST], raw_message(subject="after"))[1][0] == 250
+    assert data_transaction(port, [LIST], raw_message(subject="after"))[1][0] == 250
     assert count(service.db, Comment) == 2
 
 
@@ -259,7 +270,7 @@ def test_a_store_process_killed_mid_batch_gets_451_and_writes_nothing(service):
         client.join(timeout=20)
     assert reply and reply[0] is not None and reply[0][0] == 451, reply
     assert count(service.db, Comment) == 0
-    assert transaction(port, [LIST], raw_message(subject="next"))[1][0] == 250  # a new child
+    assert data_transaction(port, [LIST], raw_message(subject="next"))[1][0] == 250  # a new child
     assert count(service.db, Comment) == 1
 
 
@@ -271,11 +282,11 @@ def test_a_wedged_store_process_is_killed_and_its_batch_gets_451(service, monkey
     wedged = service.store.pid
     os.kill(wedged, signal.SIGSTOP)  # alive, but never answers
     try:
-        assert transaction(port, [LIST], raw_message(subject="lost in a wedged child"))[1][0] == 451
+        assert data_transaction(port, [LIST], raw_message(subject="lost in a wedged child"))[1][0] == 451
     finally:
         with suppress(ProcessLookupError):  # killed and reaped by now, normally
             os.kill(wedged, signal.SIGCONT)
-    assert transaction(port, [LIST], raw_message(subject="next"))[1][0] == 250
+    assert data_transaction(port, [LIST], raw_message(subject="next"))[1][0] == 250
     assert service.store.pid not in (None, wedged)
     with service.db.transaction() as session:
         assert list(session.scalars(select(Comment.subject))) == ["next"]
@@ -410,13 +421,13 @@ def test_request_without_any_sender_address_is_refused_not_deferred(service):
     # No From, and an envelope sender that is no address: nobody to answer, and retrying won't help.
     port = service.settings.smtp.port
     for to in (SUBSCRIBE, HELP):
-        _, (code, msg) = transaction(port, [to], b"Subject: who am I\r\n\r\nhi\r\n", sender="foo")
+        _, (code, msg) = data_transaction(port, [to], b"Subject: who am I\r\n\r\nhi\r\n", sender="foo")
         assert code == 550, msg
     assert count(service.db, OutboxRecipient) == 0
 
 
 def test_same_recipient_twice_is_acted_on_once(service):
-    replies, (code, _) = transaction(
+    replies, (code, _) = data_transaction(
         service.settings.smtp.port, [LIST, "BLA@Bla.Example.org"], raw_message(subject="twice")
     )
     assert [c for c, _ in replies] == [250, 250] and code == 250

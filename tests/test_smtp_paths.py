@@ -18,7 +18,7 @@ def stock(limit: int) -> SMTP:
     return server
 
 
-def ours(cls: type, limit: int) -> SMTP:
+def ours(cls: type[SMTP], limit: int) -> SMTP:
     server = cls.__new__(cls)
     server.local_part_limit = limit
     return server

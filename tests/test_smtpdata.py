@@ -11,6 +11,7 @@ import socket
 import time
 import tracemalloc
 from typing import Any
+from unittest import mock
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -205,25 +206,19 @@ def test_an_everyday_message_is_read_in_one_go_and_not_one_byte_further() -> Non
     """The point of the module: one bulk read, not a read per line; and the client's next
     command, already sent, is left for the command loop."""
 
-    class Counting(asyncio.StreamReader):
-        calls = 0
-
-        async def readuntil(self, separator: bytes = b"\n") -> bytes:
-            Counting.calls += 1
-            return await super().readuntil(separator)
-
-    async def read() -> tuple[DataAssembler, bytes]:
-        reader = Counting(limit=64 * 1024)
+    async def read() -> tuple[DataAssembler, bytes, int]:
+        reader = asyncio.StreamReader(limit=64 * 1024)
         reader.feed_data(b"From: a\r\n\r\n" + b"Merci.\r\n" * 40 + b".\r\nNOOP\r\n")
         reader.feed_eof()
         block = DataAssembler(None, 64 * 1024)
-        await read_data(reader, block)
-        return block, await reader.read()
+        with mock.patch.object(reader, "readuntil", wraps=reader.readuntil) as readuntil:
+            await read_data(reader, block)
+        return block, await reader.read(), readuntil.await_count
 
-    block, rest = asyncio.run(read())
+    block, rest, calls = asyncio.run(read())
     assert block.content() == b"From: a\r\n\r\n" + b"Merci.\r\n" * 40
     assert rest == b"NOOP\r\n"
-    assert Counting.calls == 1
+    assert calls == 1
 
 
 def test_a_huge_line_is_drained_in_bounded_memory() -> None:

@@ -38,7 +38,9 @@ def test_subscribe_confirm_unsubscribe(service, sink):
     welcome = wait_for(lambda: sink.handler.to("carole@example.net")[1:])[0].message
     assert subscribers(service) == ["carole@example.net"]
     assert "Welcome" in welcome["Subject"]
-    unsubscribe = re.search(r"bla\+unsubscribe-[a-z2-7]+@bla\.example\.org", welcome.get_content()).group(0)
+    found = re.search(r"bla\+unsubscribe-[a-z2-7]+@bla\.example\.org", welcome.get_content())
+    assert found is not None
+    unsubscribe = found.group(0)
 
     # The confirmation is single use.
     refused = _refusal(port, confirm_address)
@@ -56,6 +58,7 @@ def _refusal(port: int, to: str) -> str:
     try:
         send(port, to)
     except smtplib.SMTPDataError as exc:
+        assert isinstance(exc.smtp_error, bytes)
         return f"{exc.smtp_code} {exc.smtp_error.decode()}"
     return "250"
 

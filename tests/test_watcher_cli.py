@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ READERS = ["ann@example.org", "bob@example.net", "chloe@example.fr"]
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Database:
+def home(tmp_path: Path) -> Iterator[Database]:
     """The home instance's database with its subscribers."""
     db = Database(f"sqlite:///{tmp_path / 'home.sqlite3'}")
     db.upgrade()
