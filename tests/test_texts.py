@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import MutableMapping
 from pathlib import Path
 
 import jinja2
@@ -104,9 +105,14 @@ def test_every_text_renders_with_what_its_real_caller_passes(language, make_sett
     rendered: set[str] = set()
     get_template = jinja2.Environment.get_template
 
-    def recording(self: jinja2.Environment, name: str, *args: object, **kwargs: object) -> jinja2.Template:
+    def recording(
+        self: jinja2.Environment,
+        name: str,
+        parent: str | None = None,
+        globals: MutableMapping[str, object] | None = None,
+    ) -> jinja2.Template:
         rendered.add(name)
-        return get_template(self, name, *args, **kwargs)  # type: ignore[arg-type]
+        return get_template(self, name, parent, globals)
 
     monkeypatch.setattr(jinja2.Environment, "get_template", recording)
     site = site_repo(tmp_path / "site", {"log/un-billet.gmi": "# Un billet\n"})
