@@ -87,10 +87,7 @@ def _parse(raw: bytes, envelope_sender: str) -> Incoming:
     if not headers:
         raise IntakeError("message has no header")
     items = [(key, _header_text(value)) for key, value in headers if key in _READ]
-    body, attachments = _plain_body(message, headers), 0
-    if body is None:
-        mail = _BodyParser(_body_view(message))
-        body, attachments = _text(mail), len(mail.attachments)
+    body, attachments = _read_body(message, headers)
     text = clean_text(body).strip()
 
     def values(name: str) -> list[str]:
@@ -121,24 +118,40 @@ def _parse(raw: bytes, envelope_sender: str) -> Incoming:
 
 
 def _read_message(raw: bytes) -> email.message.Message:
-    """`raw` as the email package reads it. It reads a body line by line even when that body has
-    no structure (a tenth of the store process's time on a comment), so what comes before the
-    first CRLF CRLF is read alone, and the body attached as it is: what the package makes of a
-    body without parts. When that does not read as a whole header (an empty line or a line that
-    is not a header came earlier; multipart and message/* types look for their parts), the
-    whole message is read. A Hypothesis test holds the two ways equal."""
+    """`raw` as the email package reads it, through the shortcut when that applies."""
+    shortcut = _header_then_body(raw)
+    return shortcut if shortcut is not None else email.message_from_bytes(raw)
+
+
+def _header_then_body(raw: bytes) -> email.message.Message | None:
+    """The shortcut: what comes before the first CRLF CRLF read alone, and the body attached as
+    it is, which is what the email package makes of a body without parts (it reads a body line
+    by line even when it has no structure). None when that does not read as a whole header:
+    an empty line or a line that is not a header came earlier, or a multipart or message/*
+    type looks for its parts. A Hypothesis test holds it equal to the email package."""
     end = raw.find(b"\r\n\r\n") + 2
     if end < 2:
-        return email.message_from_bytes(raw)
+        return None
     message = email.message_from_bytes(raw[:end] + b"\r\n")
     if message.get_payload() or message.defects:  # an empty line came earlier, or a non-header…
-        return email.message_from_bytes(raw)
+        return None
     message.set_payload(raw[end + 2 :].decode("ascii", "surrogateescape"))
     return message
 
 
+def _read_body(message: email.message.Message, headers: Sequence[tuple[str, object]]) -> tuple[str, int]:
+    """The body's text and its number of attachments as mail-parser reads them (its walk of the
+    MIME parts, text/plain preferred, HTML turned into text), through the shortcut for a body
+    with no structure when that applies."""
+    plain = _plain_body(message, headers)
+    if plain is not None:
+        return plain, 0
+    mail = _BodyParser(_body_view(message))
+    return _text(mail), len(mail.attachments)
+
+
 def _plain_body(message: email.message.Message, headers: Sequence[tuple[str, object]]) -> str | None:
-    """The text of a message with no MIME structure to walk: one text/plain part declared UTF-8
+    """The shortcut: the text of a message with no MIME structure to walk: one text/plain part declared UTF-8
     or ASCII (or nothing), in any transfer encoding. For such a message mail-parser returns the
     decoded body's bytes read as UTF-8, bad bytes replaced, whichever of those charsets is
     declared; this does the same without its walk of the parts (a Hypothesis test holds the two
@@ -157,9 +170,9 @@ def _plain_body(message: email.message.Message, headers: Sequence[tuple[str, obj
 
 
 def _body_view(message: email.message.Message) -> email.message.Message:
-    """`message` with only the top-level headers that shape its body (Content-*, MIME-Version).
-    mail-parser decodes every header it is given, addresses twice over, which was most of its
-    time on a typical comment; the headers listbridge acts on are read above, from the raw items."""
+    """`message` with only the top-level headers that shape its body (Content-*, MIME-Version):
+    mail-parser decodes every header it is given, addresses twice over, and the headers
+    listbridge acts on are read from the raw items instead."""
     for name in {key for key in message if not _shapes_body(key)}:
         del message[name]
     return message
@@ -168,7 +181,7 @@ def _body_view(message: email.message.Message) -> email.message.Message:
 class _BodyParser(mailparser.MailParser):
     """mail-parser's walk of the MIME parts (text, HTML, attachments, charset recovery),
     without the two summary dicts (`mail`, `mail_partial`) it then builds from every header
-    and part: listbridge reads neither, and they were a third of mail-parser's time."""
+    and part: listbridge reads neither."""
 
     def _make_mail(self, complete: bool = True) -> dict[str, object]:
         return {}
