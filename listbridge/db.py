@@ -201,9 +201,8 @@ class Database:
 class FastInsert:
     """The hot path's `INSERT` (a row per received message), compiled by SQLAlchemy once per
     dialect and row count, with its type conversions (SQLite's datetimes and booleans), then run
-    on the transaction's own DB-API cursor: SQLAlchemy's per-execution work (execution context,
-    parameter and result wrapping) was about 100 µs a row, a third of storing a comment.
-    Errors come out as SQLAlchemy's DBAPIError, a dropped connection flagged
+    on the transaction's own DB-API cursor, without SQLAlchemy's per-execution work (execution
+    context, parameter and result wrapping). Errors come out as SQLAlchemy's DBAPIError, a dropped connection flagged
     `connection_invalidated`, as they would from Connection.execute.
 
     `insert()` writes a row now and returns its id. `stage()` queues it, and the rows queued in

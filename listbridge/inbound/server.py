@@ -180,10 +180,10 @@ def plain_path(arg: str) -> tuple[str, str] | None:
 
 class _PlainPathsFirst(SMTP):
     """aiosmtpd parses every MAIL FROM and RCPT TO path with the email package's RFC 5322
-    parser, and defines a class on each call: about a sixth of the receiver's CPU per message.
-    The everyday path takes a regular expression; anything else still goes to that parser,
-    and what that parser trips over (IndexError on `<a@`, AttributeError…) is a malformed
-    address (553), not an internal error that would tell the client to try again."""
+    parser, which defines a class on each call. The everyday path takes a regular expression;
+    anything else still goes to that parser, and what that parser trips over (IndexError on
+    `<a@`, AttributeError…) is a malformed address (553), not an internal error that would
+    tell the client to try again."""
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         plain = plain_path(arg)
@@ -201,10 +201,10 @@ class _PlainPathsFirst(SMTP):
 class _BulkData(SMTP):
     """aiosmtpd's DATA, read in bulk (smtpdata) rather than a line per await; the same checks,
     limits and replies, copied from aiosmtpd 1.4's smtp_DATA, plus a limit on the whole DATA's
-    time (`data_timeout`: aiosmtpd's own timeout runs from the last command). tests/test_smtpdata.py compares
-    the two on the installed aiosmtpd, so a change there shows. The handler gets the bytes
-    (decode_data is refused, not half-supported), through handle_DATA: the deprecated
-    process_message() API is not called."""
+    time (`data_timeout`: aiosmtpd's own timeout runs from the last command).
+    tests/test_smtpdata.py compares the two on the installed aiosmtpd, so a change there
+    shows. The handler gets the bytes (decode_data is refused, not half-supported), through
+    handle_DATA: the deprecated process_message() API is not called."""
 
     def __init__(self, *args: Any, data_timeout: float = 120.0, **kwargs: Any) -> None:
         if kwargs.get("decode_data"):

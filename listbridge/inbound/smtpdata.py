@@ -1,11 +1,10 @@
 """An SMTP DATA block read in a few large reads instead of one await per line.
 
-aiosmtpd reads DATA a line at a time: ~45 awaits of StreamReader.readuntil for a 1.5 kB
-comment, about a third of the receiver's CPU per message. Here the whole block usually comes
-in one readuntil(CRLF "." CRLF), and DataAssembler splits and checks it with aiosmtpd's rules
-(lines end at CRLF only, dot-stuffing undone, the same limits in the same order, the same
-replies), so the two read every byte stream the same way; tests/test_smtpdata.py holds them
-equal over real sockets.
+aiosmtpd reads DATA a line at a time, one await of StreamReader.readuntil per line. Here the
+whole block usually comes in one readuntil(CRLF "." CRLF), and DataAssembler splits and checks
+it with aiosmtpd's rules (lines end at CRLF only, dot-stuffing undone, the same limits in the
+same order, the same replies), so the two read every byte stream the same way;
+tests/test_smtpdata.py holds them equal over real sockets.
 """
 
 from __future__ import annotations

@@ -164,8 +164,8 @@ class StoreProcess:
 
 def _alive(process: BaseProcess) -> bool:
     """One poll(2) of the child's sentinel, which turns readable when it exits: is_alive() on a
-    forkserver child builds and closes a selector each time, a third of the event loop's cost
-    of a batch. A poll object of its own for each call: one may not be polled by two threads."""
+    forkserver child builds and closes a selector each time. A poll object of its own for each
+    call: one may not be polled by two threads."""
     watch = select.poll()
     watch.register(process.sentinel, select.POLLIN)
     return not watch.poll(0)
@@ -173,9 +173,8 @@ def _alive(process: BaseProcess) -> bool:
 
 class _ReplyChannel(asyncio.Protocol):
     """The event loop's end of the socket pair, as a protocol: the socket stays registered with
-    the loop, and each reply is cut from what arrives, where reading it with loop.sock_recv
-    added and removed a reader for each of its parts (a third of the loop's cost of a batch).
-    One question at a time: the child sends nothing unasked.
+    the loop, and each reply is cut from what arrives (loop.sock_recv would add and remove a
+    reader for each of its parts). One question at a time: the child sends nothing unasked.
 
     The transport gets a duplicate of the socket and is the only one to close it, on the loop's
     thread: a socket closed under a live transport leaves its number registered with the
