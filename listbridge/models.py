@@ -255,7 +255,7 @@ class RosterImport(Base):
     subscribers: Mapped[int] = mapped_column(Integer, default=0)
 
 
-class PostIndexEntry(Base):
+class PostSummary(Base):
     """One post with published comments: its summary and its rendered line of the index page,
     kept up to date on each publish so that an approval does not re-read the whole archive."""
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from listbridge.archive import pages
-from listbridge.archive.pages import PostSummary, PublishedComment
+from listbridge.archive.pages import PublishedComment, PublishedPost
 from listbridge.config import build_settings
 
 BASE = build_settings({"lists": [{"address": "bla@bla.example.org", "title": "bla", "language": "fr"}]})
@@ -198,7 +198,7 @@ def test_post_page_has_only_the_template_lines(language, slug, title, raw_commen
     words = WORDS[language]
     mlist = a_list(language)
     comments = [PublishedComment(i + 1, a, w, t, n, r) for i, (a, w, t, n, r) in enumerate(raw_comments)]
-    post = PostSummary(slug, title, f"log/{slug}.gmi", dt.datetime(2030, 1, 1), len(comments))
+    post = PublishedPost(slug, title, f"log/{slug}.gmi", dt.datetime(2030, 1, 1), len(comments))
     page = pages.post_page(mlist, SITE, post, comments)
     lines = page_lines(page)
 
@@ -271,7 +271,7 @@ post_st = st.builds(
 def test_index_page_has_one_link_per_post(language, list_title, raw_posts):
     words = WORDS[language]
     mlist = a_list(language, list_title)
-    posts = [PostSummary(s, t, f"log/{s}.gmi", last, n) for s, t, last, n in raw_posts]
+    posts = [PublishedPost(s, t, f"log/{s}.gmi", last, n) for s, t, last, n in raw_posts]
     page = pages.index_page(mlist, SITE, posts)
     lines = page_lines(page)
 
@@ -316,7 +316,7 @@ def test_atom_feed_is_xml_and_feedparser_agrees(language, list_title, items):
     mlist = a_list(language, list_title)
     latest = []
     for i, (slug, title, (author, when, text, attachments, removed)) in enumerate(items):
-        post = PostSummary(slug, title, f"log/{slug}.gmi", when, 1)
+        post = PublishedPost(slug, title, f"log/{slug}.gmi", when, 1)
         latest.append((post, PublishedComment(i + 1, author, when, text, attachments, removed)))
     feed = pages.atom_feed(mlist, SITE, latest)
 
@@ -340,7 +340,7 @@ def test_known_smuggling_attempts_are_neutralised(language):
     """Fixed examples, so the property tests' oracle is itself checked against plain cases."""
     words = WORDS[language]
     text = "ok\n=> gemini://evil/ x\r\n\u200b# h\u2028* li\x85```\n  => y\n\ufeff=z"
-    post = PostSummary("p", "=> t", "log/p.gmi", dt.datetime(2024, 1, 1), 1)
+    post = PublishedPost("p", "=> t", "log/p.gmi", dt.datetime(2024, 1, 1), 1)
     page = pages.post_page(
         a_list(language), SITE, post, [PublishedComment(1, "# Eve\n=> x", dt.datetime(2024, 1, 1), text)]
     )
@@ -355,7 +355,7 @@ def test_known_smuggling_attempts_are_neutralised(language):
 def test_atom_feed_keeps_the_latest_entries_only():
     latest = []
     for i in range(pages.FEED_ENTRIES + 5):
-        post = PostSummary(f"p{i % 3}", f"T\x01{i}", f"log/p{i % 3}.gmi", dt.datetime(2024, 1, 1), 1)
+        post = PublishedPost(f"p{i % 3}", f"T\x01{i}", f"log/p{i % 3}.gmi", dt.datetime(2024, 1, 1), 1)
         latest.append((post, PublishedComment(i + 1, f"n\x1b{i}", dt.datetime(2024, 1, 1, 0, i), f"x\x00{i}\ufffe")))
     feed = pages.atom_feed(a_list("en"), SITE, latest)
     entries = ET.fromstring(feed.encode("utf-8")).findall(f"{ATOM}entry")

@@ -20,6 +20,8 @@ FEED_ENTRIES = 50
 
 @dataclass(frozen=True)
 class PublishedComment:
+    """A comment as its page shows it (read from models.Comment)."""
+
     id: int
     author: str  # display name; "" is shown as Anonymous
     date: dt.datetime
@@ -29,7 +31,10 @@ class PublishedComment:
 
 
 @dataclass(frozen=True)
-class PostSummary:
+class PublishedPost:
+    """A post with shown comments, as its page and the index show it (read from
+    models.PostSummary)."""
+
     slug: str
     title: str
     path: str  # the post's own page, relative to the repo root ("" when unknown)
@@ -54,7 +59,7 @@ def _url(site: SiteSettings, relpath: str) -> str:
     return site.base_url.rstrip("/") + "/" + quote(relpath)
 
 
-def post_page(mlist: ListSettings, site: SiteSettings, post: PostSummary, comments: list[PublishedComment]) -> str:
+def post_page(mlist: ListSettings, site: SiteSettings, post: PublishedPost, comments: list[PublishedComment]) -> str:
     """`<comments_dir>/<slug>.gmi`: every published comment of one post, oldest first."""
     template = environment(mlist.templates).get_template(f"archive/{mlist.language}/post.gmi")
     return template.render(
@@ -66,13 +71,13 @@ def post_page(mlist: ListSettings, site: SiteSettings, post: PostSummary, commen
     )
 
 
-def index_line(mlist: ListSettings, post: PostSummary) -> str:
+def index_line(mlist: ListSettings, post: PublishedPost) -> str:
     """One post's line on the index: `=> page YYYY-MM-DD title (count)`."""
     template = environment(mlist.templates).get_template(f"archive/{mlist.language}/index_line.gmi")
     return template.render(list=mlist, post=post, page=quote(f"{post.slug}.gmi")).rstrip("\n")
 
 
-def index_order(post: PostSummary) -> tuple[dt.datetime, str]:
+def index_order(post: PublishedPost) -> tuple[dt.datetime, str]:
     """Newest first: sort by this, reversed."""
     return (post.last, post.slug)
 
@@ -83,13 +88,13 @@ def index_from_lines(mlist: ListSettings, lines: list[str]) -> str:
     return template.render(list=mlist, lines=lines)
 
 
-def index_page(mlist: ListSettings, site: SiteSettings, posts: list[PostSummary]) -> str:
+def index_page(mlist: ListSettings, site: SiteSettings, posts: list[PublishedPost]) -> str:
     """`<comments_dir>/index.gmi`: posts with comments, newest first, as Gemini feed lines."""
     ordered = sorted(posts, key=index_order, reverse=True)
     return index_from_lines(mlist, [index_line(mlist, p) for p in ordered])
 
 
-def atom_feed(mlist: ListSettings, site: SiteSettings, latest: list[tuple[PostSummary, PublishedComment]]) -> str:
+def atom_feed(mlist: ListSettings, site: SiteSettings, latest: list[tuple[PublishedPost, PublishedComment]]) -> str:
     """`<comments_dir>/atom.xml`: the latest published comments, newest first."""
     template = environment(mlist.templates).get_template(f"archive/{mlist.language}/atom.xml")
     latest = sorted(latest, key=lambda pc: (pc[1].date, pc[1].id), reverse=True)[:FEED_ENTRIES]
@@ -119,7 +124,7 @@ def atom_feed(mlist: ListSettings, site: SiteSettings, latest: list[tuple[PostSu
 class _PostView:
     """A post as the templates see it: its summary plus the URLs they link to."""
 
-    summary: PostSummary
+    summary: PublishedPost
     url: str
     page: str
 

@@ -14,15 +14,15 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from sqlalchemy import Row, delete, exists, func, insert, select, update
+from sqlalchemy import ColumnElement, Row, delete, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from listbridge import failurelog
 from listbridge.archive.git import GitError, SiteRepo
 from listbridge.archive.pages import (
     FEED_ENTRIES,
-    PostSummary,
     PublishedComment,
+    PublishedPost,
     atom_feed,
     feed_path,
     index_from_lines,
@@ -33,7 +33,7 @@ from listbridge.archive.pages import (
 )
 from listbridge.config import ListSettings, Settings
 from listbridge.db import Database
-from listbridge.models import APPROVED, REMOVED, Comment, PostIndexEntry
+from listbridge.models import APPROVED, REMOVED, Comment, PostSummary
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,20 @@ def _published(row: _ShownRow) -> PublishedComment:
     return PublishedComment(i, name, when, text, attachments, status == REMOVED)
 
 
+def _shown(list_address: str, slugs: Iterable[str] | None) -> tuple[ColumnElement[bool], ...]:
+    """Which comments the pages of `slugs` (None: every post) show: the list's approved and
+    removed comments on those posts."""
+    on = Comment.post_slug.is_not(None) if slugs is None else Comment.post_slug.in_(sorted(set(slugs)))
+    return Comment.list_address == list_address, Comment.status.in_(SHOWN), on
+
+
 def _shown_comments(
     session: Session, list_address: str, slugs: Iterable[str] | None
 ) -> dict[str, list[PublishedComment]]:
     """The shown comments of `slugs` (None: every post), oldest first, by post, in one query."""
-    where = [Comment.list_address == list_address, Comment.status.in_(SHOWN)]
-    where.append(Comment.post_slug.is_not(None) if slugs is None else Comment.post_slug.in_(sorted(set(slugs))))
+    query = select(*_SHOWN_COLUMNS).where(*_shown(list_address, slugs)).order_by(Comment.received_at, Comment.id)
     by_post: dict[str, list[PublishedComment]] = defaultdict(list)
-    for row in session.execute(select(*_SHOWN_COLUMNS).where(*where).order_by(Comment.received_at, Comment.id)):
+    for row in session.execute(query):
         assert row[0] is not None  # the WHERE keeps comments on a post only
         by_post[row[0]].append(_published(row))
     return by_post
@@ -85,8 +91,6 @@ def _shown_comments(
 def refresh_summaries(session: Session, mlist: ListSettings, slugs: Iterable[str] | None) -> None:
     """Bring post_summaries up to date for `slugs` (None: every post of the list): one
     aggregate over those posts' comments only, and their index lines rendered again."""
-    where = [Comment.list_address == mlist.address, Comment.status.in_(SHOWN)]
-    where.append(Comment.post_slug.is_not(None) if slugs is None else Comment.post_slug.in_(sorted(set(slugs))))
     rows = session.execute(
         select(
             Comment.post_slug,
@@ -95,17 +99,17 @@ def refresh_summaries(session: Session, mlist: ListSettings, slugs: Iterable[str
             func.max(Comment.received_at),
             func.count(),
         )
-        .where(*where)
+        .where(*_shown(mlist.address, slugs))
         .group_by(Comment.post_slug)
     ).all()
-    stale = delete(PostIndexEntry).where(PostIndexEntry.list_address == mlist.address)
+    stale = delete(PostSummary).where(PostSummary.list_address == mlist.address)
     if slugs is not None:
-        stale = stale.where(PostIndexEntry.post_slug.in_(sorted(set(slugs))))
+        stale = stale.where(PostSummary.post_slug.in_(sorted(set(slugs))))
     session.execute(stale)
     entries = []
     for slug, title, path, last, count in rows:
         assert slug is not None  # the WHERE keeps comments on a post only
-        summary = PostSummary(slug, title or slug, path or "", last, count)
+        summary = PublishedPost(slug, title or slug, path or "", last, count)
         entries.append(
             {
                 "list_address": mlist.address,
@@ -118,14 +122,14 @@ def refresh_summaries(session: Session, mlist: ListSettings, slugs: Iterable[str
             }
         )
     if entries:
-        session.execute(insert(PostIndexEntry), entries)
+        session.execute(insert(PostSummary), entries)
 
 
-def _summaries(session: Session, list_address: str, slugs: Iterable[str] | None = None) -> dict[str, PostSummary]:
-    query = select(PostIndexEntry).where(PostIndexEntry.list_address == list_address)
+def _summaries(session: Session, list_address: str, slugs: Iterable[str] | None = None) -> dict[str, PublishedPost]:
+    query = select(PostSummary).where(PostSummary.list_address == list_address)
     if slugs is not None:
-        query = query.where(PostIndexEntry.post_slug.in_(sorted(set(slugs))))
-    return {e.post_slug: PostSummary(e.post_slug, e.title, e.path, e.last, e.count) for e in session.scalars(query)}
+        query = query.where(PostSummary.post_slug.in_(sorted(set(slugs))))
+    return {e.post_slug: PublishedPost(e.post_slug, e.title, e.path, e.last, e.count) for e in session.scalars(query)}
 
 
 def _index_lines(session: Session, list_address: str) -> list[str]:
@@ -134,14 +138,14 @@ def _index_lines(session: Session, list_address: str) -> list[str]:
     # ordered by the database's collation; the incremental and the full render share it.)
     return list(
         session.scalars(
-            select(PostIndexEntry.line)
-            .where(PostIndexEntry.list_address == list_address)
-            .order_by(PostIndexEntry.last.desc(), PostIndexEntry.post_slug.desc())
+            select(PostSummary.line)
+            .where(PostSummary.list_address == list_address)
+            .order_by(PostSummary.last.desc(), PostSummary.post_slug.desc())
         )
     )
 
 
-def _latest(session: Session, list_address: str) -> list[tuple[PostSummary, PublishedComment]]:
+def _latest(session: Session, list_address: str) -> list[tuple[PublishedPost, PublishedComment]]:
     """The feed's comments, newest first: read along ix_comments_feed, FEED_ENTRIES rows."""
     rows = session.execute(
         select(*_SHOWN_COLUMNS)
@@ -161,7 +165,7 @@ def render_list(
     archive: summaries and index lines of the other posts are read as they are."""
     pages: dict[str, str | None] = {}
     with db.transaction() as session:
-        known = session.scalar(select(exists().where(PostIndexEntry.list_address == mlist.address)))
+        known = session.scalar(select(exists().where(PostSummary.list_address == mlist.address)))
         refresh_summaries(session, mlist, slugs if known else None)  # first publish: all of them
         posts = _summaries(session, mlist.address, slugs)
         wanted = sorted(posts) if slugs is None else sorted(set(slugs))
