@@ -97,6 +97,7 @@ def test_forget_leaves_no_trace_of_an_approved_and_a_rejected_comment(config, si
         assert "carole" not in git(site, "show", f"HEAD:{path}").lower(), path
     assert page.read_text().count(REMOVAL_NOTE) == 1
     assert git(site, "status", "--porcelain") == ""
+    assert "carole" not in git(site, "log", "--format=%an %ae %s %b").lower()  # no name in any commit
     # The database: one removal note, erased and published; nothing of the rejected comment.
     (note,) = db_comments(db)
     assert (note.id, note.status, note.text, note.sender, note.raw, note.published) == (

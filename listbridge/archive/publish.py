@@ -320,11 +320,11 @@ def _retry_pushes(settings: Settings) -> None:
 
 
 def commit_message(changes: Sequence[_Change]) -> str:
-    """`Comment by Carole on <slug>`, or a count when several changes go in one commit."""
+    """`Comment 12 on <slug>`, or a count when several changes go in one commit. No name: git
+    history outlives `forget`, and a commit message is the hardest part of it to rewrite."""
     if len(changes) == 1:
         c = changes[0]
-        who = c.display_name or "Anonymous"
-        verb = "Comment by" if c.status == APPROVED else f"{c.status.capitalize()} comment by"
-        return f"{verb} {who} on {c.post_slug}"
+        verb = "Comment" if c.status == APPROVED else f"{c.status.capitalize()} comment"
+        return f"{verb} {c.id} on {c.post_slug}"
     slugs = sorted({c.post_slug for c in changes if c.post_slug})
     return f"{len(changes)} comments on {', '.join(slugs[:3])}{' …' if len(slugs) > 3 else ''}"
