@@ -4,19 +4,21 @@ real CLI (subscribers, moderate, queue flush, forget), a real git site repo, the
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from listbridge.cli import cli
 from listbridge.config import load_settings
 from listbridge.db import Database
-from listbridge.models import REMOVED, Comment, OutboxMessage, OutboxRecipient
+from listbridge.models import APPROVED, REMOVED, Comment, OutboxMessage, OutboxRecipient
 from listbridge.service import Service
 
-from helpers import free_port, git, send, site_repo, wait_for
+from helpers import PG_URL, free_port, git, send, site_repo, wait_for
 
 LIST = "bla@bla.example.org"
 SLUG = "un-billet"
@@ -180,4 +182,32 @@ def test_forget_while_git_fails_says_so_and_the_note_is_committed_later(config, 
     assert publish.publish_pending(db, settings)  # what serve does on its next attempt
     assert APPROVED_TEXT not in git(site, "show", f"HEAD:log/commentaires/{SLUG}.gmi")
     assert [c.published for c in db_comments(db)] == [True]
+    db.dispose()
+
+
+@pytest.mark.skipif(not PG_URL, reason="row locks: PostgreSQL (SQLite's forget holds the write lock before it reads)")
+def test_forget_waits_for_an_approval_in_flight_and_sees_it(config, site):
+    """An approval not yet committed when forget reads her comments: forget must see it as
+    approved (a removal note, its broadcast emptied), not delete it as the held one it was."""
+    settings = load_settings(config)
+    db = Database(settings.database.url)
+    svc = Service(settings)
+    svc.start()
+    try:
+        send(settings.smtp.port, LIST, subject=SLUG, body=APPROVED_TEXT + "\n")
+        wait_for(lambda: len(db_comments(db)) == 1)
+    finally:
+        svc.stop()
+    (held,) = db_comments(db)
+    with db.engine.connect() as approving:  # an approval under way, its row lock held
+        approving.execute(update(Comment).where(Comment.id == held.id).values(status=APPROVED))
+        result: dict[str, str] = {}
+        forgetting = threading.Thread(target=lambda: result.update(out=cli_run(config, "forget", CAROLE)))
+        forgetting.start()
+        time.sleep(1.0)  # forget now waits on the row (or, without a lock, has read it as held)
+        approving.commit()
+    forgetting.join(30)
+    assert "0 held, 0 rejected and 1 published comment(s)" in result["out"], result
+    (note,) = db_comments(db)
+    assert note.status == REMOVED and note.text == ""
     db.dispose()

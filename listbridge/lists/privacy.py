@@ -60,7 +60,10 @@ def forget(session: Session, address: str, delete_published: bool) -> Forgotten:
     done.subscriptions = rowcount(session.execute(delete(Subscriber).where(Subscriber.address == address)))
     session.execute(delete(Confirmation).where(Confirmation.address == address))
     session.execute(delete(AutoReply).where(AutoReply.address == address))
-    theirs = list(session.scalars(select(Comment).where(Comment.sender == address).order_by(Comment.id)))
+    # Locked as read: an approval or rejection under way is waited for and then seen, and none
+    # can start on these rows until forget commits.
+    mine = select(Comment).where(Comment.sender == address).order_by(Comment.id).with_for_update()
+    theirs = list(session.scalars(mine))
     done.mails = _erase_outbox(session, address, theirs)
     for comment in theirs:
         if comment.post_slug:  # a page may show it, or still show it until the next publish
