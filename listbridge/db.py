@@ -115,8 +115,10 @@ def prepare_sqlite_file(url: URL, *, warn_exposed: bool = True) -> None:
 
 
 def _others_may_read(path: Path) -> bool:
+    """Whether users other than the owner (its group included) may read the file `path`."""
     try:
-        return bool(path.stat().st_mode & stat.S_IROTH)
+        mode = path.stat().st_mode
+        return stat.S_ISREG(mode) and bool(mode & (stat.S_IRGRP | stat.S_IROTH))
     except FileNotFoundError:
         return False
 

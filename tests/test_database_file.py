@@ -72,6 +72,9 @@ def test_an_existing_database_open_to_others_is_reported_once(tmp_path: Path, um
     assert result.returncode == 0, result.stderr
     (line,) = [line for line in result.stderr.splitlines() if "other users" in line]
     assert "WARNING" in line and "mode 644" in line and f"chmod 600 {path}" in line
+    path.chmod(0o640)  # its group can read it too
+    grouped = listbridge(tmp_path, f"sqlite:///{path}", "subscribers", "list")
+    assert "mode 640" in grouped.stderr, grouped.stderr
     path.chmod(0o600)
     again = listbridge(tmp_path, f"sqlite:///{path}", "subscribers", "list")
     assert again.returncode == 0 and "other users" not in again.stderr
