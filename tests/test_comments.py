@@ -179,7 +179,9 @@ def test_unmatched_comment_needs_a_post(running, tmp_path, site):
     assert (c.status, c.post_slug, c.reason) == (HELD, None, "no matching post")
     config = config_file(svc, tmp_path)
     refused = cli_run(config, "moderate", "approve", str(c.id))
-    assert refused.exit_code != 0 and "--post" in refused.output
+    assert refused.exit_code == 1 and refused.output.strip().endswith(
+        "is not attached to a post: give one with --post SLUG."
+    ), refused.output
     assert comments(svc)[0].status == HELD
     assert cli_run(config, "moderate", "approve", str(c.id), "--post", "un-autre-billet").exit_code == 0
     assert comments(svc)[0].post_slug == "autre-billet"

@@ -134,6 +134,8 @@ def approve(app: App, ids: tuple[int, ...], slug: str | None) -> None:
                     already.append(f"comment {c.id} was already {comments.decided(c)}")
     except comments.NotHeld as exc:  # nothing was approved: the transaction rolled back
         raise click.ClickException(f"{exc}; nothing was approved.") from None
+    except comments.NoPost as exc:
+        raise click.ClickException(f"{exc}: give one with --post SLUG.") from None
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     for sha in publish.publish_pending(db, app.settings):

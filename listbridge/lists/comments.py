@@ -210,6 +210,13 @@ def actor() -> str:
         return "unknown"
 
 
+class NoPost(ValueError):
+    """A held comment matched no post, and the moderator gave none: it cannot be published."""
+
+    def __init__(self, comment_id: int) -> None:
+        super().__init__(f"comment {comment_id} is not attached to a post")
+
+
 class NotHeld(ValueError):
     """Someone else decided on the comment first, or it is in a state the action does not take."""
 
@@ -247,10 +254,10 @@ def _transition(session: Session, comment: Comment, source: str, values: dict[st
 def approve(session: Session, ctx: ListContext, comment: Comment, actor: str, post: Post | None = None) -> bool:
     """Publish (on the next render) and broadcast a held comment, once whatever the concurrency.
     False if it was approved already (nothing done); NotHeld if it was decided otherwise;
-    ValueError when it has no post."""
+    NoPost when it has none."""
     target = post.slug if post is not None else comment.post_slug
     if not target and comment.status == HELD:
-        raise ValueError(f"comment {comment.id} is not attached to a post: give one with --post SLUG.")
+        raise NoPost(comment.id)
     values: dict[str, object] = {"status": APPROVED, "decided_at": utcnow(), "decided_by": actor, "published": False}
     if post is not None:
         values.update(post_slug=post.slug, post_title=post.title, post_path=post.path)
