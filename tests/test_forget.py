@@ -100,6 +100,10 @@ def test_forget_leaves_no_trace_of_an_approved_and_a_rejected_comment(config, si
     assert page.read_text().count(REMOVAL_NOTE) == 1
     assert git(site, "status", "--porcelain") == ""
     assert "carole" not in git(site, "log", "--format=%an %ae %s %b").lower()  # no name in any commit
+    if settings.database.url.startswith("sqlite:///"):  # nor in the file's free pages or its log
+        files = Path(settings.database.url.removeprefix("sqlite:///")).parent.glob("*.sqlite3*")
+        raw = b"".join(f.read_bytes() for f in files)
+        assert APPROVED_TEXT.encode() not in raw and REJECTED_TEXT.encode() not in raw
     # The database: one removal note, erased and published; nothing of the rejected comment.
     (note,) = db_comments(db)
     assert (note.id, note.status, note.text, note.sender, note.raw, note.published) == (

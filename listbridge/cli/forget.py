@@ -29,6 +29,7 @@ def forget(app: App, address: str, delete_comments: bool) -> None:
         done = privacy.forget(session, address, delete_comments)
         digest = hashlib.sha256(address.encode()).hexdigest()[:16]  # the log must not keep the address
         session.add(ModerationEvent(comment_id=None, action="forget", actor=actor(), detail=f"sha256:{digest}"))
+    db.checkpoint()
     click.echo(
         f"forgotten: {done.subscriptions} subscription(s), {done.held} held, {done.rejected} rejected "
         f"and {done.published} published comment(s), {done.mails} stored mail(s)"
