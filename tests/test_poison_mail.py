@@ -3,6 +3,7 @@ the innocent mail is answered 250 in its usual time and the poison 250 (held) or
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import smtplib
 import subprocess
@@ -181,6 +182,22 @@ def test_a_batch_out_of_time_leaves_the_rest_for_the_next(make_settings, db, mon
     again = dispatch.accept_many(db, settings, [batch[0], batch[2]], lambda: {})
     assert again.deferred == {1} and again.replies[0] == [dispatch.OK]
     assert subjects(db) == ["slow 0", "small"]
+
+
+def test_a_deferred_message_is_read_before_smaller_new_ones(make_settings, db, monkeypatch):
+    """Smaller mail arriving all the time must not leave a deferred message unread for ever:
+    the oldest deferred one has its full PARSE_SECONDS, whatever the batch's time."""
+    monkeypatch.setattr(dispatch, "BATCH_PARSE_SECONDS", 0.0)
+    settings = make_settings()
+    body = "".join("--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(3_000)) + "--b--\r\n"
+    slow = dispatch.Received(
+        raw_message("slow", content_type='multipart/mixed; boundary="b"', body=body), "carole@example.net", (LIST,)
+    )
+    smaller = [dispatch.Received(raw_message(f"small {n}"), "carole@example.net", (LIST,)) for n in range(2)]
+    first = dispatch.accept_many(db, settings, [slow, smaller[0]], lambda: {})
+    assert first.deferred == {0} and subjects(db) == ["small 0"]  # the smaller one went first
+    again = dispatch.accept_many(db, settings, [dataclasses.replace(slow, deferred=True), smaller[1]], lambda: {})
+    assert again.deferred == {1} and subjects(db) == ["slow", "small 0"]  # now the deferred one does
 
 
 def test_any_error_inside_the_parser_costs_only_its_message(make_settings, db, monkeypatch):

@@ -82,6 +82,7 @@ class Received:
     raw: bytes
     envelope_from: str
     recipients: tuple[str, ...]
+    deferred: bool = False  # left unread by an earlier batch, for want of time
 
 
 @dataclass(frozen=True)
@@ -124,16 +125,22 @@ def accept_many(
 
 def _parse_batch(messages: Sequence[Received]) -> list[Incoming | list[Reply] | None]:
     """Each message parsed, or its refusal; None for one left to the next batch. The smallest
-    go first (hostile mail is large); the first always has its full PARSE_SECONDS, the others
-    what remains of BATCH_PARSE_SECONDS, and one cut short by that waits instead of being
-    refused. Every batch thus reads at least one message."""
+    go first (hostile mail is large), within BATCH_PARSE_SECONDS; one cut short by that waits
+    instead of being refused. One message always has its full PARSE_SECONDS, so that every
+    batch reads at least one: the first deferred one (the oldest), read last, or else the
+    smallest. No message waits for ever behind smaller ones."""
     parsed: list[Incoming | list[Reply] | None] = [None] * len(messages)
+    oldest = next((i for i, message in enumerate(messages) if message.deferred), None)
+    order = sorted((i for i in range(len(messages)) if i != oldest), key=lambda i: len(messages[i].raw))
     deadline = time.monotonic() + BATCH_PARSE_SECONDS
-    for n, i in enumerate(sorted(range(len(messages)), key=lambda i: len(messages[i].raw))):
-        seconds = PARSE_SECONDS if n == 0 else min(PARSE_SECONDS, deadline - time.monotonic())
+    for n, i in enumerate(order):
+        full = n == 0 and oldest is None
+        seconds = PARSE_SECONDS if full else min(PARSE_SECONDS, deadline - time.monotonic())
         if seconds <= 0:
             break
         parsed[i] = _parse(messages[i], seconds)
+    if oldest is not None:
+        parsed[oldest] = _parse(messages[oldest], PARSE_SECONDS)
     return parsed
 
 

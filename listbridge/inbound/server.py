@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import threading
@@ -124,7 +125,11 @@ class GroupCommitter:
                 log.error("the store's replies do not match its batch of %d; all of it gets 451", len(batch))
                 answers = [[dispatch.TEMPORARY_FAILURE] * len(item.recipients) for item, _ in batch]
                 accepted = dispatch.Accepted(answers)
-            waiting = [batch[i] for i in sorted(accepted.deferred) if not batch[i][1].done()]
+            waiting = [
+                (dataclasses.replace(item, deferred=True), future)
+                for item, future in (batch[i] for i in sorted(accepted.deferred))
+                if not future.done()
+            ]
             for i, ((_, future), replies) in enumerate(zip(batch, answers, strict=True)):
                 if i not in accepted.deferred and not future.done():
                     future.set_result(replies)
