@@ -139,13 +139,21 @@ class RelayClient:
         if first is None:
             return
         reused = self._conn is not None
+        pulled = 0
+
+        def counted(source: Iterator[Transaction]) -> Iterator[Transaction]:
+            nonlocal pulled
+            for transaction in source:
+                pulled += 1
+                yield transaction
+
         try:
-            yield from self._session(itertools.chain([first], pending))
+            yield from self._session(counted(itertools.chain([first], pending)))
         except _Unanswered as exc:
-            if not reused:
-                raise
-            # An idle session the relay has closed since (Postfix's smtpd_timeout): the next
-            # transaction is not yet pulled from `pending`, so the same ones go on a new one.
+            if not reused or pulled > 1:  # a fresh session refused, or a second one in flight
+                raise RelayError(str(exc)) from exc.__cause__
+            # An idle session the relay has closed since (Postfix's smtpd_timeout): nothing was
+            # answered or yielded, and only `first` was taken, so it goes again on a new one.
             log.info("relay session was closed while idle (%s); reconnecting", exc.__cause__)
             yield from self._session(itertools.chain([first], pending))
 
@@ -154,16 +162,19 @@ class RelayClient:
             self._conn = self._connect()
         conn = self._conn
         conn.begin()
-        done = False
+        done, yielded = False, False
         try:
-            if conn.pipelining:
-                yield from self._pipelined(conn, iter(transactions))
-            else:
-                for sender, recipients, data in transactions:
-                    yield self._lockstep(conn, sender, recipients, data)
+            replies = (
+                self._pipelined(conn, transactions)
+                if conn.pipelining
+                else (self._lockstep(conn, *transaction) for transaction in transactions)
+            )
+            for result in replies:
+                yielded = True
+                yield result
             done = True
         except (OSError, smtplib.SMTPException) as exc:
-            if conn.first in (None, 421):
+            if not yielded and conn.first in (None, 421):
                 raise _Unanswered(f"relay connection lost: {exc}") from exc
             raise RelayError(f"relay connection lost: {exc}") from exc
         finally:
