@@ -158,13 +158,16 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._pinned: Connection | None = None
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> bool:
         """SQLite: move the write-ahead log into the database file and empty it, so that what
-        a transaction erased is not still in the log (after `forget`). As far as readers allow;
-        nothing to do on PostgreSQL."""
-        if self.engine.dialect.name == "sqlite":
-            with self.engine.connect() as connection:
-                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        a transaction erased is not still in the log (after `forget`). False when a reader
+        kept it from finishing (within the busy timeout); True on PostgreSQL, which has no
+        such log to empty."""
+        if self.engine.dialect.name != "sqlite":
+            return True
+        with self.engine.connect() as connection:
+            busy, _, _ = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+        return not busy
 
     def pin_connection(self) -> None:
         """Run this process's sessions on one connection kept open, for a process that commits

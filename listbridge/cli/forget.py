@@ -29,7 +29,12 @@ def forget(app: App, address: str, delete_comments: bool) -> None:
         done = privacy.forget(session, address, delete_comments)
         digest = hashlib.sha256(address.encode()).hexdigest()[:16]  # the log must not keep the address
         session.add(ModerationEvent(comment_id=None, action="forget", actor=actor(), detail=f"sha256:{digest}"))
-    db.checkpoint()
+    if not db.checkpoint():
+        click.echo(
+            "warning: another process reading the database kept the erased data in its write-ahead "
+            "log (the -wal file); run forget again once it has stopped to empty it.",
+            err=True,
+        )
     click.echo(
         f"forgotten: {done.subscriptions} subscription(s), {done.held} held, {done.rejected} rejected "
         f"and {done.published} published comment(s), {done.mails} stored mail(s)"
