@@ -151,3 +151,11 @@ def test_an_unchanged_page_an_older_version_wrote_0600_becomes_readable(tmp_path
     finally:
         os.umask(previous)
     assert stat.S_IMODE((repo.path / "log" / "a.gmi").stat().st_mode) == 0o644
+    previous = os.umask(0o077)  # pages for their owner alone: nothing to fix, nothing rewritten
+    try:
+        (repo.path / "log" / "a.gmi").chmod(0o600)
+        before = (repo.path / "log" / "a.gmi").stat().st_ino
+        assert repo.write("log/a.gmi", "same\n") is False
+        assert (repo.path / "log" / "a.gmi").stat().st_ino == before
+    finally:
+        os.umask(previous)

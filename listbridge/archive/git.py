@@ -11,7 +11,6 @@ import fcntl
 import logging
 import os
 import secrets
-import stat
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
@@ -78,13 +77,13 @@ class SiteRepo:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def write(self, relpath: str, content: str) -> bool:
-        """Write a page atomically; False when it is unchanged. An unchanged page that only
-        its owner can read (an older listbridge wrote them 0600) is written again, so that it
-        gets the mode of a new one and a server running as another user can read it."""
+        """Write a page atomically; False when it is unchanged. An unchanged page that lacks a
+        read permission a new page would have is written again, which gives it that mode: a
+        server running as another user must be able to read every page."""
         target = self.path / relpath
         data = content.encode("utf-8")
         unchanged = target.exists() and target.read_bytes() == data
-        if unchanged and target.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        if unchanged and not _NEW_PAGE_READ & ~_umask() & ~target.stat().st_mode:
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, temp = _create_beside(target)
@@ -159,6 +158,22 @@ class SiteRepo:
         spec = f"{remote}/{branch}..HEAD" if known.returncode == 0 else "HEAD"
         count = self.git("rev-list", "--count", spec, check=False)
         return int(count.stdout.strip() or 0) if count.returncode == 0 else 0
+
+
+_NEW_PAGE_READ = 0o444  # the read bits of 0666, before the umask
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask would change it for every thread
+    meanwhile); 0o077 where /proc does not say, which asks for no change."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o077
 
 
 def _create_beside(target: Path) -> tuple[int, Path]:
