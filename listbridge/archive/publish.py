@@ -76,6 +76,12 @@ def _shown(list_address: str, slugs: Iterable[str] | None) -> tuple[ColumnElemen
     return Comment.list_address == list_address, Comment.status.in_(SHOWN), on
 
 
+def page_count(session: Session, settings: Settings) -> int:
+    """How many comment pages a rebuild renders: one per list and post with shown comments."""
+    pages = [select(Comment.post_slug).where(*_shown(m.address, None)).distinct() for m in settings.lists]
+    return sum(session.scalar(select(func.count()).select_from(p.subquery())) or 0 for p in pages)
+
+
 def _shown_comments(
     session: Session, list_address: str, slugs: Iterable[str] | None
 ) -> dict[str, list[PublishedComment]]:

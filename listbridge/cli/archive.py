@@ -1,13 +1,11 @@
 """`listbridge archive rebuild|push`."""
 
 import click
-from sqlalchemy import func, select
 
 from listbridge.archive import publish
 from listbridge.cli import App, cli, pass_app
 from listbridge.cli.output import progress
 from listbridge.failurelog import summary
-from listbridge.models import Comment
 
 
 @cli.group()
@@ -20,13 +18,8 @@ def archive() -> None:
 def rebuild(app: App) -> None:
     """Render every page from the database; commit only if something differs."""
     db = app.ready_db()
-    lists = [mlist.address for mlist in app.settings.lists]
-    pages = select(Comment.list_address, Comment.post_slug).distinct()
-    pages = pages.where(
-        Comment.list_address.in_(lists), Comment.status.in_(publish.SHOWN), Comment.post_slug.is_not(None)
-    )
     with db.transaction() as session:
-        total = session.scalar(select(func.count()).select_from(pages.subquery()))  # pages, over every list
+        total = publish.page_count(session, app.settings)
     try:
         with progress("rendering posts", total) as tick:
             commits = publish.rebuild(db, app.settings, progress=tick)
