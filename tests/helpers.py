@@ -25,6 +25,8 @@ from listbridge.config import build_settings
 from listbridge.db import Database
 from listbridge.lists.context import ListContext
 from listbridge.lists.subscriptions import subscribe
+from listbridge.models import OutboxRecipient
+from listbridge.service import Service
 
 PG_URL = os.environ.get("LISTBRIDGE_TEST_DATABASE_URL", "")
 
@@ -158,6 +160,91 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
             return value
         time.sleep(0.02)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+# --- SMTP transactions against a running serve ----------------------------------------------
+
+
+@contextmanager
+def running(settings) -> Iterator[Service]:
+    svc = Service(settings)
+    svc.start()
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def raw_message(
+    to: str = "bla@bla.example.org",
+    sender: str = "carole@example.net",
+    subject: str = "hello",
+    extra: str = "",
+    body: str = "Hello.\r\n",
+) -> bytes:
+    mid = f"<{time.time_ns()}@example.net>"
+    return (
+        f"From: Carole <{sender}>\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: {mid}\r\n{extra}\r\n{body}"
+    ).encode()
+
+
+def transaction(
+    port: int, rcpts: list[str], data: bytes, sender: str = "carole@example.net"
+) -> tuple[list[tuple[int, str]], tuple[int, str] | None]:
+    """One raw SMTP transaction: the RCPT replies, and the DATA reply (None when no RCPT passed)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo()
+        assert client.mail(sender)[0] == 250
+        replies = [(c, m.decode()) for c, m in (client.rcpt(r) for r in rcpts)]
+        if not any(c == 250 for c, _ in replies):
+            return replies, None
+        code, msg = client.data(data)
+        return replies, (code, msg.decode())
+
+
+def data_transaction(
+    port: int, rcpts: list[str], data: bytes, sender: str = "carole@example.net"
+) -> tuple[list[tuple[int, str]], tuple[int, str]]:
+    """transaction() where a RCPT passes, so that DATA is sent: the RCPT and DATA replies."""
+    replies, reply = transaction(port, rcpts, data, sender)
+    assert reply is not None, replies
+    return replies, reply
+
+
+def count(db, model, *where) -> int:
+    with db.transaction() as session:
+        return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+
+def outbox_to(db, address: str) -> int:
+    return count(db, OutboxRecipient, OutboxRecipient.address == address)
+
+
+def ensure_live(port: int) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        assert client.noop()[0] == 250
+
+
+# --- raw mail for the parser's tests ---------------------------------------------------------
+
+HEAD = b"From: Carole <carole@example.net>\r\nTo: bla@bla.example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+
+
+def mail(headers: bytes, body: bytes = b"Hello.\r\n") -> bytes:
+    return headers + b"\r\n" + body
+
+
+def part(content_type: bytes, body: bytes, extra: bytes = b"") -> bytes:
+    return b"Content-Type: " + content_type + b"\r\n" + extra + b"\r\n" + body + b"\r\n"
+
+
+def multipart(subtype: bytes, *parts: bytes, close: bool = True) -> bytes:
+    body = b"This is a multi-part message in MIME format.\r\n"
+    for p in parts:
+        body += b"--BOUNDARY\r\n" + p
+    if close:
+        body += b"--BOUNDARY--\r\n"
+    return mail(HEAD + b"Content-Type: multipart/" + subtype + b'; boundary="BOUNDARY"\r\n', body)
 
 
 # --- the outage drills: home's database, the watcher's settings ---------------------------
