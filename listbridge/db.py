@@ -217,8 +217,8 @@ class FastInsert:
     """The hot path's `INSERT` (a row per received message), compiled by SQLAlchemy once per
     dialect and row count, with its type conversions (SQLite's datetimes and booleans), then run
     on the transaction's own DB-API cursor, without SQLAlchemy's per-execution work (execution
-    context, parameter and result wrapping). Errors come out as SQLAlchemy's DBAPIError, a dropped connection flagged
-    `connection_invalidated`, as they would from Connection.execute.
+    context, parameter and result wrapping). Errors come out as SQLAlchemy's DBAPIError, a
+    dropped connection flagged `connection_invalidated`, as they would from Connection.execute.
 
     `insert()` writes a row now and returns its id. `stage()` queues it, and the rows queued in
     a transaction are written by one multi-row INSERT as it commits: for rows nothing reads
