@@ -3,9 +3,11 @@ one hostile message cannot hold the store process, and every sender behind it, f
 
 SIGALRM interrupts the block with Overtime: CPython's regular-expression engine and the
 interpreter loop both check for signals as they run. Overtime is a BaseException, so that no
-`except Exception` in a parser swallows it; and the alarm repeats until the block is left, in
-case one did anyway. Signals reach only the main thread: anywhere else the block runs
-unbounded.
+`except Exception` in a parser swallows it. The alarm rings once: whatever instant it rings
+at (inside the block, or while it is entered or left), no timer is left behind to ring later
+elsewhere. A parser that swallowed even a BaseException would run on, bounded then by the
+store process's reply timeout. Signals reach only the main thread: anywhere else the block
+runs unbounded.
 """
 
 from __future__ import annotations
@@ -13,9 +15,6 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType, TracebackType
-
-# After the first alarm, how often it rings again while the block has not ended.
-_REPEAT = 0.2
 
 
 class Overtime(BaseException):
@@ -36,30 +35,24 @@ class TimeLimit:
             if signal.getsignal(signal.SIGALRM) is not _ring:
                 signal.signal(signal.SIGALRM, _ring)
             _running, self._armed = self, True
-            try:
-                signal.setitimer(signal.ITIMER_REAL, self.seconds, _REPEAT)
-                return self
-            except BaseException:  # it rang before the block began: the block never runs
-                self.__exit__(None, None, None)
-                raise
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)  # once: the kernel disarms it
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         global _running
-        if not self._armed:
-            return
-        try:
+        if self._armed:
+            self._armed = False
+            _running = None  # from here on, a ring does nothing
             signal.setitimer(signal.ITIMER_REAL, 0)
-        finally:  # an alarm already on its way may still ring here: it finds the block left
-            _running, self._armed = None, False
 
 
 _running: TimeLimit | None = None  # the block being timed, if any
 
 
 def _ring(signum: int, frame: FrameType | None) -> None:
-    limit = _running
+    global _running
+    limit, _running = _running, None
     if limit is not None:
         raise Overtime(f"over {limit.seconds:g} s")
