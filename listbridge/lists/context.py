@@ -52,11 +52,13 @@ def send(
     sender: str | None = None,
     reply_to: str | None = None,
     auto_replied: bool = True,
+    auto_submitted: str = "auto-replied",
     **context: object,
 ) -> None:
-    """Render a mail template and put it in the outbox for `to`."""
+    """Render a mail template and put it in the outbox for `to`, marked `Auto-Submitted` (as
+    `auto_submitted`) unless `auto_replied` is false."""
     subject, body = render_mail(ctx.mlist, template, **{**ctx.common(), **context})
-    extra = {"Auto-Submitted": "auto-replied"} if auto_replied else {}
+    extra = {"Auto-Submitted": auto_submitted} if auto_replied else {}
     data = compose.build(
         ctx.mlist,
         ctx.settings.smtp.separator,
