@@ -22,10 +22,10 @@ from listbridge.db import Database
 from listbridge.lists import moderation
 from listbridge.lists.context import ListContext
 from listbridge.lists.subscriptions import subscribe
-from listbridge.models import APPROVED, HELD, REJECTED, Comment, ModerationToken, OutboxMessage
+from listbridge.models import APPROVED, HELD, REJECTED, Comment, ModerationMail, ModerationToken, OutboxMessage
 from listbridge.service import Service
 
-from helpers import Received, Sink, db_count, git, send, site_repo, wait_for
+from helpers import PG_URL, Received, Sink, db_count, git, send, site_repo, wait_for
 
 LIST = "bla@bla.example.org"
 OWNER = "owner@example.org"
@@ -114,6 +114,10 @@ def test_held_comment_brings_a_notice_and_a_reply_publishes_it(running, sink: Si
         assert "Un billet" in text  # the post
         assert "Carole <carole@example.net>" in text  # the author's name and address
         assert "Great post, thanks." in text and "Lyon" not in text  # cleaned as it will be published
+        # Mail about the list, not of it: "reply to list" must not post it, nor an unsubscribe
+        # button unsubscribe a moderator who reads the list too.
+        assert not [name for name in message if name.lower().startswith("list-")], message.items()
+        assert message["X-Loop"] == LIST and message["Precedence"] is None
     assert comment(svc.db).status == HELD
     assert broadcasts(sink) == []
 
@@ -239,6 +243,53 @@ def test_past_ten_notices_an_hour_one_summary(make_settings, db: Database):
         assert moderation.notify_held(session, settings, now + dt.timedelta(minutes=61)) == 1
     assert sent(db, "held") == 22
     assert db_count(db, ModerationToken) == 16  # every held comment has its token
+
+
+def test_a_list_with_nobody_to_tell_keeps_its_comments_waiting(make_settings, db: Database):
+    """No owner yet, or a list no longer configured: its comments wait, untouched, and take
+    no place in the batch of the lists that have moderators."""
+    other = "autre@bla.example.org"
+    settings = make_settings(lists=[{"address": LIST}, {"address": other, "owner": OWNER, "comments_dir": "x"}])
+    hold(db, settings, moderation.BATCH + 1)  # on LIST, which has no owner yet
+    with db.transaction() as session:
+        session.add(
+            Comment(
+                list_address=other,
+                sender="d@example.net",
+                subject="s",
+                status=HELD,
+                reason="first post",
+                text="t",
+                raw=b"",
+                received_at=dt.datetime(2026, 5, 1),
+            )
+        )
+    with db.transaction() as session:
+        assert moderation.notify_held(session, settings) == 1  # the other list's one comment
+    assert db_count(db, ModerationToken) == 1
+    owned = make_settings(
+        lists=[{"address": LIST, "owner": OWNER}, {"address": other, "owner": OWNER, "comments_dir": "x"}]
+    )
+    with db.transaction() as session:  # LIST gets its owner: its comments get their notices now
+        assert moderation.notify_held(session, owned, limit=1000) == moderation.BATCH
+
+
+@pytest.mark.skipif(not PG_URL, reason="two writers at once: PostgreSQL (SQLite serialises them)")
+def test_two_nodes_send_one_reminder(make_settings, db: Database):
+    """Two serve processes on one database, the same day: one reminder, though the second read
+    the last one's time before the first sent it."""
+    settings = make_settings(lists=[{"address": LIST, "owner": OWNER}])
+    now = dt.datetime(2026, 5, 3, 12, 0)
+    hold(db, settings, 1, at=now - dt.timedelta(hours=30))
+    with db.transaction() as session:
+        assert moderation.remind(session, settings, now) == 1
+    later = now + dt.timedelta(days=1)
+    with db.transaction() as second:
+        assert second.get(ModerationMail, (LIST, "reminder")) is not None  # read before the first sends
+        with db.transaction() as first:
+            sent_by = [moderation.remind(first, settings, later)]
+        sent_by.append(moderation.remind(second, settings, later))
+    assert sent_by == [1, 0] and sent(db, "held_reminder") == 2
 
 
 def test_automatic_messages_bring_no_notice(make_settings, db: Database):

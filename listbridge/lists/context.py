@@ -53,6 +53,7 @@ def send(
     reply_to: str | None = None,
     auto_replied: bool = True,
     auto_submitted: str = "auto-replied",
+    to_moderators: bool = False,
     **context: object,
 ) -> None:
     """Render a mail template and put it in the outbox for `to`, marked `Auto-Submitted` (as
@@ -68,6 +69,7 @@ def send(
         to=to,
         reply_to=reply_to,
         extra=extra,
+        to_moderators=to_moderators,
     )
     outbox.enqueue(
         session,

@@ -12,11 +12,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from listbridge import addresses
 from listbridge.config import ListSettings, Settings
+from listbridge.db import rowcount
 from listbridge.lists import comments, commenttext
 from listbridge.lists.context import ListContext, send
 from listbridge.message import Incoming
@@ -42,18 +43,21 @@ def notify_held(
     oldest first; past `limit` notices for its list in the last hour, no notice of its own
     (one summary instead). How many comments got a notice."""
     now = now or utcnow()
+    # Only lists configured with someone to tell: a removed list's comments, or those of a list
+    # whose owner is not set yet, wait (untouched) instead of filling every pass.
+    told = [mlist.address for mlist in settings.lists if mlist.moderating]
     pending = session.scalars(
         select(Comment)
         .outerjoin(ModerationToken, ModerationToken.comment_id == Comment.id)
         .where(Comment.status == HELD, ModerationToken.comment_id.is_(None), Comment.reason.not_in(SILENT_REASONS))
+        .where(Comment.list_address.in_(told))
         .order_by(Comment.id)
         .limit(BATCH)
     ).all()
     noticed = 0
     for comment in pending:
         mlist = settings.list_for(comment.list_address)
-        if mlist is None:
-            continue  # a list no longer configured: nobody to tell
+        assert mlist is not None  # the query keeps configured lists only
         ctx = ListContext(settings, mlist)
         row = ModerationToken(
             comment_id=comment.id, list_address=mlist.address, token=addresses.new_token(), created_at=now
@@ -86,6 +90,7 @@ def _notice(session: Session, ctx: ListContext, comment: Comment, token: str) ->
             to,
             reply_to=approve,
             auto_submitted="auto-generated",
+            to_moderators=True,
             comment_id=comment.id,
             reason=comment.reason,
             post_title=comment.post_title or comment.post_slug or "",
@@ -107,19 +112,36 @@ def _summary(session: Session, ctx: ListContext, now: dt.datetime, limit: int) -
         select(func.count()).where(Comment.list_address == ctx.mlist.address, Comment.status == HELD)
     )
     for to in ctx.mlist.moderating:
-        send(session, ctx, "held_summary", to, auto_submitted="auto-generated", limit=limit, waiting=waiting or 0)
+        send(
+            session,
+            ctx,
+            "held_summary",
+            to,
+            auto_submitted="auto-generated",
+            to_moderators=True,
+            limit=limit,
+            waiting=waiting or 0,
+        )
 
 
 def _due(session: Session, mlist: ListSettings, kind: str, now: dt.datetime, every: dt.timedelta) -> bool:
-    """True, and recorded as sent at `now`, when the list's last `kind` mail is older than `every`."""
-    last = session.get(ModerationMail, (mlist.address, kind))
-    if last is None:
+    """True, and recorded as sent at `now`, when the list's last `kind` mail is older than
+    `every`. One conditional UPDATE: of two serve nodes at the same time, one wins (the first
+    time, the primary key makes the other's transaction fail)."""
+    if session.get(ModerationMail, (mlist.address, kind)) is None:
         session.add(ModerationMail(list_address=mlist.address, kind=kind, sent_at=now))
         return True
-    if now - last.sent_at < every:
-        return False
-    last.sent_at = now
-    return True
+    claimed = session.execute(
+        update(ModerationMail)
+        .where(
+            ModerationMail.list_address == mlist.address,
+            ModerationMail.kind == kind,
+            ModerationMail.sent_at <= now - every,
+        )
+        .values(sent_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return rowcount(claimed) == 1
 
 
 def remind(session: Session, settings: Settings, now: dt.datetime | None = None) -> int:
@@ -144,7 +166,16 @@ def remind(session: Session, settings: Settings, now: dt.datetime | None = None)
         ).all()
         items = [_item(ctx, comment, token) for comment, token in rows]
         for to in mlist.moderating:
-            send(session, ctx, "held_reminder", to, auto_submitted="auto-generated", items=items, count=count)
+            send(
+                session,
+                ctx,
+                "held_reminder",
+                to,
+                auto_submitted="auto-generated",
+                to_moderators=True,
+                items=items,
+                count=count,
+            )
         sent += 1
     return sent
 
