@@ -247,3 +247,17 @@ def test_a_probe_cycle_that_keeps_failing_logs_one_traceback(watcher_settings, c
     assert sum(1 for r in failed if r.exc_info) == 1
     assert all("probe_status" in r.getMessage() for r in failed), failed[0].getMessage()
     assert caplog.text.count("probe cycles work again") == 1
+
+
+def test_an_owner_of_two_lists_gets_each_notice_once(make_settings, db):
+    from listbridge.models import OutboxRecipient
+    from listbridge.outage import incidents
+
+    lists = [
+        {"address": LIST, "owner": "owner@example.org"},
+        {"address": "autre@bla.example.org", "owner": "Owner@example.org", "comments_dir": "log/autre"},
+    ]
+    settings = make_settings(lists=lists)
+    with db.transaction() as session:
+        incidents.declare(session, settings, "power cut", actor="admin")
+    assert db_count(db, OutboxRecipient, OutboxRecipient.address.in_(["owner@example.org", "Owner@example.org"])) == 1

@@ -123,8 +123,10 @@ def status_url(settings: Settings) -> str:
 
 
 def notify(session: Session, settings: Settings, incident: Incident, change: IncidentUpdate) -> int:
-    """One notice per subscriber of every list (own List-Unsubscribe), and one per owner."""
+    """One notice per subscriber of every list (own List-Unsubscribe), and one per owner, however
+    many lists they own."""
     total = 0
+    owners_told: set[str] = set()
     for mlist in settings.lists:
         ctx = ListContext(settings, mlist)
         subject, body = render_mail(
@@ -150,7 +152,8 @@ def notify(session: Session, settings: Settings, incident: Incident, change: Inc
             retry_days=settings.relay.retry_days,
         )
         total += count
-        if mlist.owner:
+        if mlist.owner and mlist.owner.lower() not in owners_told:
+            owners_told.add(mlist.owner.lower())
             outbox.enqueue(
                 session,
                 list_address=mlist.address,
