@@ -78,6 +78,9 @@ def files(site: Path, folder: str) -> dict[str, str]:
 
 def test_two_lists_keep_their_index_feed_and_pages(config, site):
     first, second = receive(config, [(ONE, "Premier billet", "Un avis.\n"), (TWO, "Second post", "A view.\n")])
+    held = cli_run(config, "moderate", "list").splitlines()  # which list each waits on
+    assert held[0].split()[:3] == ["ID", "LIST", "POST"] and ONE in held[1] and TWO in held[2], held
+    assert f"List:     {TWO}" in cli_run(config, "moderate", "show", str(second))
     cli_run(config, "moderate", "approve", str(first), str(second))
     one, two = files(site, DIR_ONE), files(site, DIR_TWO)
     assert sorted(one) == ["atom.xml", "index.gmi", "premier.gmi"]

@@ -72,7 +72,8 @@ def list_(app: App, everything: bool, as_json: bool) -> None:
         query = query.where(Comment.status == HELD)
     with app.ready_db().transaction() as session:
         rows = [_row(c) for c in session.scalars(query)]
-    emit(rows, as_json, ["id", "post", "name", "subject", "received", "status", "reason", "message_id"])
+    several = ["list"] if len(app.settings.lists) > 1 else []  # which list, once it can differ
+    emit(rows, as_json, ["id", *several, "post", "name", "subject", "received", "status", "reason", "message_id"])
 
 
 def _load(session: Session, ids: tuple[int, ...]) -> list[Comment]:
@@ -88,6 +89,7 @@ def _show(c: Comment) -> str:
         f"#{c.id} {c.status}{f' ({c.reason})' if c.reason else ''}",
         f"From:     {c.display_name} <{c.sender}>" if c.display_name else f"From:     {c.sender}",
         f"Subject:  {c.subject}",
+        f"List:     {c.list_address}",
         f"Post:     {c.post_slug or '(none)'}",
         f"Received: {c.received_at.isoformat(timespec='seconds')}",
         "",
