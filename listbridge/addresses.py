@@ -6,8 +6,6 @@ Recipient(list_address='bla@example.org', action='confirm', token='abc')
 Recipient(list_address='bla@example.org', action='post', token='')
 >>> route("bla-unsubscribe-x7q@example.org", {"bla@example.org"}, separator="-")
 Recipient(list_address='bla@example.org', action='unsubscribe-token', token='x7q')
->>> route("bla+approve-k2q@example.org", {"bla@example.org"})
-Recipient(list_address='bla@example.org', action='approve', token='k2q')
 >>> route("bla+nope@example.org", {"bla@example.org"}) is None
 True
 >>> split_address("<Carole@Example.NET>")
@@ -28,8 +26,6 @@ CONFIRM = "confirm"
 UNSUBSCRIBE_TOKEN = "unsubscribe-token"
 HELP = "help"
 OWNER = "owner"
-APPROVE = "approve"
-REJECT = "reject"
 
 # Sub-addresses that take no token.
 SUBADDRESSES: dict[str, str] = {
@@ -42,9 +38,6 @@ SUBADDRESSES: dict[str, str] = {
 TOKEN_SUBADDRESSES: dict[str, str] = {
     "confirm": CONFIRM,
     "unsubscribe": UNSUBSCRIBE_TOKEN,
-    # A moderator's reply to a held comment's notice (lists/moderation.py).
-    "approve": APPROVE,
-    "reject": REJECT,
 }
 # Tokens are lower-case base32 so that an MTA that folds case cannot break them.
 TOKEN_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")

@@ -84,7 +84,6 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("address", "bla@localhost", "the list address"),
         Option("title", "bla", "the list's name in subjects and texts"),
         Option("owner", "", "address of the list owner (+owner mail goes there)"),
-        Option("moderators", (), "addresses told of held comments, who approve or reject by mail, besides owner"),
         Option("language", "en", "language of the texts", ("fr", "en")),
         Option("moderation", "first-post", "which comments are held", ("all", "first-post", "none")),
         Option("authserv_id", "", "trusted authserv-id in Authentication-Results"),
@@ -207,7 +206,6 @@ class ListSettings:
     address: str
     title: str
     owner: str
-    moderators: tuple[str, ...]
     language: str
     moderation: str
     authserv_id: str
@@ -218,12 +216,6 @@ class ListSettings:
     keep_from: bool
     # Where its pages go, relative to the repo: build_settings fills an empty one with [site]'s.
     comments_dir: str
-
-    @property
-    def moderating(self) -> tuple[str, ...]:
-        """Who is told of held comments and may decide on them by mail: the owner, then the
-        moderators, each once."""
-        return tuple(dict.fromkeys(a.lower() for a in (self.owner, *self.moderators) if a))
 
     @property
     def local(self) -> str:
@@ -299,9 +291,6 @@ def build_settings(data: dict[str, Any], source: Path | None = None) -> Settings
         _check_list_address(values["address"], index)
         if values["owner"] and not _is_address(values["owner"]):
             raise ConfigError(f"[[lists]] entry {index + 1} has an invalid owner address {values['owner']!r}.")
-        for moderator in values["moderators"]:
-            if not _is_address(moderator):
-                raise ConfigError(f"[[lists]] entry {index + 1} has an invalid moderator address {moderator!r}.")
         lists.append(ListSettings(**values))
     if len({m.address for m in lists}) != len(lists):
         raise ConfigError("two [[lists]] entries have the same address.")

@@ -134,34 +134,6 @@ class ModerationEvent(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
 
-class ModerationToken(Base):
-    """The secret of one held comment's notice: LIST+approve-TOKEN@D and LIST+reject-TOKEN@D.
-    One per held comment, made when its notice is due; a row exists once the comment has been
-    looked at (`notified` False: no notice of its own, past the hourly limit). It works only
-    while the comment is held and `used_at` is empty: comments.approve and reject set it, so
-    any decision (CLI or mail) kills it."""
-
-    __tablename__ = "moderation_tokens"
-
-    comment_id: Mapped[int] = mapped_column(Id, ForeignKey("comments.id", ondelete="CASCADE"), primary_key=True)
-    list_address: Mapped[str] = mapped_column(String(320))
-    token: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow, index=True)
-    notified: Mapped[bool] = mapped_column(Boolean, default=True)
-    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
-
-
-class ModerationMail(Base):
-    """When each list last sent the moderators a mail of one kind (the hourly summary past the
-    notice limit, the daily reminder), so that a restart neither repeats nor forgets them."""
-
-    __tablename__ = "moderation_mails"
-
-    list_address: Mapped[str] = mapped_column(String(320), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
-    sent_at: Mapped[dt.datetime] = mapped_column(DateTime())
-
-
 class OutboxMessage(Base):
     """One outgoing message, stored once whatever the number of recipients."""
 

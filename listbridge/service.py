@@ -10,18 +10,16 @@ import time
 
 from listbridge.archive import publish
 from listbridge.config import Settings
-from listbridge.db import MAIL_QUEUED, Database, effects
+from listbridge.db import Database
 from listbridge.failurelog import FailureLog
 from listbridge.inbound.server import ListController, ListHandler
 from listbridge.inbound.worker import StoreProcess
-from listbridge.lists import moderation
 from listbridge.outbound import delivery, outbox
 
 log = logging.getLogger(__name__)
 
 PUBLISH_EVERY = 30.0  # seconds; an intake that stores an approval wakes it at once
 PUBLISH_RETRY = 2.0  # seconds before a failed site commit is first tried again
-MODERATION_EVERY = 60.0  # seconds; a held comment wakes it at once (the reminder is hourly at worst)
 
 
 class ListenError(Exception):
@@ -37,11 +35,8 @@ class Service:
         self.stopping = threading.Event()
         self.wakeup = threading.Event()
         self.published = threading.Event()  # set when an approval waits to be rendered
-        self.held = threading.Event()  # set when a held comment waits for its notice
         self.store = StoreProcess(settings)
-        handler = ListHandler(
-            settings, self.store.accept_many, self.wakeup, on_stored=self.published.set, on_held=self.held.set
-        )
+        handler = ListHandler(settings, self.store.accept_many, self.wakeup, on_stored=self.published.set)
         self.controller = ListController(handler, settings)
         self.threads: list[threading.Thread] = []
 
@@ -61,12 +56,7 @@ class Service:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ListenError(f"cannot listen on {s.host}:{s.port}: {reason}.") from exc
         self.threads = delivery.run_workers(self.db, self.settings, self.stopping, self.wakeup)
-        self.held.set()  # comments held while no serve ran
-        for target, name in (
-            (self._janitor, "janitor"),
-            (self._publisher, "publisher"),
-            (self._moderation, "moderation"),
-        ):
+        for target, name in ((self._janitor, "janitor"), (self._publisher, "publisher")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -94,28 +84,6 @@ class Service:
                 failures.succeeded()
             retry = next_retry(retry) if stuck else 0.0
 
-    def _moderation(self) -> None:
-        """Send the notices of newly held comments, and each list's daily reminder."""
-        failures = FailureLog(log, "could not send moderation notices; will retry", "moderation notices sent again")
-        while not self.stopping.is_set():
-            self.held.wait(MODERATION_EVERY)
-            self.held.clear()
-            if self.stopping.is_set():
-                return
-            try:
-                with self.db.transaction() as session:
-                    noticed = moderation.notify_held(session, self.settings)
-                    reminded = moderation.remind(session, self.settings)
-                    queued = MAIL_QUEUED in effects(session)
-            except Exception as exc:
-                failures.failed(exc)
-                continue
-            failures.succeeded()
-            if noticed or reminded:
-                log.info("moderators told of %d held comments; %d daily reminders", noticed, reminded)
-            if queued:
-                self.wakeup.set()
-
     def _janitor(self) -> None:
         failures = FailureLog(log, "could not release stale outbox claims", "stale claims released again")
         while not self.stopping.wait(60):
@@ -135,7 +103,6 @@ class Service:
         self.stopping.set()
         self.wakeup.set()
         self.published.set()
-        self.held.set()
         # One deadline for all: a worker stuck on a silent relay must not hold up the others'
         # shutdown one by one. Whatever it had claimed is queued again by the next start.
         deadline = time.monotonic() + self.settings.relay.timeout + 5

@@ -37,25 +37,6 @@ CONTEXT = dict(
     opened_at=dt.datetime(2026, 11, 26, 9, 0),
     automatic=True,
     status_url="gemini://d/status.gmi",
-    comment_id=3,
-    approve_address="bla+approve-x@d",
-    reject_address="bla+reject-x@d",
-    limit=10,
-    waiting=12,
-    count=1,
-    items=[
-        dict(
-            id=3,
-            received="2026-11-26 09:00 UTC",
-            author="Carole",
-            address="c@x",
-            subject="x",
-            post_title="x",
-            reason="first post",
-            approve_address="bla+approve-x@d",
-            reject_address="bla+reject-x@d",
-        )
-    ],
 )
 
 
@@ -113,7 +94,7 @@ def test_every_text_renders_with_what_its_real_caller_passes(language, make_sett
 
     from listbridge.archive.posts import site_posts
     from listbridge.inbound import dispatch
-    from listbridge.lists import comments, moderation
+    from listbridge.lists import comments
     from listbridge.lists.context import ListContext
     from listbridge.lists.subscriptions import subscribe
     from listbridge.models import Comment, Confirmation
@@ -161,10 +142,6 @@ def test_every_text_renders_with_what_its_real_caller_passes(language, make_sett
     confirm("zoe@example.org")  # goodbye
     deliver("carole@example.net", LIST_ADDRESS, subject="Un billet")
     deliver("carole@example.net", LIST_ADDRESS, subject="Un billet", body="Hors sujet.")
-    with db.transaction() as session:
-        assert moderation.notify_held(session, settings, limit=1) == 1  # held, then held_summary
-        later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(hours=25)
-        assert moderation.remind(session, settings, later) == 1  # held_reminder
     with db.transaction() as session:
         ctx = ListContext(settings, settings.lists[0])
         subscribe(session, ctx, "ann@example.org", name="Ann")

@@ -19,7 +19,7 @@ from listbridge.db import Database, effects
 from listbridge.failurelog import summary
 from listbridge.inbound.parse import IntakeError, parse
 from listbridge.inbound.timelimit import Overtime, TimeLimit
-from listbridge.lists import comments, moderation
+from listbridge.lists import comments
 from listbridge.lists.context import ListContext, Rejected, send, within_reply_limit
 from listbridge.lists.subscriptions import confirm, request, unsubscribe_with_token
 from listbridge.message import Incoming
@@ -319,14 +319,6 @@ def _act(
             return OK
         if action == addresses.OWNER:
             return _forward_to_owner(session, ctx, incoming)
-        if action in (addresses.APPROVE, addresses.REJECT):
-            # Never answered (no backscatter): 250 whatever the token or the sender.
-            outcome = moderation.by_mail(session, ctx, incoming, envelope_from, action, recipient.token)
-            level = logging.WARNING if outcome.ignored else logging.INFO
-            _say(
-                session, level, "%s from <%s> (envelope <%s>): %s", action, incoming.sender, envelope_from, outcome.text
-            )
-            return OK
         if action == addresses.UNSUBSCRIBE_TOKEN:
             done = unsubscribe_with_token(session, ctx, recipient.token, goodbye=not automated)
         elif automated:
