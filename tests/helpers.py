@@ -211,13 +211,8 @@ def data_transaction(
     return replies, reply
 
 
-def count(db, model, *where) -> int:
-    with db.transaction() as session:
-        return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
-
-
 def outbox_to(db, address: str) -> int:
-    return count(db, OutboxRecipient, OutboxRecipient.address == address)
+    return db_count(db, OutboxRecipient, OutboxRecipient.address == address)
 
 
 def ensure_live(port: int) -> None:

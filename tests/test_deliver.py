@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 
 from listbridge.models import Comment, Confirmation, OutboxRecipient
 
-from helpers import free_port
+from helpers import db_count, free_port
 
 LIST = "bla@bla.example.org"
 
@@ -42,11 +42,6 @@ def message(subject: str = "hello", sender: str = "carole@example.net") -> tuple
     return mid, f"From: Carole <{sender}>\nTo: {LIST}\nSubject: {subject}\nMessage-ID: {mid}\n\nA comment.\n".encode()
 
 
-def count(db, model, *where) -> int:
-    with db.transaction() as session:
-        return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
-
-
 def assert_one_clean_line(stderr: bytes) -> str:
     lines = [line for line in stderr.decode().splitlines() if line.strip()]
     assert "Traceback" not in stderr.decode()
@@ -72,8 +67,8 @@ def test_subscribe_request_is_acted_on(config, db):
     _, raw = message("subscribe")
     result = deliver(config, raw, "bla+subscribe@bla.example.org")
     assert result.returncode == 0, result.stderr
-    assert count(db, Confirmation, Confirmation.address == "carole@example.net") == 1
-    assert count(db, OutboxRecipient, OutboxRecipient.address == "carole@example.net") == 1
+    assert db_count(db, Confirmation, Confirmation.address == "carole@example.net") == 1
+    assert db_count(db, OutboxRecipient, OutboxRecipient.address == "carole@example.net") == 1
 
 
 @pytest.mark.parametrize("rcpt", ["other@elsewhere.example", "nolist@bla.example.org", "bla+nope@bla.example.org"])
@@ -82,14 +77,14 @@ def test_unknown_recipient_exits_67(config, db, rcpt):
     result = deliver(config, raw, LIST, rcpt)
     assert result.returncode == 67, result.stderr
     assert rcpt in assert_one_clean_line(result.stderr)
-    assert count(db, Comment) == 0  # nothing kept for the known one either: the MTA bounces it whole
+    assert db_count(db, Comment) == 0  # nothing kept for the known one either: the MTA bounces it whole
 
 
 def test_unparseable_message_exits_65(config, db):
     result = deliver(config, b"no header at all, only text\n", LIST)
     assert result.returncode == 65, result.stderr
     assert "554" in result.stderr.decode()
-    assert count(db, Comment) == 0
+    assert db_count(db, Comment) == 0
 
 
 def test_message_over_the_size_limit_exits_65(tmp_path, db):
@@ -131,7 +126,7 @@ def test_database_error_while_storing_exits_75(config, db):
     result = deliver(config, raw, "bla+subscribe@bla.example.org", LIST)
     assert result.returncode == 75, result.stderr
     assert "Traceback" not in result.stderr.decode()
-    assert count(db, Confirmation) == 0  # the +subscribe part was rolled back with the rest
+    assert db_count(db, Confirmation) == 0  # the +subscribe part was rolled back with the rest
 
 
 def test_missing_configuration_exits_75(tmp_path):
@@ -145,4 +140,4 @@ def test_a_stray_unsubscribe_exits_0_with_one_reply_queued(config, db):
     _, raw = message("unsubscribe", sender="zoe@example.net")
     result = deliver(config, raw, "bla+unsubscribe@bla.example.org", sender="zoe@example.net")
     assert result.returncode == 0, result.stderr  # not 75: the MTA would retry for days
-    assert count(db, OutboxRecipient, OutboxRecipient.address == "zoe@example.net") == 1
+    assert db_count(db, OutboxRecipient, OutboxRecipient.address == "zoe@example.net") == 1

@@ -144,7 +144,12 @@ def test_a_message_over_the_time_limit_is_refused_alone(make_settings, db, monke
 
 
 # A second or more of mail-parser's time, under PARSE_SECONDS and 1 MB: slow, not refused.
-SLOW_BODY = "".join("--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(28_000)) + "--b--\r\n"
+def many_parts(count: int) -> str:
+    """A multipart/mixed body of `count` tiny text parts, boundary "b": slow for mail-parser."""
+    return "".join("--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(count)) + "--b--\r\n"
+
+
+SLOW_BODY = many_parts(28_000)
 
 
 def test_slow_messages_sent_together_do_not_add_up_for_the_mail_beside_them(service):
@@ -173,7 +178,7 @@ def test_a_batch_out_of_time_leaves_the_rest_for_the_next(make_settings, db, mon
     smallest are read first, and a batch always reads one, whatever it takes."""
     monkeypatch.setattr(dispatch, "BATCH_PARSE_SECONDS", 0.01)
     settings = make_settings()
-    body = "".join("--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(3_000)) + "--b--\r\n"
+    body = many_parts(3_000)
     slow = [raw_message(f"slow {n}", content_type='multipart/mixed; boundary="b"', body=body) for n in range(2)]
     batch = [dispatch.Received(raw, "carole@example.net", (LIST,)) for raw in (slow[0], raw_message("small"), slow[1])]
     accepted = dispatch.accept_many(db, settings, batch, lambda: {})
@@ -189,7 +194,7 @@ def test_a_deferred_message_is_read_before_smaller_new_ones(make_settings, db, m
     the oldest deferred one has its full PARSE_SECONDS, whatever the batch's time."""
     monkeypatch.setattr(dispatch, "BATCH_PARSE_SECONDS", 0.0)
     settings = make_settings()
-    body = "".join("--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(3_000)) + "--b--\r\n"
+    body = many_parts(3_000)
     slow = dispatch.Received(
         raw_message("slow", content_type='multipart/mixed; boundary="b"', body=body), "carole@example.net", (LIST,)
     )

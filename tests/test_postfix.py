@@ -18,17 +18,15 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import func, select
 
 from listbridge.config import Settings
 from listbridge.db import Database
 from listbridge.models import Comment, Confirmation, OutboxRecipient
 from listbridge.service import Service
 
-from helpers import Received, Sink, free_port, send, wait_for
+from helpers import Received, Sink, db_count, free_port, send, wait_for
 
 POSTFIX = Path("/usr/sbin/postfix")
 POSTCONF = Path("/usr/sbin/postconf")
@@ -246,11 +244,6 @@ def postfix(workdir: Path, sink: Sink) -> Iterator[Postfix]:
 # --- the checks shared by the three transports -----------------------------------------------
 
 
-def count(db: Database, model: Any, *where: Any) -> int:
-    with db.transaction() as session:
-        return session.scalar(select(func.count()).select_from(model).where(*where)) or 0
-
-
 def from_(sender: str) -> Callable[[Received], bool]:
     """Mail from this envelope sender; "" is the null sender (the sink records it as "<>")."""
     return lambda r: r.mail_from == (sender or "<>")
@@ -291,7 +284,7 @@ def walk(postfix: Postfix, sink: Sink, db: Database, wakeup: Callable[[], None] 
     # The subscribe request was stored and its confirmation reached the relay.
     request = wait_mail(postfix, sink, READER, from_(f"bla+owner@{DOMAIN}"), wakeup)
     assert re.fullmatch(rf"bla\+confirm-[a-z2-7]{{26}}@{re.escape(DOMAIN)}", request.message["Reply-To"])
-    assert count(db, Confirmation, Confirmation.address == READER) == 1
+    assert db_count(db, Confirmation, Confirmation.address == READER) == 1
 
     # The unknown address was refused by listbridge, so Postfix bounced it to the sender.
     bounce = wait_mail(postfix, sink, READER, from_(""), wakeup)
@@ -308,9 +301,9 @@ def walk(postfix: Postfix, sink: Sink, db: Database, wakeup: Callable[[], None] 
     wait_for(queue_empty, timeout=10)
 
     # Nothing was stored for the unknown address or the null-sender mail, nothing else was sent.
-    assert count(db, Comment) == 0
-    assert count(db, Confirmation) == 1
-    assert count(db, OutboxRecipient) == 1
+    assert db_count(db, Comment) == 0
+    assert db_count(db, Confirmation) == 1
+    assert db_count(db, OutboxRecipient) == 1
     assert [r.rcpt_tos for r in sink.handler.received] == [[READER], [READER]]
 
 

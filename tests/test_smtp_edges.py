@@ -16,9 +16,9 @@ from sqlalchemy import select, text
 from listbridge.models import AutoReply, Comment, Confirmation, OutboxMessage, OutboxRecipient
 
 from helpers import (
-    count,
     data_transaction,
     database_write_lock,
+    db_count,
     ensure_live,
     raw_message,
     running,
@@ -52,7 +52,7 @@ def test_rcpt_not_ours_is_refused(service, rcpt):
     replies, data = transaction(service.settings.smtp.port, [rcpt], raw_message())
     assert replies[0][0] == 550, replies
     assert data is None
-    assert count(service.db, Comment) == 0
+    assert db_count(service.db, Comment) == 0
 
 
 def test_several_recipients_in_one_smtp_transaction(service, sink):
@@ -60,8 +60,8 @@ def test_several_recipients_in_one_smtp_transaction(service, sink):
     replies, data = transaction(port, [LIST, "nolist@bla.example.org", SUBSCRIBE, HELP], raw_message(subject="many"))
     assert [c for c, _ in replies] == [250, 550, 250, 250]
     assert data is not None and data[0] == 250
-    assert count(service.db, Comment, Comment.subject == "many") == 1
-    assert count(service.db, Confirmation, Confirmation.address == "carole@example.net") == 1
+    assert db_count(service.db, Comment, Comment.subject == "many") == 1
+    assert db_count(service.db, Confirmation, Confirmation.address == "carole@example.net") == 1
     got = wait_for(lambda: len(sink.handler.to("carole@example.net")) >= 2 and sink.handler.to("carole@example.net"))
     assert sorted("Help" in r.message["Subject"] for r in got) == [False, True]
 
@@ -84,7 +84,7 @@ def test_message_over_size_limit_gets_552(make_settings):
             client.rcpt(LIST)
             code, _ = client.data(big)
         assert code == 552
-        assert count(svc.db, Comment) == 0
+        assert db_count(svc.db, Comment) == 0
         ensure_live(port)
 
 
@@ -97,10 +97,10 @@ def test_unparseable_message_is_refused_with_a_reason(service, garbage):
     assert 550 <= code < 600, (code, msg)
     assert not msg.startswith("Error: ("), msg  # not aiosmtpd's generic text
     assert len(msg) > 10
-    assert count(service.db, Comment) == 0
+    assert db_count(service.db, Comment) == 0
     ensure_live(port)
     send(port, LIST, subject="after garbage")
-    assert count(service.db, Comment, Comment.subject == "after garbage") == 1
+    assert db_count(service.db, Comment, Comment.subject == "after garbage") == 1
 
 
 def test_long_line_is_accepted(service):
@@ -121,7 +121,7 @@ def test_huge_headers_are_accepted(service):
         service.settings.smtp.port, [LIST], raw_message(subject="big headers", extra=extra)
     )
     assert code == 250, msg
-    assert count(service.db, Comment, Comment.subject == "big headers") == 1
+    assert db_count(service.db, Comment, Comment.subject == "big headers") == 1
 
 
 # --- 451 on a database failure, nothing half-written -------------------------------------------
@@ -136,7 +136,7 @@ def test_database_error_gives_451_and_writes_nothing(service):
     assert [c for c, _ in replies] == [250, 250]
     assert code == 451, msg
     for model in (Confirmation, AutoReply, OutboxMessage, OutboxRecipient):
-        assert count(service.db, model) == 0, model
+        assert db_count(service.db, model) == 0, model
     ensure_live(port)
 
 
@@ -152,7 +152,7 @@ def test_a_store_process_killed_between_batches_is_replaced(service):
     wait_for(lambda: service.store.pid is None, timeout=10)
     assert data_transaction(port, [LIST], raw_message(subject="after"))[1][0] == 250
     assert service.store.pid not in (None, first)
-    assert count(service.db, Comment) == 2
+    assert db_count(service.db, Comment) == 2
 
 
 def test_a_store_process_stopped_after_batches_exits_at_once(service):
@@ -166,7 +166,7 @@ def test_a_store_process_stopped_after_batches_exits_at_once(service):
     assert service.store.pid is None
     assert data_transaction(service.settings.smtp.port, [LIST], raw_message(subject="two"))[1][0] == 250
     assert service.store.pid not in (None, child)
-    assert count(service.db, Comment) == 2
+    assert db_count(service.db, Comment) == 2
 
 
 @pytest.mark.parametrize("path", ["<a@", '<"', "<@"])
@@ -197,7 +197,7 @@ def test_a_dropped_database_connection_is_replaced_without_a_refusal(service):
         ).scalar_one()
     assert dropped >= 1  # the store process's connection at least
     assert data_transaction(port, [LIST], raw_message(subject="after"))[1][0] == 250
-    assert count(service.db, Comment) == 2
+    assert db_count(service.db, Comment) == 2
 
 
 def test_a_store_process_killed_mid_batch_gets_451_and_writes_nothing(service):
@@ -212,9 +212,9 @@ def test_a_store_process_killed_mid_batch_gets_451_and_writes_nothing(service):
         os.kill(victim, signal.SIGKILL)
         client.join(timeout=20)
     assert reply and reply[0] is not None and reply[0][0] == 451, reply
-    assert count(service.db, Comment) == 0
+    assert db_count(service.db, Comment) == 0
     assert data_transaction(port, [LIST], raw_message(subject="next"))[1][0] == 250  # a new child
-    assert count(service.db, Comment) == 1
+    assert db_count(service.db, Comment) == 1
 
 
 def test_a_wedged_store_process_is_killed_and_its_batch_gets_451(service, monkeypatch):
@@ -253,7 +253,7 @@ def test_lmtp_replies_once_per_recipient(make_settings, sink):
             assert client.noop()[0] == 250  # the session is still in step
         finally:
             client.quit()
-        assert count(svc.db, Comment, Comment.subject == "lmtp") == 1
+        assert db_count(svc.db, Comment, Comment.subject == "lmtp") == 1
 
 
 # --- the workers are woken only when a batch left them work ---------------------------------------

@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from listbridge.cli import cli
 from listbridge.models import Comment, Confirmation, OutboxRecipient, Subscriber
 
-from helpers import count, data_transaction, outbox_to, raw_message, running, send, wait_for
+from helpers import data_transaction, db_count, outbox_to, raw_message, running, send, wait_for
 
 LIST = "bla@bla.example.org"
 SUBSCRIBE = "bla+subscribe@bla.example.org"
@@ -48,7 +48,7 @@ def test_no_reply_to_automatic_mail(service, sink, to):
     for sender, _, _ in AUTOMATED:
         assert sink.handler.to(sender) == [], sender
         assert outbox_to(service.db, sender) == 0, sender
-    assert count(service.db, Confirmation, Confirmation.address != "human@example.net") == 0
+    assert db_count(service.db, Confirmation, Confirmation.address != "human@example.net") == 0
 
 
 def test_request_replies_are_limited_per_address(service, sink):
@@ -77,7 +77,7 @@ def test_expired_confirmation_is_refused(service, sink):
     with pytest.raises(smtplib.SMTPDataError) as info:
         send(port, f"bla+confirm-{token}@bla.example.org")
     assert info.value.smtp_code == 550
-    assert count(service.db, Subscriber) == 0
+    assert db_count(service.db, Subscriber) == 0
 
 
 def test_help_is_in_the_list_language(make_settings, sink):
@@ -135,7 +135,7 @@ def test_request_without_any_sender_address_is_refused_not_deferred(service):
     for to in (SUBSCRIBE, HELP):
         _, (code, msg) = data_transaction(port, [to], b"Subject: who am I\r\n\r\nhi\r\n", sender="foo")
         assert code == 550, msg
-    assert count(service.db, OutboxRecipient) == 0
+    assert db_count(service.db, OutboxRecipient) == 0
 
 
 def test_same_recipient_twice_is_acted_on_once(service):
@@ -143,7 +143,7 @@ def test_same_recipient_twice_is_acted_on_once(service):
         service.settings.smtp.port, [LIST, "BLA@Bla.Example.org"], raw_message(subject="twice")
     )
     assert [c for c, _ in replies] == [250, 250] and code == 250
-    assert count(service.db, Comment, Comment.subject == "twice") == 1
+    assert db_count(service.db, Comment, Comment.subject == "twice") == 1
 
 
 def test_lmtp_stays_in_step_when_a_template_is_broken(make_settings, tmp_path):
@@ -164,7 +164,7 @@ def test_lmtp_stays_in_step_when_a_template_is_broken(make_settings, tmp_path):
             assert client.noop()[0] == 250
         finally:
             client.quit()
-        assert count(svc.db, Comment) == 0  # all or nothing
+        assert db_count(svc.db, Comment) == 0  # all or nothing
 
 
 def test_a_failing_message_in_a_group_leaves_the_others_committed(make_settings, db, tmp_path):
