@@ -6,6 +6,10 @@ Recipient(list_address='bla@example.org', action='confirm', token='abc')
 Recipient(list_address='bla@example.org', action='post', token='')
 >>> route("bla-unsubscribe-x7q@example.org", {"bla@example.org"}, separator="-")
 Recipient(list_address='bla@example.org', action='unsubscribe-token', token='x7q')
+>>> route("bla+approve-k2q@example.org", {"bla@example.org"})
+Recipient(list_address='bla@example.org', action='approve', token='k2q')
+>>> route("bla+bounces-Not.One@example.org", {"bla@example.org"})
+Recipient(list_address='bla@example.org', action='bounces', token='not.one')
 >>> route("bla+nope@example.org", {"bla@example.org"}) is None
 True
 >>> split_address("<Carole@Example.NET>")
@@ -26,6 +30,10 @@ CONFIRM = "confirm"
 UNSUBSCRIBE_TOKEN = "unsubscribe-token"
 HELP = "help"
 OWNER = "owner"
+APPROVE = "approve"
+REJECT = "reject"
+BOUNCES = "bounces"
+ENABLE = "enable"
 
 # Sub-addresses that take no token.
 SUBADDRESSES: dict[str, str] = {
@@ -33,11 +41,20 @@ SUBADDRESSES: dict[str, str] = {
     "unsubscribe": UNSUBSCRIBE,
     "help": HELP,
     "owner": OWNER,
+    # The envelope sender of batched list mail (one per transaction): bounces read from the DSN.
+    "bounces": BOUNCES,
 }
 # Sub-addresses of the form NAME-TOKEN.
 TOKEN_SUBADDRESSES: dict[str, str] = {
     "confirm": CONFIRM,
     "unsubscribe": UNSUBSCRIBE_TOKEN,
+    # A moderator's reply to a held comment's notice (lists/moderation.py).
+    "approve": APPROVE,
+    "reject": REJECT,
+    # The envelope sender of mail to one recipient (outbound/verp.py), and the address a
+    # subscriber disabled by bounces writes to to get list mail again (lists/bounces.py).
+    "bounces": BOUNCES,
+    "enable": ENABLE,
 }
 # Tokens are lower-case base32 so that an MTA that folds case cannot break them.
 TOKEN_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
@@ -87,6 +104,10 @@ def route(address: str, lists: Iterable[str], separator: str = "+") -> Recipient
     name, dash, token = sub.partition("-")
     action = TOKEN_SUBADDRESSES.get(name)
     if action and dash and token and set(token) <= TOKEN_ALPHABET:
+        return Recipient(list_address, action, token)
+    if action == BOUNCES and dash:
+        # A bounce address takes everything, even a token an MTA mangled: refused at RCPT,
+        # the bounce would come back as a double bounce (and count for nothing anyway).
         return Recipient(list_address, action, token)
     return None
 

@@ -84,6 +84,7 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("address", "bla@localhost", "the list address"),
         Option("title", "bla", "the list's name in subjects and texts"),
         Option("owner", "", "address of the list owner (+owner mail goes there)"),
+        Option("moderators", (), "addresses told of held comments, who approve or reject by mail, besides owner"),
         Option("language", "en", "language of the texts", ("fr", "en")),
         Option("moderation", "first-post", "which comments are held", ("all", "first-post", "none")),
         Option("authserv_id", "", "trusted authserv-id in Authentication-Results"),
@@ -93,6 +94,12 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("max_comment_chars", 20000, "longer comments are held for the moderator", minimum=1),
         Option("keep_from", False, "broadcast with the commenter's own From (not DMARC-safe)"),
         Option("comments_dir", "", "this list's folder of the comment archive (empty: [site] comments_dir)"),
+    ),
+    "bounces": (
+        Option("threshold", 5, "bounce score at which delivery to a subscriber is turned off", minimum=1),
+        Option("stale_days", 7.0, "days without a bounce after which a score starts over", minimum=0.001),
+        Option("warnings", 3, "notices a disabled subscriber gets before removal", minimum=0),
+        Option("warning_days", 7.0, "days between those notices, and from the last to removal", minimum=0.001),
     ),
     "watch": (
         Option("mx", "localhost:25", "the home MX to probe, HOST:PORT"),
@@ -206,6 +213,7 @@ class ListSettings:
     address: str
     title: str
     owner: str
+    moderators: tuple[str, ...]
     language: str
     moderation: str
     authserv_id: str
@@ -218,12 +226,26 @@ class ListSettings:
     comments_dir: str
 
     @property
+    def moderating(self) -> tuple[str, ...]:
+        """Who is told of held comments and may decide on them by mail: the owner, then the
+        moderators, each once."""
+        return tuple(dict.fromkeys(a.lower() for a in (self.owner, *self.moderators) if a))
+
+    @property
     def local(self) -> str:
         return self.address.rsplit("@", 1)[0]
 
     @property
     def domain(self) -> str:
         return self.address.rsplit("@", 1)[1]
+
+
+@dataclass(frozen=True)
+class BounceSettings:
+    threshold: int
+    stale_days: float
+    warnings: int
+    warning_days: float
 
 
 @dataclass(frozen=True)
@@ -247,6 +269,7 @@ class Settings:
     site: SiteSettings
     lists: tuple[ListSettings, ...]
     watch: WatchSettings
+    bounces: BounceSettings
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -291,6 +314,9 @@ def build_settings(data: dict[str, Any], source: Path | None = None) -> Settings
         _check_list_address(values["address"], index)
         if values["owner"] and not _is_address(values["owner"]):
             raise ConfigError(f"[[lists]] entry {index + 1} has an invalid owner address {values['owner']!r}.")
+        for moderator in values["moderators"]:
+            if not _is_address(moderator):
+                raise ConfigError(f"[[lists]] entry {index + 1} has an invalid moderator address {moderator!r}.")
         lists.append(ListSettings(**values))
     if len({m.address for m in lists}) != len(lists):
         raise ConfigError("two [[lists]] entries have the same address.")
@@ -319,6 +345,7 @@ def build_settings(data: dict[str, Any], source: Path | None = None) -> Settings
         site=site,
         lists=_with_comment_folders(lists, site),
         watch=watch,
+        bounces=BounceSettings(**table("bounces")),
         source=source,
     )
 

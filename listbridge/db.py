@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 # The newest migration. Checked against alembic's own view by a test, so that the common
 # "is the schema current?" question costs one query and no alembic import (deliver runs per mail).
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0006"
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ def _others_may_read(path: Path) -> bool:
 # that the receiver wakes the outbox or the site publisher only when there is work.
 MAIL_QUEUED = "mail queued"
 SITE_CHANGED = "site changed"
+COMMENT_HELD = "comment held"  # its moderators are due a notice
 
 
 def note_effect(session: Session, effect: str) -> None:

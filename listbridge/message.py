@@ -9,6 +9,15 @@ from listbridge.sanitize import one_line
 
 
 @dataclass(frozen=True)
+class Failures:
+    """What a bounce says failed (flufl.bounce's detectors): lower-case addresses whose
+    delivery failed for good, and those only delayed (DSN `Action: delayed`, 4.x.x)."""
+
+    permanent: frozenset[str] = frozenset()
+    temporary: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class Incoming:
     sender: str  # the From address, or the envelope sender when From is missing
     display_name: str
@@ -23,13 +32,15 @@ class Incoming:
     raw: bytes
     authentication_results: tuple[str, ...] = ()
     attachments: int = 0  # parts that are not the text (not published)
+    # Read for what looks like a bounce only (inbound/parse.py): None for other mail.
+    failures: Failures | None = None
 
     def is_automated(self, envelope_sender: str, loop_marker: str) -> bool:
         """True when no automatic reply may go to this message (RFC 3834 and loop rules).
 
         A null envelope sender is "", "<>" or MAILER-DAEMON: Postfix's pipe transport hands the
         null sender over as MAILER-DAEMON."""
-        return _is_null_sender(envelope_sender) or self.auto_submitted or self.bulk or self.carries_loop(loop_marker)
+        return is_null_sender(envelope_sender) or self.auto_submitted or self.bulk or self.carries_loop(loop_marker)
 
     def carries_loop(self, marker: str) -> bool:
         """True when an X-Loop header names `marker` (case, spaces and <> ignored)."""
@@ -37,7 +48,8 @@ class Incoming:
         return bool(marker) and marker in (_loop_value(value) for value in self.x_loop)
 
 
-def _is_null_sender(address: str) -> bool:
+def is_null_sender(address: str) -> bool:
+    """True for the envelope sender of a bounce: "", "<>" or MAILER-DAEMON."""
     address = one_line(address).strip("<> ")
     return not address or address.partition("@")[0].lower() == "mailer-daemon"
 

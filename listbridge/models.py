@@ -20,6 +20,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
+    text,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -38,6 +40,7 @@ QUEUED = "queued"
 SENDING = "sending"
 SENT = "sent"
 FAILED = "failed"
+BOUNCED = "bounced"  # sent, then a bounce came back to its VERP address
 
 
 def utcnow() -> dt.datetime:
@@ -65,6 +68,13 @@ class Subscriber(Base):
     # The subscriber's own secret, used in List-Unsubscribe (bla+unsubscribe-TOKEN@D).
     token: Mapped[str] = mapped_column(String(64), unique=True)
     subscribed_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
+    # Bounces (lists/bounces.py): the score, counted at most once a day, and when delivery
+    # was turned off at the threshold (None: on), with the warnings sent since.
+    bounce_score: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_bounce_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
+    warnings_sent: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_warning_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
 
 
 class Confirmation(Base):
@@ -94,6 +104,13 @@ class Comment(Base):
         Index("ix_comments_sender", "sender"),
         Index("ix_comments_unpublished", "published"),
         Index("ix_comments_feed", "list_address", "status", "received_at", "id"),
+        # Small: only the comments whose moderators' notice is yet to be made (moderation.py).
+        Index(
+            "ix_comments_notice_due",
+            "list_address",
+            sqlite_where=text("notice_due = 1"),
+            postgresql_where=text("notice_due"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -117,6 +134,8 @@ class Comment(Base):
     decided_by: Mapped[str] = mapped_column(String(255), default="", server_default="")
     # False while the site repo does not show the comment's current state yet.
     published: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # Held for a reason that brings its moderators a notice, which is not made yet.
+    notice_due: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 
@@ -134,6 +153,34 @@ class ModerationEvent(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
 
+class ModerationToken(Base):
+    """The secret of one held comment's addresses, LIST+approve-TOKEN@D and LIST+reject-TOKEN@D,
+    made when a notice (`notified`) or a daily reminder first names them: a comment held past
+    the hourly limit of notices has none until then. It works only while the comment is held
+    and `used_at` is empty: comments.approve and reject set it, so any decision (CLI or mail)
+    kills it."""
+
+    __tablename__ = "moderation_tokens"
+
+    comment_id: Mapped[int] = mapped_column(Id, ForeignKey("comments.id", ondelete="CASCADE"), primary_key=True)
+    list_address: Mapped[str] = mapped_column(String(320))
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow, index=True)
+    notified: Mapped[bool] = mapped_column(Boolean, default=True)
+    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
+
+
+class ModerationMail(Base):
+    """When each list last sent the moderators a mail of one kind (the hourly summary past the
+    notice limit, the daily reminder), so that a restart neither repeats nor forgets them."""
+
+    __tablename__ = "moderation_mails"
+
+    list_address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sent_at: Mapped[dt.datetime] = mapped_column(DateTime())
+
+
 class OutboxMessage(Base):
     """One outgoing message, stored once whatever the number of recipients."""
 
@@ -145,6 +192,9 @@ class OutboxMessage(Base):
     envelope_from: Mapped[str] = mapped_column(String(320))
     # A list mail: To and List-Unsubscribe are added at send time (per recipient, or batched).
     fanout: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Sent from LIST+bounces-TOKEN@D, TOKEN naming the recipient row (outbound/verp.py), so
+    # that a bounce says whose address failed; envelope_from is then unused.
+    verp: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     body: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
     # Temporary failures are retried until then.
@@ -161,6 +211,8 @@ class OutboxRecipient(Base):
     __table_args__ = (
         Index("ix_outbox_recipients_due", "state", "next_attempt_at"),
         Index("ix_outbox_recipients_message", "message_id", "state"),
+        # A DSN names an address (lists/bounces.py), and privacy.forget deletes by address.
+        Index("ix_outbox_recipients_address", "address"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -269,3 +321,12 @@ class PostSummary(Base):
     last: Mapped[dt.datetime] = mapped_column(DateTime())  # newest shown comment
     count: Mapped[int] = mapped_column(Integer)
     line: Mapped[str] = mapped_column(Text)  # the post's line on index.gmi
+
+
+class Secret(Base):
+    """A key made once per database: "verp" signs the bounce addresses' tokens."""
+
+    __tablename__ = "secrets"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)

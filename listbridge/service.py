@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import threading
@@ -10,16 +11,20 @@ import time
 
 from listbridge.archive import publish
 from listbridge.config import Settings
-from listbridge.db import Database
+from listbridge.db import MAIL_QUEUED, Database, effects
 from listbridge.failurelog import FailureLog
 from listbridge.inbound.server import ListController, ListHandler
 from listbridge.inbound.worker import StoreProcess
+from listbridge.lists import bounces, moderation
 from listbridge.outbound import delivery, outbox
 
 log = logging.getLogger(__name__)
 
 PUBLISH_EVERY = 30.0  # seconds; an intake that stores an approval wakes it at once
+JANITOR_EVERY = 60.0  # seconds
 PUBLISH_RETRY = 2.0  # seconds before a failed site commit is first tried again
+MODERATION_EVERY = 60.0  # seconds between reminder checks; a held comment wakes the notices at once
+MODERATION_GATHER = 2.0  # seconds from that wake to the pass, which takes what came meanwhile
 
 
 class ListenError(Exception):
@@ -35,8 +40,11 @@ class Service:
         self.stopping = threading.Event()
         self.wakeup = threading.Event()
         self.published = threading.Event()  # set when an approval waits to be rendered
+        self.held = threading.Event()  # set when a held comment waits for its notice
         self.store = StoreProcess(settings)
-        handler = ListHandler(settings, self.store.accept_many, self.wakeup, on_stored=self.published.set)
+        handler = ListHandler(
+            settings, self.store.accept_many, self.wakeup, on_stored=self.published.set, on_held=self.held.set
+        )
         self.controller = ListController(handler, settings)
         self.threads: list[threading.Thread] = []
 
@@ -56,7 +64,12 @@ class Service:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ListenError(f"cannot listen on {s.host}:{s.port}: {reason}.") from exc
         self.threads = delivery.run_workers(self.db, self.settings, self.stopping, self.wakeup)
-        for target, name in ((self._janitor, "janitor"), (self._publisher, "publisher")):
+        self.held.set()  # comments held while no serve ran
+        for target, name in (
+            (self._janitor, "janitor"),
+            (self._publisher, "publisher"),
+            (self._moderation, "moderation"),
+        ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -84,9 +97,39 @@ class Service:
                 failures.succeeded()
             retry = next_retry(retry) if stuck else 0.0
 
+    def _moderation(self) -> None:
+        """Send the notices of newly held comments, and each list's daily reminder."""
+        failures = FailureLog(log, "could not send moderation notices; will retry", "moderation notices sent again")
+        reminded_at = -math.inf  # monotonic time of the last reminder pass
+        while not self.stopping.is_set():
+            self.held.wait(MODERATION_EVERY)
+            # A burst of held comments makes one pass, not one per intake batch.
+            if self.stopping.wait(MODERATION_GATHER):
+                return
+            self.held.clear()
+            remind = time.monotonic() - reminded_at >= MODERATION_EVERY
+            try:
+                with self.db.transaction() as session:
+                    noticed = moderation.notify_held(session, self.settings)
+                    reminders = moderation.remind(session, self.settings) if remind else 0
+                    queued = MAIL_QUEUED in effects(session)
+            except Exception as exc:
+                failures.failed(exc)
+                continue
+            failures.succeeded()
+            if remind:
+                reminded_at = time.monotonic()
+            if noticed or reminders:
+                log.info("moderators told of %d held comments; %d daily reminders", noticed, reminders)
+            if queued:
+                self.wakeup.set()
+
     def _janitor(self) -> None:
+        """Every minute: queue again the claims of a dead process, and send the bounce
+        warnings and removals that are due."""
         failures = FailureLog(log, "could not release stale outbox claims", "stale claims released again")
-        while not self.stopping.wait(60):
+        bounce_failures = FailureLog(log, "could not follow up on bounces; will retry", "bounce follow-up works again")
+        while not self.stopping.wait(JANITOR_EVERY):
             try:
                 with self.db.transaction() as session:
                     outbox.release_stale(session, outbox.CLAIM_LEASE)
@@ -94,6 +137,19 @@ class Service:
                 failures.failed(exc)
             else:
                 failures.succeeded()
+            self._follow_up_bounces(bounce_failures)
+
+    def _follow_up_bounces(self, failures: FailureLog) -> None:
+        try:
+            with self.db.transaction() as session:
+                warned, removed = bounces.follow_up(session, self.settings)
+        except Exception as exc:
+            failures.failed(exc)
+            return
+        failures.succeeded()
+        if warned or removed:
+            log.info("bounces: %d warnings sent, %d subscribers removed", warned, removed)
+            self.wakeup.set()
 
     def stop(self) -> None:
         # Queued before the controller's own stop, so it runs on the loop first.
@@ -103,6 +159,7 @@ class Service:
         self.stopping.set()
         self.wakeup.set()
         self.published.set()
+        self.held.set()
         # One deadline for all: a worker stuck on a silent relay must not hold up the others'
         # shutdown one by one. Whatever it had claimed is queued again by the next start.
         deadline = time.monotonic() + self.settings.relay.timeout + 5

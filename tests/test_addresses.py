@@ -10,10 +10,12 @@ from hypothesis import strategies as st
 
 from listbridge import addresses
 from listbridge.addresses import (
+    APPROVE,
     CONFIRM,
     HELP,
     OWNER,
     POST,
+    REJECT,
     SUBSCRIBE,
     TOKEN_ALPHABET,
     UNSUBSCRIBE,
@@ -39,6 +41,8 @@ TOKEN = "mfrggzdfmztwq2lknnwg23tpobyxe43u"
         (f"bla+unsubscribe-{TOKEN}@bla.example.org", UNSUBSCRIBE_TOKEN, TOKEN),
         ("bla+help@bla.example.org", HELP, ""),
         ("bla+owner@bla.example.org", OWNER, ""),
+        (f"bla+approve-{TOKEN}@bla.example.org", APPROVE, TOKEN),
+        (f"bla+reject-{TOKEN}@bla.example.org", REJECT, TOKEN),
     ],
 )
 def test_routing_table(address, action, token):
@@ -82,6 +86,8 @@ def test_configured_lists_are_folded_too():
         "bla+@bla.example.org",
         "bla+confirm@bla.example.org",  # confirm needs a token
         "bla+confirm-@bla.example.org",
+        "bla+approve@bla.example.org",  # approve and reject need a token
+        "bla+reject-@bla.example.org",
         "bla+help-abc@bla.example.org",  # help takes no token
         "bla+owner-abc@bla.example.org",
         "bla+subscribe-abc@bla.example.org",

@@ -131,6 +131,7 @@ def test_unknown_key_warning_through_load_settings(tmp_path):
         ({"lists": [{"address": "<bla@example.org>"}]}, "invalid address"),
         ({"lists": [{}, {"address": "bla@example.org"}, {"address": "bla@example.org,x@y"}]}, "[[lists]] entry 3"),
         ({"lists": [{"owner": "the owner"}]}, "invalid owner address 'the owner'"),
+        ({"lists": [{"moderators": ["ann@example.org", "not one"]}]}, "invalid moderator address 'not one'"),
         ({"lists": [{"address": "bla@example.org"}, {"address": "BLA@Example.org"}]}, "the same address"),
         ({"lists": []}, "[[lists]] must hold at least one list"),
         ({"lists": {"address": "bla@example.org"}}, "[[lists]] must hold at least one list"),

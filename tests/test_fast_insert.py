@@ -32,6 +32,7 @@ COLUMNS = (
     "published",
     "raw",
     "decided_by",
+    "notice_due",
 )
 
 
@@ -55,6 +56,7 @@ def values(**changes: object) -> dict[str, object]:
         published=False,
         raw=b"From: x\r\n\r\n\x00\xff\xfe body",
         decided_by="",
+        notice_due=True,
     )
     row.update(changes)
     return row

@@ -115,3 +115,22 @@ def test_drift_would_be_noticed(db: Database):
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         diff = compare_metadata(context, metadata)
     assert [(d[0], d[3].name) for d in diff if d[0] == "add_column"] == [("add_column", "nickname")]
+
+
+def test_the_moderation_tokens_migration_goes_down_and_up(empty: Database):
+    """0005 adds the tables a restart keeps the notices' tokens in; down drops them, up again
+    makes them usable."""
+    from listbridge.models import Comment, ModerationToken
+
+    empty.upgrade("0005")
+    empty.downgrade("0004")
+    assert {"moderation_tokens", "moderation_mails"}.isdisjoint(tables(empty))
+    assert "comments" in tables(empty)
+    empty.upgrade("0005")
+    with empty.transaction() as session:
+        comment = Comment(list_address="bla@x.org", sender="c@x.org", raw=b"")
+        session.add(comment)
+        session.flush()
+        session.add(ModerationToken(comment_id=comment.id, list_address="bla@x.org", token="abc"))
+    with empty.transaction() as session:
+        assert session.scalars(select(ModerationToken.token)).all() == ["abc"]

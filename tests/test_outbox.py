@@ -290,8 +290,8 @@ def test_stale_claims_are_queued_again(db, settings):
 
 def test_transactions_grouping_rules():
     prepared = {
-        1: delivery.Prepared("bla@d", "o@d", True, utcnow(), b""),
-        2: delivery.Prepared("bla@d", "o@d", False, utcnow(), b""),
+        1: delivery.Prepared("bla@d", "o@d", True, False, utcnow(), b""),
+        2: delivery.Prepared("bla@d", "o@d", False, False, utcnow(), b""),
     }
     rows = [outbox.Claimed(i, 1, f"r{i}@a", "a", "t", 0) for i in range(3)]
     rows += [outbox.Claimed(10 + i, 2, f"s{i}@b", "b", None, 0) for i in range(2)]

@@ -20,10 +20,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from listbridge.config import Settings
 from listbridge.db import Database
-from listbridge.models import Comment, Confirmation, OutboxRecipient
+from listbridge.lists.context import ListContext
+from listbridge.lists.context import send as queue_mail
+from listbridge.lists.subscriptions import subscribe
+from listbridge.models import Comment, Confirmation, OutboxRecipient, Subscriber
 from listbridge.service import Service
 
 from helpers import Received, Sink, db_count, free_port, send, wait_for
@@ -392,5 +396,50 @@ def test_pipe(postfix: Postfix, sink: Sink, make_settings: Callable[..., Setting
     try:
         postfix.start()
         walk(postfix, sink, service.db, wakeup=service.wakeup.set)
+    finally:
+        service.stop()
+
+
+# --- a real DSN -----------------------------------------------------------------------------
+
+
+def test_a_dsn_from_postfix_comes_back_to_the_verp_address_and_counts(
+    postfix: Postfix, sink: Sink, make_settings: Callable[..., Settings]
+) -> None:
+    """listbridge relays through Postfix, which cannot deliver to a subscriber (the error
+    transport: no such mailbox) and sends its own DSN to the mail's VERP address; that comes
+    back to `serve` through the contrib transport line, and with threshold 1 turns the
+    subscriber's delivery off."""
+    dead = "gone@dead.example.net"
+    settings = make_settings(relay={"host": "127.0.0.1", "port": postfix.port, "timeout": 10}, bounces={"threshold": 1})
+    transport = contrib_transport("smtp:").replace("8025", str(settings.smtp.port))
+    # Accepted, then bounced by Postfix's queue manager, as a mailbox lost after the RCPT check.
+    main_cf = {**contrib_main_cf(), "smtpd_reject_unlisted_recipient": "no"}
+    postfix.configure(main_cf, transport + "dead.example.net\terror:5.1.1 no such mailbox here\n")
+    service = Service(settings)
+    service.start()
+    try:
+        postfix.start()
+        ctx = ListContext(settings, settings.lists[0])
+        with service.db.transaction() as session:
+            subscribe(session, ctx, dead)
+            queue_mail(session, ctx, "help", dead)  # one recipient: sent from its own bounce address
+        service.wakeup.set()
+
+        def disabled() -> bool:
+            postfix.flush()
+            with service.db.transaction() as session:
+                return session.scalar(select(Subscriber.disabled_at).where(Subscriber.address == dead)) is not None
+
+        try:
+            wait_for(disabled, timeout=20)
+        except AssertionError:
+            raise AssertionError(f"the DSN did not count\nmaillog:\n{postfix.log()}") from None
+        owner = wait_mail(postfix, sink, "owner@example.org", lambda r: "turned off" in r.message["Subject"])
+        assert dead in owner.message.get_content()
+        with service.db.transaction() as session:
+            state = session.scalar(select(OutboxRecipient.state).where(OutboxRecipient.address == dead))
+        assert state == "bounced"
+        assert "status=bounced" in postfix.log()  # Postfix's own bounce, not one made up here
     finally:
         service.stop()

@@ -37,6 +37,30 @@ CONTEXT = dict(
     opened_at=dt.datetime(2026, 11, 26, 9, 0),
     automatic=True,
     status_url="gemini://d/status.gmi",
+    comment_id=3,
+    approve_address="bla+approve-x@d",
+    reject_address="bla+reject-x@d",
+    limit=10,
+    waiting=12,
+    score=5,
+    warnings=3,
+    warning_days="7",
+    removal_days="21",
+    enable_address="bla+enable-x@d",
+    count=1,
+    items=[
+        dict(
+            id=3,
+            received="2026-11-26 09:00 UTC",
+            author="Carole",
+            address="c@x",
+            subject="x",
+            post_title="x",
+            reason="first post",
+            approve_address="bla+approve-x@d",
+            reject_address="bla+reject-x@d",
+        )
+    ],
 )
 
 
@@ -94,10 +118,10 @@ def test_every_text_renders_with_what_its_real_caller_passes(language, make_sett
 
     from listbridge.archive.posts import site_posts
     from listbridge.inbound import dispatch
-    from listbridge.lists import comments
+    from listbridge.lists import bounces, comments, moderation
     from listbridge.lists.context import ListContext
     from listbridge.lists.subscriptions import subscribe
-    from listbridge.models import Comment, Confirmation
+    from listbridge.models import Comment, Confirmation, Subscriber
     from listbridge.outage import incidents
 
     from helpers import site_repo
@@ -143,6 +167,10 @@ def test_every_text_renders_with_what_its_real_caller_passes(language, make_sett
     deliver("carole@example.net", LIST_ADDRESS, subject="Un billet")
     deliver("carole@example.net", LIST_ADDRESS, subject="Un billet", body="Hors sujet.")
     with db.transaction() as session:
+        assert moderation.notify_held(session, settings, limit=1) == 1  # held, then held_summary
+        later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(hours=25)
+        assert moderation.remind(session, settings, later) == 1  # held_reminder
+    with db.transaction() as session:
         ctx = ListContext(settings, settings.lists[0])
         subscribe(session, ctx, "ann@example.org", name="Ann")
         first, second = session.scalars(select(Comment).order_by(Comment.id)).all()
@@ -151,4 +179,14 @@ def test_every_text_renders_with_what_its_real_caller_passes(language, make_sett
         incidents.declare(session, settings, "power cut", "tonight", actor="admin")  # outage_opened
         incidents.update(session, settings, "ISP on site", actor="admin")  # outage_updated
         incidents.resolve(session, settings, "back", actor="admin")  # outage_resolved
+        day = dt.datetime(2026, 5, 1)
+        subscribe(session, ctx, "bob@example.org")
+        for address in ("ann@example.org", "bob@example.org"):
+            for n in range(settings.bounces.threshold):  # bounce_disabled, bounce_warning
+                bounces.count(session, ctx, address, day + dt.timedelta(days=n))
+        ann = session.scalars(select(Subscriber).where(Subscriber.address == "ann@example.org")).one()
+        bounces.enable(session, ctx, ann)  # bounce_enabled
+        for n in range(settings.bounces.warnings):  # the other warnings, then bounce_removed
+            bounces.follow_up(session, settings, day + dt.timedelta(days=100 + 10 * n))
+        assert session.scalar(select(Subscriber.id).where(Subscriber.address == "bob@example.org")) is None
     assert rendered >= {f"mail/{language}/{name}.txt" for name in names(language)}

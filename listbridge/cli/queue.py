@@ -23,7 +23,19 @@ def list_(app: App, include_done: bool, as_json: bool) -> None:
     emit(
         rows,
         as_json,
-        ["id", "kind", "list", "created", "queued", "sending", "sent", "failed", "next_attempt", "last_error"],
+        [
+            "id",
+            "kind",
+            "list",
+            "created",
+            "queued",
+            "sending",
+            "sent",
+            "failed",
+            "bounced",
+            "next_attempt",
+            "last_error",
+        ],
     )
 
 

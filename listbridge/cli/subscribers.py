@@ -1,4 +1,4 @@
-"""`listbridge subscribers list|add|remove|import|export`."""
+"""`listbridge subscribers list|add|remove|enable|import|export`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from sqlalchemy import select
 
 from listbridge.cli import App, cli, pass_app
 from listbridge.cli.output import emit, progress
+from listbridge.lists import bounces
 from listbridge.lists.context import ListContext
-from listbridge.lists.subscriptions import subscribe, unsubscribe
+from listbridge.lists.subscriptions import find_subscriber, normalise, subscribe, unsubscribe
 from listbridge.models import Subscriber
 
 list_option = click.option(
@@ -48,10 +49,12 @@ def list_(app: App, list_address: str | None, as_json: bool) -> None:
                 "address": s.address,
                 "name": s.display_name,
                 "since": s.subscribed_at.isoformat(timespec="seconds"),
+                "delivery": "on" if s.disabled_at is None else "off (bounces)",
+                "bounces": s.bounce_score,
             }
             for s in session.scalars(query)
         ]
-    emit(rows, as_json, ["list", "address", "name", "since"])
+    emit(rows, as_json, ["list", "address", "name", "since", "delivery", "bounces"])
 
 
 def _parse(entry: str) -> tuple[str, str]:
@@ -87,6 +90,20 @@ def remove(app: App, list_address: str | None, addresses: tuple[str, ...]) -> No
         for address in parsed:
             removed = unsubscribe(session, ctx, address)
             click.echo(f"{'removed' if removed else 'not subscribed'}: {address}")
+
+
+@subscribers.command()
+@list_option
+@click.argument("addresses", nargs=-1, required=True, metavar="ADDR…")
+@pass_app
+def enable(app: App, list_address: str | None, addresses: tuple[str, ...]) -> None:
+    """Deliver list mail again to subscribers whose delivery bounces turned off; each is told."""
+    parsed = [_parse(a)[1] for a in addresses]
+    ctx = _context(app, list_address)
+    with app.ready_db().transaction() as session:
+        for address in parsed:
+            subscriber = find_subscriber(session, ctx.mlist.address, normalise(address))
+            click.echo(bounces.enable(session, ctx, subscriber) if subscriber else f"{address}: not subscribed")
 
 
 def read_entries(path: Path) -> Iterator[str]:

@@ -19,7 +19,7 @@ from listbridge.db import Database, effects
 from listbridge.failurelog import summary
 from listbridge.inbound.parse import IntakeError, parse
 from listbridge.inbound.timelimit import Overtime, TimeLimit
-from listbridge.lists import comments
+from listbridge.lists import bounces, comments, moderation
 from listbridge.lists.context import ListContext, Rejected, send, within_reply_limit
 from listbridge.lists.subscriptions import confirm, request, unsubscribe_with_token
 from listbridge.message import Incoming
@@ -116,14 +116,31 @@ def accept_many(
     """Parse the messages (within BATCH_PARSE_SECONDS), then act on them all in one transaction
     (group commit: one fsync for all of them); if that fails, on each alone, so that one bad
     message never takes the others down with it. The replies are final only once this returns."""
-    parsed = _parse_batch(messages)
-    replies: list[list[Reply]] = [p if isinstance(p, list) else [] for p in parsed]
+    parsed = _parse_batch(messages, lambda rcpt: _is_bounce(settings, rcpt))
+    replies: list[list[Reply]] = [_bounces_taken(settings, messages[i], p) for i, p in enumerate(parsed)]
     work = [(i, p, messages[i]) for i, p in enumerate(parsed) if isinstance(p, Incoming)]
     done = _commit(db, settings, work, replies, posts or (lambda: site_posts(settings)))
     return Accepted(replies, done, frozenset(i for i, p in enumerate(parsed) if p is None))
 
 
-def _parse_batch(messages: Sequence[Received]) -> list[Incoming | list[Reply] | None]:
+def _is_bounce(settings: Settings, rcpt: str) -> bool:
+    if "bounces" not in rcpt.lower():  # every message asks: most are not bounces
+        return False
+    recipient = route(settings, rcpt)
+    return recipient is not None and recipient.action == addresses.BOUNCES
+
+
+def _bounces_taken(settings: Settings, message: Received, parsed: Incoming | list[Reply] | None) -> list[Reply]:
+    """The refusals of an unreadable message, but for its bounce addresses, which take
+    everything: a refused bounce would come back as a double bounce."""
+    if not isinstance(parsed, list):
+        return []
+    return [OK if _is_bounce(settings, rcpt) else reply for rcpt, reply in zip(message.recipients, parsed, strict=True)]
+
+
+def _parse_batch(
+    messages: Sequence[Received], is_bounce: Callable[[str], bool] = lambda _: False
+) -> list[Incoming | list[Reply] | None]:
     """Each message parsed, or its refusal; None for one left to the next batch. The smallest
     go first (hostile mail is large), within BATCH_PARSE_SECONDS; one cut short by that waits
     instead of being refused. One message always has its full PARSE_SECONDS, so that every
@@ -138,9 +155,9 @@ def _parse_batch(messages: Sequence[Received]) -> list[Incoming | list[Reply] | 
         seconds = PARSE_SECONDS if full else min(PARSE_SECONDS, deadline - time.monotonic())
         if seconds <= 0:
             break
-        parsed[i] = _parse(messages[i], seconds)
+        parsed[i] = _parse(messages[i], seconds, is_bounce)
     if oldest is not None:
-        parsed[oldest] = _parse(messages[oldest], PARSE_SECONDS)
+        parsed[oldest] = _parse(messages[oldest], PARSE_SECONDS, is_bounce)
     return parsed
 
 
@@ -215,21 +232,27 @@ def _commit_one_by_one(
     return done
 
 
-def _parse(message: Received, seconds: float = PARSE_SECONDS) -> Incoming | list[Reply] | None:
+def _parse(
+    message: Received, seconds: float = PARSE_SECONDS, is_bounce: Callable[[str], bool] = lambda _: False
+) -> Incoming | list[Reply] | None:
     """The message parsed, or its refusal (one per recipient) when it cannot be read, or not
     within PARSE_SECONDS: then it alone is refused, and the rest of its batch goes on. None
     when `seconds`, less than that, ran out: the batch's time, not the message, is to blame."""
+    bounce = any(map(is_bounce, message.recipients))
+    # A bounce address takes even what cannot be read (_bounces_taken): then it is dropped.
+    outcome = "dropped" if bounce else "refused"
     try:
         with TimeLimit(seconds):
-            return parse(message.raw, message.envelope_from)
+            return parse(message.raw, message.envelope_from, bounce)
     except IntakeError as exc:
-        log.warning("refused unparseable message from <%s>: %s", message.envelope_from, exc)
+        log.warning("%s unparseable message from <%s>: %s", outcome, message.envelope_from, exc)
         return [Reply(f"554 5.6.0 {exc}")] * len(message.recipients)
     except Overtime:
         if seconds < PARSE_SECONDS:
             return None
         log.warning(
-            "refused a message from <%s> (%d bytes): not read within %g s",
+            "%s a message from <%s> (%d bytes): not read within %g s",
+            outcome,
             message.envelope_from,
             len(message.raw),
             PARSE_SECONDS,
@@ -304,6 +327,13 @@ def _act(
                     mlist.address,
                 )
                 return OK
+            failures = incoming.failures
+            if failures is not None and (failures.permanent or failures.temporary):
+                # A DSN from an MTA that ignored the envelope: counted, for the owner if there
+                # is one, never for the archive.
+                for done in bounces.named(session, ctx, incoming):
+                    _say(session, logging.INFO, "DSN to %s: %s", mlist.address, done)
+                return _forward_to_owner(session, ctx, incoming) if mlist.owner else OK
             comment = comments.receive(session, ctx, incoming, posts(), automated)
             name = comment.id if comment.id is not None else incoming.message_id or "without Message-ID"
             _say(
@@ -318,7 +348,21 @@ def _act(
             )
             return OK
         if action == addresses.OWNER:
+            for done in bounces.named(session, ctx, incoming):
+                _say(session, logging.INFO, "DSN to the owner of %s: %s", mlist.address, done)
             return _forward_to_owner(session, ctx, incoming)
+        if action == addresses.BOUNCES:
+            # Taken whatever it is, never answered nor forwarded one by one.
+            _say(session, logging.INFO, "%s: %s", rcpt, bounces.received(session, ctx, incoming, recipient.token))
+            return OK
+        if action in (addresses.APPROVE, addresses.REJECT):
+            # Never answered (no backscatter): 250 whatever the token or the sender.
+            outcome = moderation.by_mail(session, ctx, incoming, envelope_from, action, recipient.token)
+            level = logging.WARNING if outcome.ignored else logging.INFO
+            _say(
+                session, level, "%s from <%s> (envelope <%s>): %s", action, incoming.sender, envelope_from, outcome.text
+            )
+            return OK
         if action == addresses.UNSUBSCRIBE_TOKEN:
             done = unsubscribe_with_token(session, ctx, recipient.token, goodbye=not automated)
         elif automated:
@@ -330,6 +374,8 @@ def _act(
             done = request(session, ctx, action, incoming.sender, incoming.display_name)
         elif action == addresses.CONFIRM:
             done = confirm(session, ctx, recipient.token)
+        elif action == addresses.ENABLE:
+            done = bounces.enable_with_token(session, ctx, recipient.token)
         elif action == addresses.HELP:
             done = "help sent"
             if within_reply_limit(session, ctx, incoming.sender.lower(), "help"):

@@ -13,15 +13,18 @@ import base64
 import binascii
 import email
 import email.message
+import email.policy
 import email.utils
+import logging
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from email import quoprimime
 
 import mailparser
+from flufl.bounce import all_failures
 
-from listbridge.message import Incoming
+from listbridge.message import Failures, Incoming, is_null_sender
 from listbridge.sanitize import CONTROL_CHARS, clean_text, html_to_text, one_line
 
 # RFC 2047 encoded word; the encoded text is printable ASCII without "?".
@@ -63,25 +66,30 @@ _READ = frozenset(
 )
 # References longer than this keep the first id (the thread root) and the newest ones.
 MAX_REFERENCES = 100
+# The part of a bounce the detectors read: a DSN's report comes before the returned message,
+# and a null sender must not buy a long scan with a large body.
+SCAN_BYTES = 256 * 1024
 
 
 class IntakeError(Exception):
     """The message cannot be read at all; the text is the SMTP reason given to the sender."""
 
 
-def parse(raw: bytes, envelope_sender: str = "") -> Incoming:
+def parse(raw: bytes, envelope_sender: str = "", bounce: bool = False) -> Incoming:
     """Parse one message. Raises IntakeError when nothing usable can be read, whatever went
     wrong inside (mail-parser and the email package raise many kinds on hostile input, the
-    address parser RecursionError on deeply nested comments): it costs that message alone."""
+    address parser RecursionError on deeply nested comments): it costs that message alone.
+    A message sent to a bounce address (`bounce`), from the null sender or shaped as a
+    delivery report is also scanned for the addresses that failed."""
     try:
-        return _parse(raw, envelope_sender)
+        return _parse(raw, envelope_sender, bounce)
     except IntakeError:
         raise
     except Exception as exc:
         raise IntakeError(f"message cannot be parsed ({type(exc).__name__})") from exc
 
 
-def _parse(raw: bytes, envelope_sender: str) -> Incoming:
+def _parse(raw: bytes, envelope_sender: str, bounce: bool) -> Incoming:
     message = _read_message(raw)
     headers = [(str(name).lower(), value) for name, value in message.raw_items()]
     if not headers:
@@ -100,6 +108,7 @@ def _parse(raw: bytes, envelope_sender: str) -> Incoming:
     display_name, sender = _first_address(first("from"))
     if not sender:
         sender = _valid_address(envelope_sender)
+    suspect = bounce or is_null_sender(envelope_sender) or message.get_content_type() == "multipart/report"
     return Incoming(
         sender=sender,
         display_name=display_name,
@@ -114,7 +123,36 @@ def _parse(raw: bytes, envelope_sender: str) -> Incoming:
         raw=raw,
         authentication_results=tuple(one_line(v, 4000) for v in values("authentication-results")),
         attachments=attachments,
+        failures=_failures(raw) if suspect else None,
     )
+
+
+def _failures(raw: bytes) -> Failures:
+    """What flufl.bounce's detectors find in the first SCAN_BYTES of `raw` (the shortcut keeps
+    no parts). Nothing when a detector fails on it: an unreadable bounce counts for nothing,
+    and the message is still taken."""
+    try:
+        report = email.message_from_bytes(raw[:SCAN_BYTES], policy=email.policy.default)
+        temporary, permanent = all_failures(report)
+    except Exception:  # the detectors raise many kinds on what they do not expect
+        return Failures()
+    return Failures(permanent=_addresses(permanent), temporary=_addresses(temporary))
+
+
+def quiet_bounce_detectors() -> None:
+    """flufl.bounce logs every detector it runs at INFO, and a detector's failure (taken by
+    _failures as nothing found) as an ERROR with a traceback: both only with -v."""
+    logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
+
+
+def _addresses(found: Iterable[bytes | str]) -> frozenset[str]:
+    out = set()
+    for item in found:
+        text = item.decode("utf-8", "replace") if isinstance(item, bytes) else item
+        address = one_line(text).strip("<> ").lower()
+        if "@" in address:
+            out.add(address)
+    return frozenset(out)
 
 
 def _read_message(raw: bytes) -> email.message.Message:

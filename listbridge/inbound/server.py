@@ -16,7 +16,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from listbridge.config import Settings
-from listbridge.db import MAIL_QUEUED, SITE_CHANGED
+from listbridge.db import COMMENT_HELD, MAIL_QUEUED, SITE_CHANGED
 from listbridge.inbound import dispatch
 from listbridge.inbound.smtpdata import DataAssembler, read_data
 
@@ -35,11 +35,13 @@ class ListHandler:
         store: Callable[[list[dispatch.Received]], Awaitable[dispatch.Accepted]],
         wakeup: threading.Event | None = None,
         on_stored: Callable[[], None] | None = None,
+        on_held: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.wakeup = wakeup
         self.on_stored = on_stored
+        self.on_held = on_held
         self._group: GroupCommitter | None = None
 
     async def handle_RCPT(
@@ -76,6 +78,8 @@ class ListHandler:
             self.wakeup.set()
         if SITE_CHANGED in effects and self.on_stored is not None:
             self.on_stored()  # an auto-approved comment waits for the site
+        if COMMENT_HELD in effects and self.on_held is not None:
+            self.on_held()  # its moderators are due a notice
 
     async def handle_exception(self, error: Exception) -> str:
         log.exception("unexpected error while receiving", exc_info=error)

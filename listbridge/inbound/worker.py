@@ -34,6 +34,7 @@ from listbridge.archive.posts import PostCache
 from listbridge.config import Settings
 from listbridge.db import Database
 from listbridge.inbound import dispatch
+from listbridge.inbound.parse import quiet_bounce_detectors
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +288,8 @@ def _serve(sock: socket.socket, settings: Settings, cwd: str, level: int, log_fo
         logging.basicConfig(level=level, format=log_format)
     else:
         logging.getLogger().setLevel(level)
+    if level > logging.DEBUG:
+        quiet_bounce_detectors()
     db = Database(settings.database.url, warn_exposed=False)  # the parent has said it
     db.pin_connection()
     site = settings.site

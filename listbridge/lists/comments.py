@@ -16,11 +16,20 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from listbridge.archive.pages import page_path
 from listbridge.archive.posts import Post, find_post
-from listbridge.db import SITE_CHANGED, FastInsert, note_effect, rowcount
+from listbridge.db import COMMENT_HELD, SITE_CHANGED, FastInsert, note_effect, rowcount
 from listbridge.lists import authresults, commenttext
 from listbridge.lists.context import ListContext, send
 from listbridge.message import Incoming
-from listbridge.models import APPROVED, HELD, REJECTED, Comment, ModerationEvent, OutboxMessage, utcnow
+from listbridge.models import (
+    APPROVED,
+    HELD,
+    REJECTED,
+    Comment,
+    ModerationEvent,
+    ModerationToken,
+    OutboxMessage,
+    utcnow,
+)
 from listbridge.outbound import compose, outbox
 from listbridge.render import render_mail
 
@@ -46,6 +55,9 @@ def matches(sender: str, patterns: tuple[str, ...]) -> bool:
     return False
 
 
+AUTOMATIC = "automatic message"  # held so, a comment brings no notice: that would be the flood
+
+
 def decide(
     *,
     policy: str,
@@ -63,7 +75,7 @@ def decide(
     if matches(sender, deny):
         return Decision(REJECTED, "sender is on the deny list")
     if automated:
-        return Decision(HELD, "automatic message")
+        return Decision(HELD, AUTOMATIC)
     if too_long:
         return Decision(HELD, "too long")
     if not attached:
@@ -132,6 +144,7 @@ _INSERT_COMMENT = FastInsert(
         "published",
         "raw",
         "decided_by",
+        "notice_due",
     ),
 )
 
@@ -188,9 +201,12 @@ def receive(session: Session, ctx: ListContext, incoming: Incoming, posts: dict[
         published=True,
         raw=incoming.raw,
         decided_by="",
+        notice_due=decision.status == HELD and decision.reason != AUTOMATIC,
     )
     if decision.status == HELD:  # the hot path: nothing reads it back before the commit
         _INSERT_COMMENT.stage(session, row)
+        if row["notice_due"]:
+            note_effect(session, COMMENT_HELD)
         return Stored(None, decision.status, decision.reason, post.slug if post else None)
     comment_id = _INSERT_COMMENT.insert(session, row)
     comment = session.get(Comment, comment_id)
@@ -251,6 +267,18 @@ def _transition(session: Session, comment: Comment, source: str, values: dict[st
     return True
 
 
+def _spend_token(session: Session, comment: Comment, actor: str) -> None:
+    """Kill the comment's notice token (approve/reject by mail), decided now by `actor`. A
+    comment decided by the policy at intake was never held, so has none (no query then)."""
+    if actor != "policy":
+        session.execute(
+            update(ModerationToken)
+            .where(ModerationToken.comment_id == comment.id, ModerationToken.used_at.is_(None))
+            .values(used_at=comment.decided_at)
+            .execution_options(synchronize_session=False)
+        )
+
+
 def approve(session: Session, ctx: ListContext, comment: Comment, actor: str, post: Post | None = None) -> bool:
     """Publish (on the next render) and broadcast a held comment, once whatever the concurrency.
     False if it was approved already (nothing done); NotHeld if it was decided otherwise;
@@ -274,6 +302,7 @@ def approve(session: Session, ctx: ListContext, comment: Comment, actor: str, po
             detail=f"post {comment.post_slug}",
         )
     )
+    _spend_token(session, comment, actor)
     note_effect(session, SITE_CHANGED)
     broadcast(session, ctx, comment)
     return True
@@ -312,6 +341,7 @@ def reject(
         return Rejection(changed=False, told=False)
     else:
         raise NotHeld(comment)
+    _spend_token(session, comment, actor)
     session.add(
         ModerationEvent(comment_id=comment.id, action=REJECTED, actor=actor, at=comment.decided_at, detail=reason)
     )
@@ -361,6 +391,7 @@ def broadcast(session: Session, ctx: ListContext, comment: Comment) -> None:
         envelope_from=ctx.address("owner"),
         body=data,
         retry_days=settings.relay.retry_days,
+        verp=True,
     )
     message.header_message_id = message_id
     message.post_slug = comment.post_slug

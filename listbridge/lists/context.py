@@ -52,11 +52,14 @@ def send(
     sender: str | None = None,
     reply_to: str | None = None,
     auto_replied: bool = True,
+    auto_submitted: str = "auto-replied",
+    to_moderators: bool = False,
     **context: object,
 ) -> None:
-    """Render a mail template and put it in the outbox for `to`."""
+    """Render a mail template and put it in the outbox for `to`, marked `Auto-Submitted` (as
+    `auto_submitted`) unless `auto_replied` is false."""
     subject, body = render_mail(ctx.mlist, template, **{**ctx.common(), **context})
-    extra = {"Auto-Submitted": "auto-replied"} if auto_replied else {}
+    extra = {"Auto-Submitted": auto_submitted} if auto_replied else {}
     data = compose.build(
         ctx.mlist,
         ctx.settings.smtp.separator,
@@ -66,6 +69,7 @@ def send(
         to=to,
         reply_to=reply_to,
         extra=extra,
+        to_moderators=to_moderators,
     )
     outbox.enqueue(
         session,
@@ -75,6 +79,7 @@ def send(
         body=data,
         recipients=[to],
         retry_days=ctx.settings.relay.retry_days,
+        verp=True,
     )
 
 

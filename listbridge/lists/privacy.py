@@ -39,6 +39,7 @@ from listbridge.models import (
 
 BROADCAST_KIND = "comment"  # comments.broadcast
 OWNER_KIND = "owner"  # dispatch's forward of +owner mail
+NOTICE_KINDS = ("held", "held_reminder")  # lists/moderation: they name the authors of held comments
 
 
 @dataclass
@@ -93,7 +94,7 @@ def _erase_outbox(session: Session, address: str, comments: list[Comment]) -> in
     to_them = set(session.scalars(select(OutboxRecipient.message_id).where(OutboxRecipient.address == address)))
     session.execute(delete(OutboxRecipient).where(OutboxRecipient.address == address))
     emptied = [m for m in to_them if not _has_recipients(session, m) and not _is_fanout(session, m)]
-    gone = set(emptied) | set(_owner_forwards_from(session, address))
+    gone = set(emptied) | set(_owner_forwards_from(session, address)) | set(_notices_naming(session, address))
     for message_id in gone:
         session.execute(delete(OutboxRecipient).where(OutboxRecipient.message_id == message_id))
         session.execute(delete(OutboxMessage).where(OutboxMessage.id == message_id))
@@ -125,6 +126,21 @@ def _owner_forwards_from(session: Session, address: str) -> list[int]:
     """Mail of `address` to the list owner, stored whole with its headers."""
     rows = session.execute(select(OutboxMessage.id, OutboxMessage.body).where(OutboxMessage.kind == OWNER_KIND)).all()
     return [i for i, body in rows if _sent_by(BytesHeaderParser(policy=compat32).parsebytes(body), address)]
+
+
+def _notices_naming(session: Session, address: str) -> list[int]:
+    """The moderators' notices and reminders whose text names `address` (an author shown)."""
+    pattern = re.compile(rf"(?<![\w.+-]){re.escape(address)}(?![\w.-])", re.I)
+    rows = session.execute(
+        select(OutboxMessage.id, OutboxMessage.body).where(OutboxMessage.kind.in_(NOTICE_KINDS))
+    ).all()
+    return [i for i, body in rows if body and pattern.search(_text_of(body))]
+
+
+def _text_of(body: bytes) -> str:
+    part = BytesParser(policy=default).parsebytes(body).get_body(preferencelist=("plain",))
+    content = part.get_content() if part is not None else ""
+    return content if isinstance(content, str) else ""
 
 
 def _sent_by(headers: Message, address: str) -> bool:

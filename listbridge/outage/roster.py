@@ -1,4 +1,4 @@
-"""The roster snapshot: confirmed subscribers, with their names and own unsubscribe tokens,
+"""The roster snapshot: confirmed subscribers whose delivery is on, with their names and own unsubscribe tokens,
 copied from the home instance to the watcher so it can reach everyone while home is down.
 
 The snapshot is a small SQLite file, written atomically (temp file, fsync, rename). Its
@@ -60,6 +60,7 @@ def export(session: Session, path: str | Path) -> Snapshot:
                 Subscriber.token,
                 Subscriber.subscribed_at,
             )
+            .where(Subscriber.disabled_at.is_(None))  # turned off by bounces: a dead address
             .order_by(Subscriber.id)
             .execution_options(yield_per=_BATCH)
         )

@@ -46,20 +46,25 @@ def build(
     extra: dict[str, str] | None = None,
     sender_name: str | None = None,
     message_id: str | None = None,
+    to_moderators: bool = False,
 ) -> bytes:
     """A complete message as CRLF bytes. `to=None` leaves To and List-Unsubscribe to the sender
-    worker (a list mail, personalised at send time)."""
+    worker (a list mail, personalised at send time). `to_moderators`: a mail about the list,
+    not of it (a moderation notice), with no List-* header, so that neither "reply to list"
+    posts it nor an unsubscribe button acts on the moderator's subscription; X-Loop stays."""
     msg = EmailMessage(policy=SMTP)
     msg["From"] = formataddr((mlist.title if sender_name is None else sender_name, sender))
     if to is not None:
         msg["To"] = to
-        msg["List-Unsubscribe"] = f"<mailto:{subaddress(mlist.address, 'unsubscribe', separator)}>"
+        if not to_moderators:
+            msg["List-Unsubscribe"] = f"<mailto:{subaddress(mlist.address, 'unsubscribe', separator)}>"
     msg["Subject"] = subject
     msg["Date"] = formatdate(localtime=False, usegmt=True)
     msg["Message-ID"] = message_id or new_message_id(mlist.domain)
     if reply_to:
         msg["Reply-To"] = reply_to
-    for name, value in {**list_headers(mlist, separator), **(extra or {})}.items():
+    headers = {"X-Loop": mlist.address} if to_moderators else list_headers(mlist, separator)
+    for name, value in {**headers, **(extra or {})}.items():
         msg[name] = value
     msg.set_content(body, cte="quoted-printable" if not body.isascii() else "7bit")
     return msg.as_bytes()

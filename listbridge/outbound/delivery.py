@@ -21,7 +21,7 @@ from listbridge.config import Settings
 from listbridge.db import Database
 from listbridge.failurelog import FailureLog
 from listbridge.models import OutboxMessage
-from listbridge.outbound import outbox
+from listbridge.outbound import outbox, verp
 from listbridge.outbound.compose import personal_headers
 from listbridge.outbound.relay import RelayClient, RelayError, prepare
 
@@ -55,6 +55,7 @@ class Prepared:
     list_address: str
     envelope_from: str
     fanout: bool
+    verp: bool
     give_up_at: dt.datetime
     data: bytes
 
@@ -89,6 +90,7 @@ class Worker:
         self.holds_locks = not db.url.startswith("sqlite")
         self._cache: OrderedDict[int, Prepared] = OrderedDict()
         self._unrecorded: tuple[list[outbox.Outcome], dict[int, dt.datetime]] | None = None
+        self._verp_key: bytes | None = None
 
     def run_once(self, defer_record: bool = False) -> int:
         """Claim and deliver one batch; the number of recipients handled (0: nothing due).
@@ -156,10 +158,16 @@ class Worker:
             self._unrecorded = None
 
     def _envelope(self, rows: list[outbox.Claimed], message: Prepared) -> tuple[str, list[str], bytes]:
-        """The SMTP transaction for rows of one message: personalised headers when a list mail."""
+        """The SMTP transaction for rows of one message: personalised headers when a list mail,
+        and the recipient's own bounce address when VERP applies (one recipient)."""
         data = message.data
+        separator = self.settings.smtp.separator
+        sender = message.envelope_from
+        if message.verp:
+            assert self._verp_key is not None  # loaded with the message
+            name = f"bounces-{verp.encode(rows[0].id, self._verp_key)}" if len(rows) == 1 else "bounces"
+            sender = subaddress(message.list_address, name, separator)
         if message.fanout:
-            separator = self.settings.smtp.separator
             if len(rows) == 1 and rows[0].token and self.settings.relay.personalize:
                 unsubscribe = subaddress(message.list_address, f"unsubscribe-{rows[0].token}", separator)
                 data = personal_headers(rows[0].address, unsubscribe) + data
@@ -168,7 +176,7 @@ class Worker:
                     personal_headers(message.list_address, subaddress(message.list_address, "unsubscribe", separator))
                     + data
                 )
-        return message.envelope_from, [r.address for r in rows], data
+        return sender, [r.address for r in rows], data
 
     def _messages(self, ids: set[int]) -> dict[int, Prepared]:
         missing = [i for i in ids if i not in self._cache]
@@ -176,8 +184,10 @@ class Worker:
             with self.db.transaction() as session:
                 for m in session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(missing))):
                     self._cache[m.id] = Prepared(
-                        m.list_address, m.envelope_from, m.fanout, m.give_up_at, prepare(m.body)
+                        m.list_address, m.envelope_from, m.fanout, m.verp, m.give_up_at, prepare(m.body)
                     )
+                if self._verp_key is None and any(p.verp for i in missing if (p := self._cache.get(i))):
+                    self._verp_key = outbox.verp_key(session)
         wanted = {i: self._cache[i] for i in ids}
         while len(self._cache) > 32:
             self._cache.popitem(last=False)

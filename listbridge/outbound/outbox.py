@@ -22,7 +22,18 @@ from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql import ColumnElement, Select
 
 from listbridge.db import MAIL_QUEUED, note_effect, rowcount
-from listbridge.models import FAILED, QUEUED, SENDING, SENT, OutboxMessage, OutboxRecipient, Subscriber, utcnow
+from listbridge.models import (
+    BOUNCED,
+    FAILED,
+    QUEUED,
+    SENDING,
+    SENT,
+    OutboxMessage,
+    OutboxRecipient,
+    Secret,
+    Subscriber,
+    utcnow,
+)
 
 # A fan-out this large refreshes PostgreSQL's statistics on the recipients table (see enqueue_fanout).
 ANALYZE_AFTER = 1000
@@ -47,9 +58,11 @@ def enqueue(
     body: bytes,
     recipients: Iterable[str],
     retry_days: float,
+    verp: bool = False,
 ) -> OutboxMessage:
-    """Store one complete message for a few recipients (confirmations, notices, forwards)."""
-    message = _message(session, list_address, kind, envelope_from, body, retry_days, fanout=False)
+    """Store one complete message for a few recipients (confirmations, notices, forwards);
+    with `verp`, each is sent from its own bounce address (outbound/verp.py)."""
+    message = _message(session, list_address, kind, envelope_from, body, retry_days, fanout=False, verp=verp)
     session.execute(
         insert(OutboxRecipient),
         [{"message_id": message.id, "address": a, "domain": a.rpartition("@")[2].lower()} for a in recipients],
@@ -58,14 +71,22 @@ def enqueue(
 
 
 def enqueue_fanout(
-    session: Session, *, list_address: str, kind: str, envelope_from: str, body: bytes, retry_days: float
+    session: Session,
+    *,
+    list_address: str,
+    kind: str,
+    envelope_from: str,
+    body: bytes,
+    retry_days: float,
+    verp: bool = False,
 ) -> tuple[OutboxMessage, int]:
-    """Store a list mail for every subscriber of the list, in one INSERT … SELECT.
+    """Store a list mail for every subscriber of the list whose delivery is on (not disabled
+    by bounces), in one INSERT … SELECT.
 
     The roster never passes through Python, so 100,000 recipients cost 100,000 small rows
     and no memory. Rows are inserted in domain order, so batching by domain is a scan by id.
     """
-    message = _message(session, list_address, kind, envelope_from, body, retry_days, fanout=True)
+    message = _message(session, list_address, kind, envelope_from, body, retry_days, fanout=True, verp=verp)
     now = utcnow()
     roster = (
         select(
@@ -78,7 +99,7 @@ def enqueue_fanout(
             literal(now),
             literal(""),
         )
-        .where(Subscriber.list_address == list_address)
+        .where(Subscriber.list_address == list_address, Subscriber.disabled_at.is_(None))
         .order_by(Subscriber.domain, Subscriber.id)
     )
     columns = ["message_id", "address", "domain", "token", "state", "attempts", "next_attempt_at", "last_error"]
@@ -97,7 +118,14 @@ def enqueue_fanout(
 
 
 def _message(
-    session: Session, list_address: str, kind: str, envelope_from: str, body: bytes, retry_days: float, fanout: bool
+    session: Session,
+    list_address: str,
+    kind: str,
+    envelope_from: str,
+    body: bytes,
+    retry_days: float,
+    fanout: bool,
+    verp: bool,
 ) -> OutboxMessage:
     now = utcnow()
     note_effect(session, MAIL_QUEUED)
@@ -106,6 +134,7 @@ def _message(
         kind=kind,
         envelope_from=envelope_from,
         fanout=fanout,
+        verp=verp,
         body=body,
         created_at=now,
         give_up_at=now + dt.timedelta(days=retry_days),
@@ -167,12 +196,17 @@ _MARK_SENT_VALUES: dict[str, object] = {
     "last_error": "",
 }
 # A batch of ids as one parameter: a JSON array on SQLite, an array on PostgreSQL.
+# A row whose bounce came back while its delivery was being recorded stays bounced.
 _SQLITE_MARK_SENT = (
     update(_R)
-    .where(_R.id.in_(select(func.json_each(bindparam("ids")).table_valued("value").c.value)))
+    .where(_R.id.in_(select(func.json_each(bindparam("ids")).table_valued("value").c.value)), _R.state != BOUNCED)
     .values(_MARK_SENT_VALUES)
 )
-_MARK_SENT = update(_R).where(_R.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))).values(_MARK_SENT_VALUES)
+_MARK_SENT = (
+    update(_R)
+    .where(_R.id == any_(bindparam("ids", type_=ARRAY(BigInteger))), _R.state != BOUNCED)
+    .values(_MARK_SENT_VALUES)
+)
 
 
 _ANY_DUE = select(_R.id).where(*_IS_DUE).limit(1)
@@ -336,6 +370,7 @@ def summary(session: Session, include_done: bool = False) -> list[dict[str, obje
             count(SENDING),
             count(SENT),
             count(FAILED),
+            count(BOUNCED),
             func.min(case((r.state == QUEUED, r.next_attempt_at))),
             func.max(r.last_error),
         )
@@ -345,7 +380,7 @@ def summary(session: Session, include_done: bool = False) -> list[dict[str, obje
     )
     lines = []
     for row in session.execute(query):
-        mid, kind, list_address, created, queued, sending, sent, failed, next_at, error = row
+        mid, kind, list_address, created, queued, sending, sent, failed, bounced, next_at, error = row
         if not include_done and not (queued or sending):
             continue
         lines.append(
@@ -358,8 +393,17 @@ def summary(session: Session, include_done: bool = False) -> list[dict[str, obje
                 "sending": int(sending or 0),
                 "sent": int(sent or 0),
                 "failed": int(failed or 0),
+                "bounced": int(bounced or 0),
                 "next_attempt": next_at.isoformat(timespec="seconds") if next_at else None,
                 "last_error": error or "",
             }
         )
     return lines
+
+
+def verp_key(session: Session) -> bytes:
+    """The database's key for VERP tokens (made by its migration)."""
+    key = session.get(Secret, "verp")
+    if key is None:
+        raise LookupError("the database has no VERP key: run listbridge db upgrade")
+    return key.value
