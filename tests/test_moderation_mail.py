@@ -9,6 +9,7 @@ import datetime as dt
 import doctest
 import re
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -302,6 +303,59 @@ def test_automatic_messages_bring_no_notice(make_settings, db: Database):
     with db.transaction() as session:
         assert moderation.notify_held(session, settings) == 0
     assert sent(db, "held") == 0
+
+
+def test_automatic_messages_stay_out_of_the_reminder(make_settings, db: Database):
+    settings = make_settings(lists=[{"address": LIST, "owner": OWNER}])
+    now = dt.datetime(2026, 5, 3, 12, 0)
+    hold(db, settings, 2, reason=comments.AUTOMATIC, at=now - dt.timedelta(hours=30))
+    with db.transaction() as session:
+        assert moderation.remind(session, settings, now) == 0
+    assert sent(db, "held_reminder") == 0
+
+
+@pytest.mark.skipif(bool(PG_URL), reason="SQLite's one write lock, which the intake waits for")
+def test_the_notices_render_before_the_write_lock_is_taken(make_settings, db: Database, monkeypatch):
+    """While notices render, another connection (the intake) writes without waiting."""
+    settings = make_settings(lists=[{"address": LIST, "owner": OWNER, "moderators": [MODERATOR]}])
+    hold(db, settings, 3)
+    writes: list[int] = []
+    render = moderation.render
+
+    def render_and_write(*args, **kwargs):
+        with db.engine.connect() as other:
+            other.exec_driver_sql("PRAGMA busy_timeout = 0")  # a lock held would fail this at once
+            other.exec_driver_sql("UPDATE comments SET subject = subject WHERE id = 1")
+            other.commit()
+        writes.append(1)
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(moderation, "render", render_and_write)
+    with db.transaction() as session:
+        assert moderation.notify_held(session, settings) == 3
+    assert len(writes) == 6 and sent(db, "held") == 6
+
+
+@pytest.mark.skipif(not PG_URL, reason="two writers at once: PostgreSQL (SQLite serialises them)")
+def test_two_nodes_send_one_first_reminder(make_settings, db: Database):
+    """The list's first reminder: the second node's insert waits for the first's, and yields."""
+    settings = make_settings(lists=[{"address": LIST, "owner": OWNER}])
+    now = dt.datetime(2026, 5, 3, 12, 0)
+    hold(db, settings, 1, at=now - dt.timedelta(hours=30))
+    result: list[int] = []
+    with db.transaction() as first:
+        result.append(moderation.remind(first, settings, now))
+
+        def second() -> None:
+            with db.transaction() as session:
+                result.append(moderation.remind(session, settings, now))
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(0.5)
+        assert thread.is_alive()  # waiting on the first's row
+    thread.join(10)
+    assert result == [1, 0] and sent(db, "held_reminder") == 1
 
 
 def test_the_daily_reminder(make_settings, db: Database):

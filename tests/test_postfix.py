@@ -286,7 +286,8 @@ def walk(postfix: Postfix, sink: Sink, db: Database, wakeup: Callable[[], None] 
     postfix.flush()
 
     # The subscribe request was stored and its confirmation reached the relay.
-    request = wait_mail(postfix, sink, READER, from_(f"bla+owner@{DOMAIN}"), wakeup)
+    bounces = re.compile(rf"bla\+bounces-[a-z2-7]+@{re.escape(DOMAIN)}")  # its own bounce address
+    request = wait_mail(postfix, sink, READER, lambda r: bool(bounces.fullmatch(r.mail_from)), wakeup)
     assert re.fullmatch(rf"bla\+confirm-[a-z2-7]{{26}}@{re.escape(DOMAIN)}", request.message["Reply-To"])
     assert db_count(db, Confirmation, Confirmation.address == READER) == 1
 

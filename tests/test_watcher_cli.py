@@ -4,20 +4,21 @@ on) and the roster export that feeds it, through the CLI."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from listbridge.cli import cli
 from listbridge.config import build_settings
 from listbridge.db import Database
 from listbridge.lists.context import ListContext
 from listbridge.lists.subscriptions import subscribe
-from listbridge.models import RosterImport
+from listbridge.models import RosterImport, Subscriber, utcnow
 from listbridge.outage import roster
 
 from helpers import free_port
@@ -103,3 +104,12 @@ def test_roster_export_to_a_directory_is_one_sentence(tmp_path, db_url):
         f"Error: {folder} is a directory: give the roster's file name, such as {folder / 'roster.sqlite3'}."
     )
     assert list(folder.iterdir()) == []  # no temporary file left behind
+
+
+def test_a_subscriber_turned_off_by_bounces_is_left_out_of_the_roster(tmp_path, home):
+    with home.transaction() as session:
+        session.execute(update(Subscriber).where(Subscriber.address == READERS[1]).values(disabled_at=utcnow()))
+        snapshot = roster.export(session, tmp_path / "roster.sqlite3")
+    with sqlite3.connect(tmp_path / "roster.sqlite3") as out:
+        exported = [row[0] for row in out.execute("SELECT address FROM subscribers ORDER BY address")]
+    assert snapshot.subscribers == 2 and exported == [READERS[0], READERS[2]]

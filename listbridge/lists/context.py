@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -43,8 +44,16 @@ class ListContext:
         }
 
 
-def send(
-    session: Session,
+@dataclass(frozen=True)
+class Mail:
+    """A mail rendered for the outbox (`kind`: its template's name)."""
+
+    kind: str
+    to: str
+    data: bytes
+
+
+def render(
     ctx: ListContext,
     template: str,
     to: str,
@@ -55,9 +64,9 @@ def send(
     auto_submitted: str = "auto-replied",
     to_moderators: bool = False,
     **context: object,
-) -> None:
-    """Render a mail template and put it in the outbox for `to`, marked `Auto-Submitted` (as
-    `auto_submitted`) unless `auto_replied` is false."""
+) -> Mail:
+    """A mail template rendered for `to`, marked `Auto-Submitted` (as `auto_submitted`) unless
+    `auto_replied` is false. No I/O: what renders outside a transaction stays out of its locks."""
     subject, body = render_mail(ctx.mlist, template, **{**ctx.common(), **context})
     extra = {"Auto-Submitted": auto_submitted} if auto_replied else {}
     data = compose.build(
@@ -71,16 +80,26 @@ def send(
         extra=extra,
         to_moderators=to_moderators,
     )
+    return Mail(template, to, data)
+
+
+def queue(session: Session, ctx: ListContext, mail: Mail) -> None:
+    """Put `mail` in the outbox, leaving from its own bounce address."""
     outbox.enqueue(
         session,
         list_address=ctx.mlist.address,
-        kind=template,
+        kind=mail.kind,
         envelope_from=ctx.address("owner"),
-        body=data,
-        recipients=[to],
+        body=mail.data,
+        recipients=[mail.to],
         retry_days=ctx.settings.relay.retry_days,
         verp=True,
     )
+
+
+def send(session: Session, ctx: ListContext, template: str, to: str, **options: Any) -> None:
+    """Render a mail template (options as render() takes them) and put it in the outbox."""
+    queue(session, ctx, render(ctx, template, to, **options))
 
 
 def within_reply_limit(session: Session, ctx: ListContext, address: str, kind: str) -> bool:

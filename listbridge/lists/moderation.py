@@ -13,13 +13,15 @@ import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from listbridge import addresses
 from listbridge.config import ListSettings, Settings
 from listbridge.db import rowcount
 from listbridge.lists import comments, commenttext
-from listbridge.lists.context import ListContext, send
+from listbridge.lists.context import ListContext, Mail, queue, render, send
 from listbridge.message import Incoming
 from listbridge.models import HELD, Comment, ModerationMail, ModerationToken, utcnow
 from listbridge.sanitize import one_line
@@ -39,47 +41,70 @@ def notify_held(
     past `limit` notices for its list in the last hour, one summary instead. How many comments
     got a notice.
 
-    The intake marks such comments `notice_due`; one UPDATE claims them all, so that the pass
-    costs the intake's write lock a moment, however many came, and two serve nodes never
-    claim one comment. Lists with nobody to tell (a removed list, an owner not set yet) keep
-    theirs due, to be told once someone is."""
+    The intake marks such comments `notice_due`. The notices are read and rendered first, then
+    one UPDATE claims the comments: SQLite's write lock, which the intake needs, is held only
+    for the writes, and of two serve nodes only one sends a comment's notice. Lists with
+    nobody to tell (a removed list, an owner not set yet) keep theirs due, to be told once
+    someone is."""
     now = now or utcnow()
     told = {mlist.address: mlist for mlist in settings.lists if mlist.moderating}
     if not told:
         return 0
+    due: dict[str, list[int]] = {}
+    for comment_id, address in session.execute(
+        select(Comment.id, Comment.list_address)
+        .where(Comment.notice_due, Comment.list_address.in_(told))
+        .order_by(Comment.id)
+    ):
+        due.setdefault(address, []).append(comment_id)
+    if not due:
+        return 0
+    notices: dict[int, tuple[ModerationToken, list[Mail]]] = {}
+    for address, ids in due.items():
+        ctx = ListContext(settings, told[address])
+        room = max(0, limit - _notices_since(session, ctx.mlist, now - dt.timedelta(hours=1)))
+        for comment in session.scalars(select(Comment).where(Comment.id.in_(ids[:room]))):
+            token = _new_token(comment, now, notified=True)
+            notices[comment.id] = token, _notice(ctx, comment, token.token)
+    # The writes, from here on.
     claimed = session.execute(
         update(Comment)
-        .where(Comment.notice_due, Comment.list_address.in_(told))
+        .where(Comment.id.in_([i for ids in due.values() for i in ids]), Comment.notice_due)
         .values(notice_due=False)
         .returning(Comment.id, Comment.list_address, Comment.status)
         .execution_options(synchronize_session=False)
     ).all()
-    held: dict[str, list[int]] = {}
-    for comment_id, address, status in claimed:
-        if status == HELD:  # else decided (CLI) before its notice was made
-            held.setdefault(address, []).append(comment_id)
     noticed = 0
-    for address, ids in held.items():
-        ctx = ListContext(settings, told[address])
-        ids.sort()
-        room = max(0, limit - _notices_since(session, ctx.mlist, now - dt.timedelta(hours=1)))
-        for comment in session.scalars(select(Comment).where(Comment.id.in_(ids[:room])).order_by(Comment.id)):
-            _notice(session, ctx, comment, _token(session, comment, now, notified=True))
+    paused: set[str] = set()
+    for comment_id, address, status in sorted(claimed):
+        if comment_id not in notices:
+            paused.add(address)
+        elif status == HELD:  # else decided (CLI) before its notice was made
+            token, mails = notices[comment_id]
+            session.add(token)
+            ctx = ListContext(settings, told[address])
+            for mail in mails:
+                queue(session, ctx, mail)
             noticed += 1
-        if len(ids) > room:
-            _summary(session, ctx, now, limit)
+    for address in sorted(paused):
+        _summary(session, ListContext(settings, told[address]), now, limit)
     return noticed
 
 
-def _token(session: Session, comment: Comment, now: dt.datetime, notified: bool) -> str:
-    """A new token for `comment`'s approve and reject addresses."""
-    row = ModerationToken(
+def _new_token(comment: Comment, now: dt.datetime, notified: bool) -> ModerationToken:
+    """A new token for `comment`'s approve and reject addresses, not yet added."""
+    return ModerationToken(
         comment_id=comment.id,
         list_address=comment.list_address,
         token=addresses.new_token(),
         created_at=now,
         notified=notified,
     )
+
+
+def _token(session: Session, comment: Comment, now: dt.datetime, notified: bool) -> str:
+    """A new token for `comment`'s approve and reject addresses, added to the session."""
+    row = _new_token(comment, now, notified)
     session.add(row)
     return row.token
 
@@ -91,11 +116,11 @@ def _notices_since(session: Session, mlist: ListSettings, since: dt.datetime) ->
     return session.scalar(query) or 0
 
 
-def _notice(session: Session, ctx: ListContext, comment: Comment, token: str) -> None:
+def _notice(ctx: ListContext, comment: Comment, token: str) -> list[Mail]:
+    """The notice of `comment` to each of its list's moderators."""
     approve, reject = ctx.address(f"approve-{token}"), ctx.address(f"reject-{token}")
-    for to in ctx.mlist.moderating:
-        send(
-            session,
+    return [
+        render(
             ctx,
             "held",
             to,
@@ -113,6 +138,8 @@ def _notice(session: Session, ctx: ListContext, comment: Comment, token: str) ->
             approve_address=approve,
             reject_address=reject,
         )
+        for to in ctx.mlist.moderating
+    ]
 
 
 def _summary(session: Session, ctx: ListContext, now: dt.datetime, limit: int) -> None:
@@ -137,10 +164,11 @@ def _summary(session: Session, ctx: ListContext, now: dt.datetime, limit: int) -
 
 def _due(session: Session, mlist: ListSettings, kind: str, now: dt.datetime, every: dt.timedelta) -> bool:
     """True, and recorded as sent at `now`, when the list's last `kind` mail is older than
-    `every`. One conditional UPDATE: of two serve nodes at the same time, one wins (the first
-    time, the primary key makes the other's transaction fail)."""
-    if session.get(ModerationMail, (mlist.address, kind)) is None:
-        session.add(ModerationMail(list_address=mlist.address, kind=kind, sent_at=now))
+    `every`. A conditional INSERT, then UPDATE: of two serve nodes at the same time, one wins."""
+    values = {"list_address": mlist.address, "kind": kind, "sent_at": now}
+    dialect = session.get_bind().dialect.name
+    first = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(ModerationMail).values(values)
+    if session.execute(first.on_conflict_do_nothing().returning(ModerationMail.kind)).first() is not None:
         return True
     claimed = session.execute(
         update(ModerationMail)
@@ -164,7 +192,12 @@ def remind(session: Session, settings: Settings, now: dt.datetime | None = None)
     for mlist in settings.lists:
         if not mlist.moderating:
             continue
-        old = Comment.list_address == mlist.address, Comment.status == HELD, Comment.received_at <= now - REMIND_AFTER
+        old = (
+            Comment.list_address == mlist.address,
+            Comment.status == HELD,
+            Comment.received_at <= now - REMIND_AFTER,
+            Comment.reason != comments.AUTOMATIC,  # held without a word, as auto-replies are
+        )
         count = session.scalar(select(func.count()).where(*old)) or 0
         if not count or not _due(session, mlist, REMINDER, now, REMIND_EVERY):
             continue
