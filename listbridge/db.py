@@ -23,9 +23,12 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    inspect,
     make_url,
     text,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
@@ -140,6 +143,16 @@ def note_effect(session: Session, effect: str) -> None:
 def effects(session: Session) -> frozenset[str]:
     """The effects noted on this session so far."""
     return frozenset(session.info.get("effects", ()))
+
+
+def insert_new(session: Session, table: Any, values: Mapping[str, object]) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING of one row (SQLite and PostgreSQL): True when this
+    transaction inserted it. Of two at once, the second waits for the first and gets False,
+    where a plain INSERT would fail its whole transaction on the key."""
+    dialect = session.get_bind().dialect.name
+    statement = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(table).values(dict(values))
+    key = next(iter(inspect(table).primary_key))
+    return session.execute(statement.on_conflict_do_nothing().returning(key)).first() is not None
 
 
 def rowcount(result: Result[Any]) -> int:

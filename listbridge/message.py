@@ -11,10 +11,12 @@ from listbridge.sanitize import one_line
 @dataclass(frozen=True)
 class Failures:
     """What a bounce says failed (flufl.bounce's detectors): lower-case addresses whose
-    delivery failed for good, and those only delayed (DSN `Action: delayed`, 4.x.x)."""
+    delivery failed for good, and those only delayed (DSN `Action: delayed`, 4.x.x); and the
+    Message-IDs it quotes (the returned mail's, when it carries its headers)."""
 
     permanent: frozenset[str] = frozenset()
     temporary: frozenset[str] = frozenset()
+    message_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,6 @@ QUEUED = "queued"
 SENDING = "sending"
 SENT = "sent"
 FAILED = "failed"
-BOUNCED = "bounced"  # sent, then a bounce came back to its VERP address
 
 
 def utcnow() -> dt.datetime:
@@ -227,6 +226,17 @@ class OutboxRecipient(Base):
     claimed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
     done_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class OutboxBounce(Base):
+    """The first bounce counted for one delivered mail (lists/bounces.py): a second, or the
+    same one sent again, counts for nothing. No foreign key: checking one would wait for the
+    delivery worker's lock on the row, and the intake must not wait on an SMTP session."""
+
+    __tablename__ = "outbox_bounces"
+
+    recipient_id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=False)
+    bounced_at: Mapped[dt.datetime] = mapped_column(DateTime())
 
 
 class AutoReply(Base):

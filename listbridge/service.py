@@ -108,21 +108,29 @@ class Service:
                 return
             self.held.clear()
             remind = time.monotonic() - reminded_at >= MODERATION_EVERY
-            try:
-                with self.db.transaction() as session:
-                    noticed = moderation.notify_held(session, self.settings)
-                    reminders = moderation.remind(session, self.settings) if remind else 0
-                    queued = MAIL_QUEUED in effects(session)
-            except Exception as exc:
-                failures.failed(exc)
-                continue
-            failures.succeeded()
-            if remind:
-                reminded_at = time.monotonic()
-            if noticed or reminders:
-                log.info("moderators told of %d held comments; %d daily reminders", noticed, reminders)
-            if queued:
-                self.wakeup.set()
+            # Two transactions: a reminder that fails keeps no notice from going out.
+            passes = [("notices", moderation.notify_held)] + ([("reminders", moderation.remind)] if remind else [])
+            done: dict[str, int] = {}
+            for name, step in passes:
+                try:
+                    with self.db.transaction() as session:
+                        done[name] = step(session, self.settings)
+                        queued = MAIL_QUEUED in effects(session)
+                except Exception as exc:
+                    failures.failed(exc)
+                    break
+                if queued:
+                    self.wakeup.set()
+            else:
+                failures.succeeded()
+                if remind:
+                    reminded_at = time.monotonic()
+            if done.get("notices") or done.get("reminders"):
+                log.info(
+                    "moderators told of %d held comments; %d daily reminders",
+                    done.get("notices", 0),
+                    done.get("reminders", 0),
+                )
 
     def _janitor(self) -> None:
         """Every minute: queue again the claims of a dead process, and send the bounce

@@ -13,17 +13,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from listbridge.config import Settings
-from listbridge.lists import bounces
+from listbridge.inbound.parse import parse
+from listbridge.lists import bounces, context
 from listbridge.lists.context import ListContext
 from listbridge.lists.subscriptions import subscribe
-from listbridge.models import OutboxMessage, Subscriber, utcnow
+from listbridge.models import SENT, Comment, OutboxMessage, OutboxRecipient, Subscriber, utcnow
 from listbridge.outbound import outbox, verp
 from listbridge.service import Service
 
-from helpers import Received, Sink, db_count, send, site_repo, wait_for
+from helpers import PG_URL, Received, Sink, db_count, send, site_repo, wait_for
 
 LIST = "bla@bla.example.org"
 OWNER = "owner@example.org"
@@ -49,8 +50,10 @@ def running(make_settings, tmp_path: Path) -> Iterator[tuple[Settings, Service]]
     svc.stop()
 
 
-def dsn(recipient: str, action: str = "failed", status: str = "5.1.1") -> bytes:
-    """An RFC 3464 delivery report, as Postfix words it."""
+def dsn(recipient: str, action: str = "failed", status: str = "5.1.1", message_id: str = "") -> bytes:
+    """An RFC 3464 delivery report, as Postfix words it; quoting the returned mail's
+    `message_id`, if given, in its headers."""
+    quoted = f"Message-ID: {message_id}\r\n" if message_id else ""
     return (
         "From: MAILER-DAEMON@mx.example.net (Mail Delivery System)\r\n"
         f"To: {LIST}\r\n"
@@ -63,7 +66,7 @@ def dsn(recipient: str, action: str = "failed", status: str = "5.1.1") -> bytes:
         f"Final-Recipient: rfc822; {recipient}\r\nOriginal-Recipient: rfc822;{recipient}\r\n"
         f"Action: {action}\r\nStatus: {status}\r\n"
         "Diagnostic-Code: smtp; 550 5.1.1 User unknown\r\n"
-        "\r\n--B\r\nContent-Type: text/rfc822-headers\r\n\r\nSubject: [bla] Un billet\r\n\r\n--B--\r\n"
+        f"\r\n--B\r\nContent-Type: text/rfc822-headers\r\n\r\n{quoted}Subject: [bla] Un billet\r\n\r\n--B--\r\n"
     ).encode()
 
 
@@ -138,15 +141,19 @@ def test_five_days_of_failures_turn_delivery_off_and_enable_turns_it_on(running,
         yesterday(svc)
     queued = db_count(svc.db, OutboxMessage)
     assert subscriber(svc).disabled_at is None  # nobody told yet
-    # The fifth from a DSN that names READER, to the bare list: READER was mailed lately.
-    bounce(settings, LIST, dsn(READER))
+    broadcast(settings, sink, "Comment 5.\n")
+    returned = to_reader(sink, "Un billet")[4].message["Message-ID"]
+    wait_for(lambda: sent_to(svc, READER) == 5)
+    # The fifth from a DSN to the bare list (an MTA that ignored the envelope), quoting the
+    # returned mail's Message-ID.
+    queued = db_count(svc.db, OutboxMessage)
+    bounce(settings, LIST, dsn(READER, message_id=returned))
     off = subscriber(svc)
     assert off.bounce_score == 5 and off.disabled_at is not None and off.warnings_sent == 1
     assert db_count(svc.db, OutboxMessage) == queued + 3  # the DSN forwarded, the owner told, READER warned
     with svc.db.transaction() as session:
         lines = [m for m in outbox.summary(session, include_done=True) if m["kind"] == "comment"]
-    assert [(m["sent"], m["bounced"]) for m in lines] == [(1, 1), (1, 1), (1, 1), (1, 1)]
-    assert lines[0]["last_error"] == "bounced: permanent failure"
+    assert [(m["sent"], m["bounced"]) for m in lines] == [(2, 1)] * 5  # READER and OTHER each
 
     wait_for(lambda: [r for r in sink.handler.to(OWNER) if "turned off" in r.message["Subject"]])
     (warning,) = wait_for(lambda: to_reader(sink, "on hold"))
@@ -154,14 +161,14 @@ def test_five_days_of_failures_turn_delivery_off_and_enable_turns_it_on(running,
     assert enable, warning.message.get_content()
 
     broadcast(settings, sink, "Second comment.\n")  # OTHER gets it, READER does not
-    assert len(to_reader(sink, "Un billet")) == 4
+    assert len(to_reader(sink, "Un billet")) == 5
 
     send(settings.smtp.port, enable.group(0), sender=READER, body="yes\n")
     wait_for(lambda: to_reader(sink, "again"))
     back = subscriber(svc)
     assert (back.disabled_at, back.bounce_score, back.warnings_sent) == (None, 0, 0)
     broadcast(settings, sink, "Third comment.\n")
-    wait_for(lambda: len(to_reader(sink, "Un billet")) == 5)
+    wait_for(lambda: len(to_reader(sink, "Un billet")) == 6)
 
 
 def test_delays_autoreplies_and_forged_tokens_count_for_nothing(running, sink: Sink):
@@ -184,20 +191,82 @@ def test_delays_autoreplies_and_forged_tokens_count_for_nothing(running, sink: S
     assert db_count(svc.db, OutboxMessage) == queued  # nothing answered, nothing forwarded
 
 
+def sent_to(svc: Service, address: str) -> int:
+    """Deliveries to `address` recorded as sent."""
+    return db_count(svc.db, OutboxRecipient, OutboxRecipient.address == address, OutboxRecipient.state == SENT)
+
+
 def test_a_dsn_to_the_owner_address_counts_and_still_reaches_the_owner(running, sink: Sink):
     settings, svc = running
-    assert bounce(settings, "bla+owner@bla.example.org", dsn(READER)) == {}
-    wait_for(lambda: [r for r in sink.handler.to(OWNER) if "Undelivered" in r.message["Subject"]])
-    assert subscriber(svc).bounce_score == 0  # READER was never sent list mail: anyone can say so
+    owner_dsns = lambda: [r for r in sink.handler.to(OWNER) if "Undelivered" in r.message["Subject"]]  # noqa: E731
     broadcast(settings, sink)
-    wait_for(lambda: to_reader(sink, "Un billet"))
+    (mail,) = wait_for(lambda: to_reader(sink, "Un billet"))
+    wait_for(lambda: sent_to(svc, READER) == 1)
+    # Naming READER and nothing else: anyone could say so, it counts for nothing.
     assert bounce(settings, "bla+owner@bla.example.org", dsn(READER)) == {}
+    wait_for(lambda: len(owner_dsns()) == 1)
+    assert subscriber(svc).bounce_score == 0
+    # Quoting the returned mail's Message-ID, as most MTAs do: counted, once.
+    returned = dsn(READER, message_id=mail.message["Message-ID"])
+    assert bounce(settings, "bla+owner@bla.example.org", returned) == {}
     assert subscriber(svc).bounce_score == 1
-    wait_for(lambda: len([r for r in sink.handler.to(OWNER) if "Undelivered" in r.message["Subject"]]) == 2)
+    wait_for(lambda: len(owner_dsns()) == 2)
+    yesterday(svc)
+    assert bounce(settings, "bla+owner@bla.example.org", returned) == {}  # sent again: not counted
+    assert subscriber(svc).bounce_score == 1
     # To the bare list (an MTA that ignored the envelope): counted too, and not a comment.
-    assert bounce(settings, LIST, dsn(OTHER)) == {}
+    (other,) = [r for r in sink.handler.to(OTHER) if "Un billet" in r.message["Subject"]]
+    assert bounce(settings, LIST, dsn(OTHER, message_id=other.message["Message-ID"])) == {}
     assert subscriber(svc, OTHER).bounce_score == 1
-    wait_for(lambda: len([r for r in sink.handler.to(OWNER) if "Undelivered" in r.message["Subject"]]) == 3)
+    wait_for(lambda: len(owner_dsns()) == 4)
+    assert db_count(svc.db, Comment) == 1  # the broadcast comment alone
+
+
+def test_a_forged_dsn_without_a_token_counts_for_nothing(make_settings, sink: Sink, tmp_path: Path):
+    """Someone writes to +help as READER, so that the list mails READER, then sends DSNs that
+    name READER to the token-less bounce address and the owner: READER keeps their delivery."""
+    site = site_repo(tmp_path / "site", {"log/un-billet.gmi": "# Un billet\n\nTexte.\n"})
+    settings = make_settings(
+        site={"repo": str(site)}, lists=[{"address": LIST, "owner": OWNER}], bounces={"threshold": 1}
+    )
+    svc = Service(settings)
+    svc.start()
+    try:
+        with svc.db.transaction() as session:
+            subscribe(session, ListContext(settings, settings.lists[0]), READER)
+        send(settings.smtp.port, "bla+help@bla.example.org", sender=READER)
+        (help_mail,) = wait_for(lambda: sink.handler.to(READER))
+        wait_for(lambda: sent_to(svc, READER) == 1)
+        for to in ("bla+bounces@bla.example.org", "bla+owner@bla.example.org", LIST):
+            assert bounce(settings, to, dsn(READER)) == {}
+        assert (subscriber(svc).bounce_score, subscriber(svc).disabled_at) == (0, None)
+        assert bounce(settings, help_mail.mail_from, dsn(READER)) == {}  # its own bounce address
+        assert subscriber(svc).disabled_at is not None
+    finally:
+        svc.stop()
+
+
+@pytest.mark.skipif(not PG_URL, reason="PostgreSQL's workers hold their rows locked while they send")
+def test_a_bounce_that_beats_the_record_of_its_delivery_counts(make_settings, db):
+    """The relay bounces before the worker has recorded the delivery (its row still queued and
+    locked): the bounce counts, without waiting for that worker's SMTP session."""
+    settings = make_settings(bounces={"threshold": 1})
+    ctx = ListContext(settings, settings.lists[0])
+    with db.transaction() as session:
+        subscribe(session, ctx, READER)
+        context.send(session, ctx, "help", READER)
+    worker = db.sessions()
+    with worker.begin():
+        (row,) = outbox.lock_due(worker, 10)  # the delivery worker, mid-session
+        with db.transaction() as intake:
+            intake.execute(text("SET LOCAL lock_timeout = '2s'"))  # waiting on the worker would fail
+            token = verp.encode(row.id, outbox.verp_key(intake))
+            said = bounces.received(intake, ctx, parse(dsn(READER), "", True), token)
+        outbox.record(worker, [outbox.Outcome(row, 250)], {row.message_id: utcnow() + dt.timedelta(days=1)})
+    worker.close()
+    assert "delivery turned off" in said, said
+    with db.transaction() as session:
+        assert session.scalars(select(Subscriber)).one().disabled_at is not None
 
 
 def test_batched_mail_shares_one_bounce_address_read_from_the_dsn(make_settings, sink: Sink, tmp_path: Path):

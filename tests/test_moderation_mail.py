@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from listbridge.cli import cli
 from listbridge.config import Settings
@@ -303,6 +303,32 @@ def test_automatic_messages_bring_no_notice(make_settings, db: Database):
     with db.transaction() as session:
         assert moderation.notify_held(session, settings) == 0
     assert sent(db, "held") == 0
+
+
+def test_comments_decided_before_their_notice_take_no_room(make_settings, db: Database):
+    settings = make_settings(lists=[{"address": LIST, "owner": OWNER}])
+    hold(db, settings, 3)
+    ctx = ListContext(settings, settings.lists[0])
+    with db.transaction() as session:  # two rejected on the command line before serve's pass
+        for comment in session.scalars(select(Comment).where(Comment.id <= 2)):
+            comments.reject(session, ctx, comment, "cli", "spam")
+    with db.transaction() as session:
+        assert moderation.notify_held(session, settings, limit=2) == 1
+    assert (sent(db, "held"), sent(db, "held_summary")) == (1, 0)
+
+
+@pytest.mark.skipif(not PG_URL, reason="PostgreSQL's limit of 65,535 parameters a statement")
+def test_a_backlog_of_sixty_thousand_comments_is_one_pass(make_settings, db: Database):
+    """Months of held comments with no owner set, then an owner: ten notices and a summary."""
+    settings = make_settings(lists=[{"address": LIST, "owner": OWNER}])
+    hold(db, settings, 1)
+    columns = ", ".join(c.name for c in Comment.__table__.columns if c.name != "id")
+    with db.transaction() as session:
+        for _ in range(16):  # 2**16 comments
+            session.execute(text(f"INSERT INTO comments ({columns}) SELECT {columns} FROM comments"))
+    with db.transaction() as session:
+        assert moderation.notify_held(session, settings) == 10
+    assert sent(db, "held_summary") == 1 and db_count(db, Comment, Comment.notice_due) == 0
 
 
 def test_automatic_messages_stay_out_of_the_reminder(make_settings, db: Database):

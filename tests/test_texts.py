@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import MutableMapping
 from pathlib import Path
 
@@ -190,3 +191,41 @@ def test_every_text_renders_with_what_its_real_caller_passes(language, make_sett
             bounces.follow_up(session, settings, day + dt.timedelta(days=100 + 10 * n))
         assert session.scalar(select(Subscriber.id).where(Subscriber.address == "bob@example.org")) is None
     assert rendered >= {f"mail/{language}/{name}.txt" for name in names(language)}
+
+
+@pytest.mark.parametrize("language", ["en", "fr"])
+def test_every_held_reason_reads_in_the_lists_language(language):
+    """The reasons lists/comments.py records are English words in the database: the notice and
+    the reminder show each in the list's language."""
+    from listbridge.lists import comments
+
+    mlist = build_settings({"lists": [{"address": "bla@d", "language": language}]}).lists[0]
+    reasons = {
+        comments.AUTOMATIC,
+        comments.NO_POST,
+        "too long",
+        "sender not authenticated (no DKIM/DMARC pass)",
+        "first post",
+        "every comment is moderated",
+    }
+    decisions = [
+        comments.decide(
+            policy=policy,
+            sender="c@x.org",
+            allow=(),
+            deny=(),
+            known_sender=known,
+            authenticated=authenticated,
+            automated=automated,
+            too_long=too_long,
+            attached=attached,
+        )
+        for policy in ("all", "first-post", "none")
+        for known, authenticated, automated, too_long, attached in itertools.product((False, True), repeat=5)
+    ]
+    held = {d.reason for d in decisions if d.status == comments.HELD}
+    assert held <= reasons, held - reasons  # a new reason needs its words in reasons.jinja
+    for reason in reasons:
+        body = render_mail(mlist, "held", **{**CONTEXT, "reason": reason})[1]
+        shown = body.split("\n")[2].partition(":")[2].strip()
+        assert shown and (shown != reason) == (language == "fr" or reason == "first post"), (reason, shown)

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from listbridge.config import ConfigError, ConfigWarning, Settings, load_settings
 from listbridge.db import BadURL, Database
-from listbridge.inbound.parse import quiet_bounce_detectors
+from listbridge.inbound.parse import quiet_parsers
 
 
 class App:
@@ -120,7 +120,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: bool) -> None:
         # aiosmtpd logs every SMTP command of every session, addresses included, at INFO
         # (and the listener's own start-up probe as a lost connection): -v shows them.
         logging.getLogger("mail.log").setLevel(logging.WARNING)
-        quiet_bounce_detectors()
+        quiet_parsers()
     ctx.obj = App(config_path)
 
 

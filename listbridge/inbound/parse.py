@@ -66,6 +66,8 @@ _READ = frozenset(
 )
 # References longer than this keep the first id (the thread root) and the newest ones.
 MAX_REFERENCES = 100
+# A Message-ID header line anywhere in a bounce: the returned mail's own, among others.
+_QUOTED_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[!-;=?-~]{1,250}>)", re.IGNORECASE | re.MULTILINE)
 # The part of a bounce the detectors read: a DSN's report comes before the returned message,
 # and a null sender must not buy a long scan with a large body.
 SCAN_BYTES = 256 * 1024
@@ -131,18 +133,22 @@ def _failures(raw: bytes) -> Failures:
     """What flufl.bounce's detectors find in the first SCAN_BYTES of `raw` (the shortcut keeps
     no parts). Nothing when a detector fails on it: an unreadable bounce counts for nothing,
     and the message is still taken."""
+    head = raw[:SCAN_BYTES]
+    quoted = frozenset(m.decode("ascii") for m in _QUOTED_MESSAGE_ID.findall(head))
     try:
-        report = email.message_from_bytes(raw[:SCAN_BYTES], policy=email.policy.default)
+        report = email.message_from_bytes(head, policy=email.policy.default)
         temporary, permanent = all_failures(report)
     except Exception:  # the detectors raise many kinds on what they do not expect
-        return Failures()
-    return Failures(permanent=_addresses(permanent), temporary=_addresses(temporary))
+        return Failures(message_ids=quoted)
+    return Failures(permanent=_addresses(permanent), temporary=_addresses(temporary), message_ids=quoted)
 
 
-def quiet_bounce_detectors() -> None:
-    """flufl.bounce logs every detector it runs at INFO, and a detector's failure (taken by
-    _failures as nothing found) as an ERROR with a traceback: both only with -v."""
+def quiet_parsers() -> None:
+    """Only with -v: flufl.bounce logs every detector it runs at INFO, and a detector's
+    failure (taken by _failures as nothing found) as an ERROR with a traceback; mail-parser
+    warns of every part it does not decode (the headers a DSN returns, say)."""
     logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
+    logging.getLogger("mailparser").setLevel(logging.ERROR)
 
 
 def _addresses(found: Iterable[bytes | str]) -> frozenset[str]:

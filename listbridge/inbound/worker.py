@@ -34,7 +34,7 @@ from listbridge.archive.posts import PostCache
 from listbridge.config import Settings
 from listbridge.db import Database
 from listbridge.inbound import dispatch
-from listbridge.inbound.parse import quiet_bounce_detectors
+from listbridge.inbound.parse import quiet_parsers
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +289,7 @@ def _serve(sock: socket.socket, settings: Settings, cwd: str, level: int, log_fo
     else:
         logging.getLogger().setLevel(level)
     if level > logging.DEBUG:
-        quiet_bounce_detectors()
+        quiet_parsers()
     db = Database(settings.database.url, warn_exposed=False)  # the parent has said it
     db.pin_connection()
     site = settings.site

@@ -7,7 +7,7 @@ address LIST+enable-TOKEN@D that turns delivery back on. Unanswered, they are re
 A bounce is read from LIST+bounces-TOKEN@D, TOKEN naming the outbox row it answers
 (outbound/verp.py): only the first bounce of that mail counts. Else from the failures its DSN
 names (batched mail, and DSNs sent to +owner or the bare list by MTAs that ignore the
-envelope), for addresses the list sent mail to lately. Only permanent failures count: a
+envelope), against a mail it can stand for (named()). Only permanent failures count: a
 delay, an out-of-office or a challenge counts for nothing. Everything here runs inside the
 caller's transaction.
 """
@@ -17,14 +17,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from listbridge.config import BounceSettings, Settings
+from listbridge.db import insert_new
 from listbridge.lists.context import ListContext, send
 from listbridge.lists.subscriptions import unsubscribe
 from listbridge.message import Incoming
-from listbridge.models import BOUNCED, SENDING, SENT, OutboxMessage, OutboxRecipient, Subscriber, utcnow
+from listbridge.models import SENT, OutboxBounce, OutboxMessage, OutboxRecipient, Subscriber, utcnow
 from listbridge.outbound import outbox, verp
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 # How far back a DSN without a token may name a recipient: past the 4 to 5 days MTAs keep
 # retrying (Exim, Postfix and Sendmail) before they send one.
 DSN_DAYS = 7
+NAMED_MAX = 100  # addresses counted from one DSN: one batched transaction's recipients at most
 
 
 def next_score(score: int, last_bounce_at: dt.datetime | None, now: dt.datetime, rules: BounceSettings) -> int | None:
@@ -60,50 +62,61 @@ def received(session: Session, ctx: ListContext, incoming: Incoming, token: str,
         kind = "a delay" if failures and failures.temporary else "not a bounce"
         return f"{kind}: not counted"
     if not token:
-        return "; ".join(named(session, ctx, incoming, now)) or "names no recent recipient: not counted"
+        return "; ".join(named(session, ctx, incoming, now)) or "names no mail sent without a token: not counted"
+    now = now or utcnow()
     row_id = verp.decode(token, outbox.verp_key(session))
+    # A plain read: on PostgreSQL the delivery worker may hold the row locked mid-session.
     row = session.get(OutboxRecipient, row_id) if row_id is not None else None
     if row is None:
         return "unknown bounce token: not counted"
     message = session.get(OutboxMessage, row.message_id)
     if message is None or message.list_address != ctx.mlist.address:
         return "bounce token of another list: not counted"
-    if row.state not in (SENDING, SENT):  # sending: the relay was quicker than our record
-        # Only the first bounce of a mail counts: a replayed or repeated one does not.
-        return f"bounce of {row.address}, that mail {row.state}: not counted"
-    row.state, row.last_error = BOUNCED, "bounced: permanent failure"  # shown by `queue list`
+    # Whatever the row's state: the worker may not have recorded its delivery yet.
+    if not insert_new(session, OutboxBounce, {"recipient_id": row.id, "bounced_at": now}):
+        return f"bounce of {row.address}: that mail's bounce came already, not counted"
     return count(session, ctx, row.address, now)
 
 
 def named(session: Session, ctx: ListContext, incoming: Incoming, now: dt.datetime | None = None) -> list[str]:
-    """Count the permanent failures a DSN names (one without a token: to LIST+bounces@D, to
-    +owner or to the bare list), each only for a subscriber the list has sent mail to within
-    DSN_DAYS, so that a DSN about anyone else counts for nothing. What was done."""
-    if incoming.failures is None:
+    """Count the permanent failures a DSN without a token names (to LIST+bounces@D, to +owner
+    or to the bare list), at most NAMED_MAX, each against a mail the list sent that address
+    within DSN_DAYS whose bounce has not come yet: one that left without its token (batched,
+    or an outage notice), or one whose Message-ID the DSN quotes. A DSN naming an address and
+    nothing else is anyone's say-so: it counts for nothing. What was done."""
+    failures = incoming.failures
+    if failures is None:
         return []
     now = now or utcnow()
-    since = now - dt.timedelta(days=DSN_DAYS)
-    return [
-        count(session, ctx, address, now)
-        for address in sorted(incoming.failures.permanent)
-        if _mailed_lately(session, ctx, address, since)
-    ]
+    done = []
+    for address in sorted(failures.permanent)[:NAMED_MAX]:
+        row_id = _returned(session, ctx, address, failures.message_ids, now - dt.timedelta(days=DSN_DAYS))
+        if row_id is not None and insert_new(session, OutboxBounce, {"recipient_id": row_id, "bounced_at": now}):
+            done.append(count(session, ctx, address, now))
+    return done
 
 
-def _mailed_lately(session: Session, ctx: ListContext, address: str, since: dt.datetime) -> bool:
-    sent = (
+def _returned(
+    session: Session, ctx: ListContext, address: str, message_ids: frozenset[str], since: dt.datetime
+) -> int | None:
+    """The last mail to `address` since `since` that a DSN without a token may stand for (see
+    named()), its bounce not counted yet."""
+    plain: list[ColumnElement[bool]] = [OutboxMessage.verp.is_(False)]  # an outage notice, say
+    if not ctx.settings.relay.personalize:
+        plain.append(OutboxMessage.fanout.is_(True))  # batched list mail
+    if message_ids:
+        plain.append(OutboxMessage.header_message_id.in_(sorted(message_ids)))
+    last = (
         select(OutboxRecipient.id)
         .join(OutboxMessage, OutboxMessage.id == OutboxRecipient.message_id)
+        .outerjoin(OutboxBounce, OutboxBounce.recipient_id == OutboxRecipient.id)
         .where(OutboxRecipient.address == address, OutboxMessage.list_address == ctx.mlist.address)
-        .where(
-            or_(
-                OutboxRecipient.state == SENDING,  # the relay was quicker than our record
-                and_(OutboxRecipient.state.in_((SENT, BOUNCED)), OutboxRecipient.done_at >= since),
-            )
-        )
+        .where(OutboxRecipient.state == SENT, OutboxRecipient.done_at >= since, or_(*plain))
+        .where(OutboxBounce.recipient_id.is_(None))
+        .order_by(OutboxRecipient.done_at.desc())
         .limit(1)
     )
-    return session.scalar(sent) is not None
+    return session.scalar(last)
 
 
 def count(session: Session, ctx: ListContext, address: str, now: dt.datetime | None = None) -> str:
@@ -145,15 +158,17 @@ def _warn(session: Session, ctx: ListContext, subscriber: Subscriber, now: dt.da
         return
     subscriber.warnings_sent += 1
     subscriber.last_warning_at = now
+    enable_address = ctx.address(f"enable-{subscriber.token}")  # its Reply-To too: a reply turns it on
     send(
         session,
         ctx,
         "bounce_warning",
         subscriber.address,
+        reply_to=enable_address,
         auto_submitted="auto-generated",
         name=subscriber.display_name,
         address=subscriber.address,
-        enable_address=ctx.address(f"enable-{subscriber.token}"),
+        enable_address=enable_address,
         removal_days=_days(rules.warning_days * (rules.warnings - subscriber.warnings_sent + 1)),
     )
 

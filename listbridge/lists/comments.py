@@ -253,6 +253,7 @@ def _transition(session: Session, comment: Comment, source: str, values: dict[st
     moderators acting at once only one changes it (the row lock, or SQLite's write lock, orders
     them; the second finds no row in `source`). False, with the comment reloaded, if it was
     not in `source`."""
+    values = {**values, "notice_due": False}  # decided: no notice to make any more
     result = session.execute(
         update(Comment)
         .where(Comment.id == comment.id, Comment.status == source)

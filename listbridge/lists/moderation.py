@@ -13,13 +13,11 @@ import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from listbridge import addresses
 from listbridge.config import ListSettings, Settings
-from listbridge.db import rowcount
+from listbridge.db import insert_new, rowcount
 from listbridge.lists import comments, commenttext
 from listbridge.lists.context import ListContext, Mail, queue, render, send
 from listbridge.message import Incoming
@@ -41,53 +39,48 @@ def notify_held(
     past `limit` notices for its list in the last hour, one summary instead. How many comments
     got a notice.
 
-    The intake marks such comments `notice_due`. The notices are read and rendered first, then
-    one UPDATE claims the comments: SQLite's write lock, which the intake needs, is held only
-    for the writes, and of two serve nodes only one sends a comment's notice. Lists with
-    nobody to tell (a removed list, an owner not set yet) keep theirs due, to be told once
-    someone is."""
+    The intake marks such comments `notice_due` (a decision clears it). Each list's notices
+    are read and rendered first, then one UPDATE claims its comments: SQLite's write lock,
+    which the intake needs, is held only for the writes, and of two serve nodes only one sends
+    a comment's notice. Lists with nobody to tell (a removed list, an owner not set yet) keep
+    theirs due, to be told once someone is."""
     now = now or utcnow()
-    told = {mlist.address: mlist for mlist in settings.lists if mlist.moderating}
-    if not told:
-        return 0
-    due: dict[str, list[int]] = {}
-    for comment_id, address in session.execute(
-        select(Comment.id, Comment.list_address)
-        .where(Comment.notice_due, Comment.list_address.in_(told))
-        .order_by(Comment.id)
-    ):
-        due.setdefault(address, []).append(comment_id)
-    if not due:
-        return 0
-    notices: dict[int, tuple[ModerationToken, list[Mail]]] = {}
-    for address, ids in due.items():
-        ctx = ListContext(settings, told[address])
-        room = max(0, limit - _notices_since(session, ctx.mlist, now - dt.timedelta(hours=1)))
-        for comment in session.scalars(select(Comment).where(Comment.id.in_(ids[:room]))):
-            token = _new_token(comment, now, notified=True)
-            notices[comment.id] = token, _notice(ctx, comment, token.token)
-    # The writes, from here on.
-    claimed = session.execute(
-        update(Comment)
-        .where(Comment.id.in_([i for ids in due.values() for i in ids]), Comment.notice_due)
-        .values(notice_due=False)
-        .returning(Comment.id, Comment.list_address, Comment.status)
-        .execution_options(synchronize_session=False)
-    ).all()
     noticed = 0
-    paused: set[str] = set()
-    for comment_id, address, status in sorted(claimed):
-        if comment_id not in notices:
-            paused.add(address)
-        elif status == HELD:  # else decided (CLI) before its notice was made
+    for mlist in settings.lists:
+        if mlist.moderating:
+            noticed += _notify_list(session, ListContext(settings, mlist), now, limit)
+    return noticed
+
+
+def _notify_list(session: Session, ctx: ListContext, now: dt.datetime, limit: int) -> int:
+    address = ctx.mlist.address
+    room = max(0, limit - _notices_since(session, ctx.mlist, now - dt.timedelta(hours=1)))
+    due = (Comment.list_address == address, Comment.notice_due)
+    held = list(
+        session.scalars(select(Comment).where(*due, Comment.status == HELD).order_by(Comment.id).limit(room + 1))
+    )
+    if not held:
+        return 0
+    notices = {comment.id: _notice(ctx, comment, now) for comment in held[:room]}
+    paused = len(held) > room
+    # The writes, from here on. Past the limit every comment due is claimed (the summary
+    # stands for them); else only those read, and one held meanwhile waits for the next pass.
+    claim = update(Comment).where(*due)
+    if not paused:
+        claim = claim.where(Comment.id <= held[-1].id)
+    claimed = session.execute(
+        claim.values(notice_due=False).returning(Comment.id).execution_options(synchronize_session=False)
+    ).scalars()
+    noticed = 0
+    for comment_id in claimed:
+        if comment_id in notices:  # else another node's, or past the limit
             token, mails = notices[comment_id]
             session.add(token)
-            ctx = ListContext(settings, told[address])
             for mail in mails:
                 queue(session, ctx, mail)
             noticed += 1
-    for address in sorted(paused):
-        _summary(session, ListContext(settings, told[address]), now, limit)
+    if paused:
+        _summary(session, ctx, now, limit)
     return noticed
 
 
@@ -116,10 +109,11 @@ def _notices_since(session: Session, mlist: ListSettings, since: dt.datetime) ->
     return session.scalar(query) or 0
 
 
-def _notice(ctx: ListContext, comment: Comment, token: str) -> list[Mail]:
-    """The notice of `comment` to each of its list's moderators."""
-    approve, reject = ctx.address(f"approve-{token}"), ctx.address(f"reject-{token}")
-    return [
+def _notice(ctx: ListContext, comment: Comment, now: dt.datetime) -> tuple[ModerationToken, list[Mail]]:
+    """The notice of `comment` to each of its list's moderators, with its new token."""
+    token = _new_token(comment, now, notified=True)
+    approve, reject = ctx.address(f"approve-{token.token}"), ctx.address(f"reject-{token.token}")
+    return token, [
         render(
             ctx,
             "held",
@@ -165,10 +159,7 @@ def _summary(session: Session, ctx: ListContext, now: dt.datetime, limit: int) -
 def _due(session: Session, mlist: ListSettings, kind: str, now: dt.datetime, every: dt.timedelta) -> bool:
     """True, and recorded as sent at `now`, when the list's last `kind` mail is older than
     `every`. A conditional INSERT, then UPDATE: of two serve nodes at the same time, one wins."""
-    values = {"list_address": mlist.address, "kind": kind, "sent_at": now}
-    dialect = session.get_bind().dialect.name
-    first = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(ModerationMail).values(values)
-    if session.execute(first.on_conflict_do_nothing().returning(ModerationMail.kind)).first() is not None:
+    if insert_new(session, ModerationMail, {"list_address": mlist.address, "kind": kind, "sent_at": now}):
         return True
     claimed = session.execute(
         update(ModerationMail)

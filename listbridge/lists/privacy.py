@@ -18,7 +18,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.policy import compat32, default
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.orm import Session
 
 from listbridge.db import rowcount
@@ -32,6 +32,7 @@ from listbridge.models import (
     AutoReply,
     Comment,
     Confirmation,
+    OutboxBounce,
     OutboxMessage,
     OutboxRecipient,
     Subscriber,
@@ -92,23 +93,27 @@ def _erase(comment: Comment) -> None:
 def _erase_outbox(session: Session, address: str, comments: list[Comment]) -> int:
     """Drop or empty every stored mail that names `address` or carries its comments; how many."""
     to_them = set(session.scalars(select(OutboxRecipient.message_id).where(OutboxRecipient.address == address)))
-    session.execute(delete(OutboxRecipient).where(OutboxRecipient.address == address))
+    _delete_recipients(session, OutboxRecipient.address == address)
     emptied = [m for m in to_them if not _has_recipients(session, m) and not _is_fanout(session, m)]
     gone = set(emptied) | set(_owner_forwards_from(session, address)) | set(_notices_naming(session, address))
     for message_id in gone:
-        session.execute(delete(OutboxRecipient).where(OutboxRecipient.message_id == message_id))
+        _delete_recipients(session, OutboxRecipient.message_id == message_id)
         session.execute(delete(OutboxMessage).where(OutboxMessage.id == message_id))
     broadcasts = _broadcasts_of(session, comments)
     for message in broadcasts:
         message.body = b""
         # Not yet delivered: dropped. A row `sending` (SQLite) goes too, or a crash would queue
         # it again with the emptied body; its worker holds the body already and finishes.
-        session.execute(
-            delete(OutboxRecipient).where(
-                OutboxRecipient.message_id == message.id, OutboxRecipient.state.in_((QUEUED, SENDING))
-            )
+        _delete_recipients(
+            session, OutboxRecipient.message_id == message.id, OutboxRecipient.state.in_((QUEUED, SENDING))
         )
     return len(gone) + len(broadcasts)
+
+
+def _delete_recipients(session: Session, *where: ColumnElement[bool]) -> None:
+    """Delete outbox rows, and the bounces counted for them (no foreign key does it)."""
+    session.execute(delete(OutboxBounce).where(OutboxBounce.recipient_id.in_(select(OutboxRecipient.id).where(*where))))
+    session.execute(delete(OutboxRecipient).where(*where))
 
 
 def _has_recipients(session: Session, message_id: int) -> bool:

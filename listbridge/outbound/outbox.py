@@ -23,11 +23,11 @@ from sqlalchemy.sql import ColumnElement, Select
 
 from listbridge.db import MAIL_QUEUED, note_effect, rowcount
 from listbridge.models import (
-    BOUNCED,
     FAILED,
     QUEUED,
     SENDING,
     SENT,
+    OutboxBounce,
     OutboxMessage,
     OutboxRecipient,
     Secret,
@@ -196,17 +196,12 @@ _MARK_SENT_VALUES: dict[str, object] = {
     "last_error": "",
 }
 # A batch of ids as one parameter: a JSON array on SQLite, an array on PostgreSQL.
-# A row whose bounce came back while its delivery was being recorded stays bounced.
 _SQLITE_MARK_SENT = (
     update(_R)
-    .where(_R.id.in_(select(func.json_each(bindparam("ids")).table_valued("value").c.value)), _R.state != BOUNCED)
+    .where(_R.id.in_(select(func.json_each(bindparam("ids")).table_valued("value").c.value)))
     .values(_MARK_SENT_VALUES)
 )
-_MARK_SENT = (
-    update(_R)
-    .where(_R.id == any_(bindparam("ids", type_=ARRAY(BigInteger))), _R.state != BOUNCED)
-    .values(_MARK_SENT_VALUES)
-)
+_MARK_SENT = update(_R).where(_R.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))).values(_MARK_SENT_VALUES)
 
 
 _ANY_DUE = select(_R.id).where(*_IS_DUE).limit(1)
@@ -370,11 +365,12 @@ def summary(session: Session, include_done: bool = False) -> list[dict[str, obje
             count(SENDING),
             count(SENT),
             count(FAILED),
-            count(BOUNCED),
+            func.count(OutboxBounce.recipient_id),
             func.min(case((r.state == QUEUED, r.next_attempt_at))),
             func.max(r.last_error),
         )
         .join(r, r.message_id == OutboxMessage.id)
+        .outerjoin(OutboxBounce, OutboxBounce.recipient_id == r.id)
         .group_by(OutboxMessage.id)
         .order_by(OutboxMessage.id)
     )

@@ -1,5 +1,5 @@
 """Bounces: each subscriber's score and disabled delivery; outbox_messages.verp; the key that
-signs the bounce addresses' tokens; outbox recipients by address
+signs the bounce addresses' tokens; the bounces counted per mail; outbox recipients by address
 
 Revision ID: 0006
 Revises: 0005
@@ -26,6 +26,12 @@ def upgrade() -> None:
     with op.batch_alter_table("outbox_messages") as batch:
         batch.add_column(sa.Column("verp", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.create_index("ix_outbox_recipients_address", "outbox_recipients", ["address"])
+    op.create_table(
+        "outbox_bounces",
+        sa.Column("recipient_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=False),
+        sa.Column("bounced_at", sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("recipient_id"),
+    )
     table = op.create_table(
         "secrets",
         sa.Column("name", sa.String(32), nullable=False),
@@ -37,6 +43,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("secrets")
+    op.drop_table("outbox_bounces")
     op.drop_index("ix_outbox_recipients_address", table_name="outbox_recipients")
     with op.batch_alter_table("outbox_messages") as batch:
         batch.drop_column("verp")
