@@ -133,8 +133,8 @@ class Service:
                 )
 
     def _janitor(self) -> None:
-        """Every minute: queue again the claims of a dead process, and send the bounce
-        warnings and removals that are due."""
+        """Every minute: queue again the claims of a dead process, count the mail the relay
+        refused for good, and send the bounce warnings and removals that are due."""
         failures = FailureLog(log, "could not release stale outbox claims", "stale claims released again")
         bounce_failures = FailureLog(log, "could not follow up on bounces; will retry", "bounce follow-up works again")
         while not self.stopping.wait(JANITOR_EVERY):
@@ -150,13 +150,17 @@ class Service:
     def _follow_up_bounces(self, failures: FailureLog) -> None:
         try:
             with self.db.transaction() as session:
+                for done in bounces.refused(session, self.settings):
+                    log.info("refused by the relay: %s", done)
                 warned, removed = bounces.follow_up(session, self.settings)
+                queued = MAIL_QUEUED in effects(session)
         except Exception as exc:
             failures.failed(exc)
             return
         failures.succeeded()
         if warned or removed:
             log.info("bounces: %d warnings sent, %d subscribers removed", warned, removed)
+        if queued:
             self.wakeup.set()
 
     def stop(self) -> None:

@@ -9,6 +9,7 @@ import datetime as dt
 import doctest
 import re
 import smtplib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -334,3 +335,28 @@ def test_doctests_of_the_modules_pass():
     for module in (bounces, verp):
         result = doctest.testmod(module)
         assert result.attempted and not result.failed, module
+
+
+def test_a_refusal_at_rcpt_by_the_relay_counts(make_settings, sink: Sink, tmp_path: Path, monkeypatch):
+    """A relay that checks its recipients refuses a dead one at RCPT and sends no DSN: the
+    refusal counts, once, as a bounce would; a temporary refusal does not."""
+    monkeypatch.setattr("listbridge.service.JANITOR_EVERY", 0.2)
+    sink.handler.rcpt_reply = lambda a: {READER: "550 5.1.1 No such user", OTHER: "450 4.2.0 Try later"}.get(a)
+    site = site_repo(tmp_path / "site", {"log/un-billet.gmi": "# Un billet\n\nTexte.\n"})
+    settings = make_settings(site={"repo": str(site)}, lists=[{"address": LIST, "owner": OWNER, "moderation": "none"}])
+    svc = Service(settings)
+    svc.start()
+    try:
+        with svc.db.transaction() as session:
+            ctx = ListContext(settings, settings.lists[0])
+            subscribe(session, ctx, READER)
+            subscribe(session, ctx, OTHER)
+        send(settings.smtp.port, LIST, subject="Re: Un billet", body="Merci.\n")
+        wait_for(lambda: subscriber(svc).bounce_score == 1)
+        with svc.db.transaction() as session:
+            (line,) = [m for m in outbox.summary(session, include_done=True) if m["kind"] == "comment"]
+        assert (line["failed"], line["bounced"]) == (1, 1)
+        time.sleep(1)  # more janitor passes: counted once
+        assert (subscriber(svc).bounce_score, subscriber(svc, OTHER).bounce_score) == (1, 0)
+    finally:
+        svc.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import tomllib
 from pathlib import Path
@@ -11,6 +12,8 @@ from click.testing import CliRunner
 
 from listbridge.cli import cli
 from listbridge.config import build_settings
+from listbridge.inbound.parse import parse
+from listbridge.models import utcnow
 
 from helpers import git, send
 
@@ -194,3 +197,56 @@ def test_archive_push_on_a_new_site_repo_is_one_sentence(config, tmp_path):
     git(site, "remote", "add", "origin", str(tmp_path / "remote.git"))
     pushed = run(config, "archive", "push")
     assert pushed.exit_code == 0 and pushed.output == "pushed 0 commit(s)\n", pushed.output
+
+
+def test_subscribers_list_shows_delivery_and_enable_turns_it_on(config, sink, db_url):
+    """A subscriber turned off by bounces shows so in `subscribers list`, its bounced mail in
+    `queue list --all`; `subscribers enable` turns delivery on and tells them."""
+    from sqlalchemy import select
+
+    from listbridge.db import Database
+    from listbridge.lists import bounces
+    from listbridge.lists.context import ListContext
+    from listbridge.lists.context import send as queue_mail
+    from listbridge.lists.subscriptions import subscribe
+    from listbridge.models import OutboxRecipient
+    from listbridge.outbound import outbox, verp
+
+    settings = build_settings(tomllib.loads(config.read_text()))
+    ctx = ListContext(settings, settings.lists[0])
+    db = Database(db_url)
+    db.upgrade()
+    with db.transaction() as session:
+        subscribe(session, ctx, "ann@example.org")
+        subscribe(session, ctx, "bob@example.org")
+        queue_mail(session, ctx, "help", "ann@example.org")
+    assert run(config, "queue", "flush").exit_code == 0
+    report = (
+        b"From: MAILER-DAEMON@mx.example.org\r\nTo: bla+bounces@bla.example.org\r\nSubject: Undelivered\r\n"
+        b'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        b"--B\r\nContent-Type: text/plain\r\n\r\nLost.\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.example.org\r\n\r\nFinal-Recipient: rfc822; ann@example.org\r\n"
+        b"Action: failed\r\nStatus: 5.1.1\r\n\r\n--B--\r\n"
+    )
+    with db.transaction() as session:
+        row = session.scalars(select(OutboxRecipient)).one()
+        token = verp.encode(row.id, outbox.verp_key(session))
+        assert bounces.received(session, ctx, parse(report, "", True), token).endswith("score 1")
+        for day in range(1, settings.bounces.threshold):  # the next ones, a day apart
+            bounces.count(session, ctx, "ann@example.org", utcnow() + dt.timedelta(days=day))
+    rows = {s["address"]: (s["delivery"], s["bounces"]) for s in listed(config)}
+    assert rows == {"ann@example.org": ("off (bounces)", 5), "bob@example.org": ("on", 0)}
+    text = run(config, "subscribers", "list").output
+    assert "off (bounces)" in text
+    (help_line,) = [
+        q for q in json.loads(run(config, "queue", "list", "--all", "--json").output) if q["kind"] == "help"
+    ]
+    assert (help_line["sent"], help_line["bounced"]) == (1, 1)
+
+    result = run(config, "subscribers", "enable", "ann@example.org", "carl@example.org")
+    assert result.exit_code == 0, result.output
+    assert "ann@example.org: delivery on again" in result.output and "carl@example.org: not subscribed" in result.output
+    assert {s["address"]: s["delivery"] for s in listed(config)}["ann@example.org"] == "on"
+    assert run(config, "queue", "flush").exit_code == 0
+    assert any("de nouveau" in r.message["Subject"] for r in sink.handler.to("ann@example.org"))
+    db.dispose()

@@ -25,7 +25,7 @@ from listbridge.db import insert_new
 from listbridge.lists.context import ListContext, send
 from listbridge.lists.subscriptions import unsubscribe
 from listbridge.message import Incoming
-from listbridge.models import SENT, OutboxBounce, OutboxMessage, OutboxRecipient, Subscriber, utcnow
+from listbridge.models import FAILED, SENT, OutboxBounce, OutboxMessage, OutboxRecipient, Subscriber, utcnow
 from listbridge.outbound import outbox, verp
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # retrying (Exim, Postfix and Sendmail) before they send one.
 DSN_DAYS = 7
 NAMED_MAX = 100  # addresses counted from one DSN: one batched transaction's recipients at most
+REFUSED_BATCH = 1000  # refusals counted in one pass
 
 
 def next_score(score: int, last_bounce_at: dt.datetime | None, now: dt.datetime, rules: BounceSettings) -> int | None:
@@ -117,6 +118,30 @@ def _returned(
         .limit(1)
     )
     return session.scalar(last)
+
+
+def refused(session: Session, settings: Settings, now: dt.datetime | None = None) -> list[str]:
+    """Count the mail the relay refused for good at RCPT or DATA (a 5xx, recorded by the
+    outbox as failed): a relay that checks its recipients sends no DSN. Each such mail of the
+    last DSN_DAYS once, at most REFUSED_BATCH a pass; what was done."""
+    now = now or utcnow()
+    lists = {mlist.address: mlist for mlist in settings.lists}
+    rows = session.execute(
+        select(OutboxRecipient.id, OutboxRecipient.address, OutboxMessage.list_address)
+        .join(OutboxMessage, OutboxMessage.id == OutboxRecipient.message_id)
+        .outerjoin(OutboxBounce, OutboxBounce.recipient_id == OutboxRecipient.id)
+        # next_attempt_at is when a failure was recorded: the outbox's own index finds them.
+        .where(OutboxRecipient.state == FAILED, OutboxRecipient.next_attempt_at >= now - dt.timedelta(days=DSN_DAYS))
+        .where(OutboxRecipient.last_error.like("5%"), OutboxBounce.recipient_id.is_(None))
+        .where(OutboxMessage.list_address.in_(lists))
+        .order_by(OutboxRecipient.id)
+        .limit(REFUSED_BATCH)
+    ).all()
+    done = []
+    for row_id, address, list_address in rows:
+        if insert_new(session, OutboxBounce, {"recipient_id": row_id, "bounced_at": now}):
+            done.append(count(session, ListContext(settings, lists[list_address]), address, now))
+    return done
 
 
 def count(session: Session, ctx: ListContext, address: str, now: dt.datetime | None = None) -> str:
