@@ -101,6 +101,10 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("warnings", 3, "notices a disabled subscriber gets before removal", minimum=0),
         Option("warning_days", 7.0, "days between those notices, and from the last to removal", minimum=0.001),
     ),
+    "web": (
+        Option("listen", "", "HOST:PORT of the HTTP listener for one-click unsubscribe (empty: none)"),
+        Option("base_url", "", "its public URL, https:// behind a reverse proxy (empty: no link in mail)"),
+    ),
     "watch": (
         Option("mx", "localhost:25", "the home MX to probe, HOST:PORT"),
         Option("interval", 60, "seconds between probes", minimum=1),
@@ -249,6 +253,21 @@ class BounceSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    listen: str
+    base_url: str
+
+    def address(self) -> tuple[str, int]:
+        """The listener's host and port (checked by build_settings)."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def unsubscribe_url(self, token: str) -> str:
+        """The one-click unsubscribe URL of a subscriber's token ("" without base_url)."""
+        return f"{self.base_url.rstrip('/')}/unsubscribe/{token}" if self.base_url else ""
+
+
+@dataclass(frozen=True)
 class WatchSettings:
     mx: str
     interval: int
@@ -270,6 +289,7 @@ class Settings:
     lists: tuple[ListSettings, ...]
     watch: WatchSettings
     bounces: BounceSettings
+    web: WebSettings
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -337,6 +357,7 @@ def build_settings(data: dict[str, Any], source: Path | None = None) -> Settings
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"[watch] mx must be HOST:PORT, not {watch.mx!r}.")
     site = SiteSettings(**table("site"))
+    web = _web(WebSettings(**table("web")))
     return Settings(
         database=database,
         smtp=smtp,
@@ -346,8 +367,30 @@ def build_settings(data: dict[str, Any], source: Path | None = None) -> Settings
         lists=_with_comment_folders(lists, site),
         watch=watch,
         bounces=BounceSettings(**table("bounces")),
+        web=web,
         source=source,
     )
+
+
+def _web(web: WebSettings) -> WebSettings:
+    """[web] checked: listen is HOST:PORT, base_url an http(s) URL; http only with a warning,
+    since RFC 8058 asks for https (fine for a loopback test)."""
+    if web.listen:
+        host, colon, port = web.listen.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"[web] listen must be HOST:PORT, such as 127.0.0.1:8080, not {web.listen!r}.")
+    url = web.base_url.strip()
+    if url:
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() not in ("https", "http") or not rest or any(c in url for c in ' <>"\r\n'):
+            raise ConfigError(f"[web] base_url must be an https:// URL, not {url!r}.")
+        if scheme.lower() == "http":
+            warnings.warn(
+                f"[web] base_url {url} is http: mail clients expect https for one-click unsubscribe",
+                ConfigWarning,
+                stacklevel=3,
+            )
+    return WebSettings(listen=web.listen.strip(), base_url=url.rstrip("/"))
 
 
 def _with_comment_folders(lists: list[ListSettings], site: SiteSettings) -> tuple[ListSettings, ...]:

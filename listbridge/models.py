@@ -76,6 +76,17 @@ class Subscriber(Base):
     last_warning_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
 
 
+class SpentToken(Base):
+    """The unsubscribe token of a subscriber who left, as a SHA-256 digest (no address): a
+    one-click link used again says "done" instead of "unknown" (web/unsubscribe.py)."""
+
+    __tablename__ = "spent_tokens"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    list_address: Mapped[str] = mapped_column(String(320))
+    spent_at: Mapped[dt.datetime] = mapped_column(DateTime())
+
+
 class Confirmation(Base):
     """A pending subscribe or unsubscribe, waiting for a reply to bla+confirm-TOKEN@D."""
 

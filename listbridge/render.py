@@ -21,9 +21,11 @@ def environment(override: str = "") -> jinja2.Environment:
     loaders += [shipped, jinja2.PrefixLoader({"default": shipped}, delimiter=":")]
     env = jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),
-        # XML is escaped by jinja; mail text needs nothing; gemtext is made safe by the
+        # XML and HTML are escaped by jinja; mail text needs nothing; gemtext is made safe by the
         # inline/block/link helpers, since gemtext has no escape character.
-        autoescape=jinja2.select_autoescape(enabled_extensions=("xml",), default_for_string=False, default=False),
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("xml", "html"), default_for_string=False, default=False
+        ),
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -46,3 +48,8 @@ def render_mail(mlist: ListSettings, template_name: str, **context: object) -> t
     if not head.startswith("Subject:"):
         raise ValueError(f"template mail/{mlist.language}/{template_name}.txt must start with a Subject: line")
     return head.removeprefix("Subject:").strip(), body.strip() + "\n"
+
+
+def render_page(templates: str, language: str, name: str, **context: object) -> str:
+    """Render HTML page template `name` (web/LANG/NAME.html, escaped) in `language`."""
+    return environment(templates).get_template(f"web/{language}/{name}.html").render(language=language, **context)

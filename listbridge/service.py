@@ -17,6 +17,8 @@ from listbridge.inbound.server import ListController, ListHandler
 from listbridge.inbound.worker import StoreProcess
 from listbridge.lists import bounces, moderation
 from listbridge.outbound import delivery, outbox
+from listbridge.web import unsubscribe
+from listbridge.web.server import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class Service:
         )
         self.controller = ListController(handler, settings)
         self.threads: list[threading.Thread] = []
+        self.web: WebServer | None = None
 
     def start(self) -> None:
         if not self.db.is_current():
@@ -63,6 +66,8 @@ class Service:
             s = self.settings.smtp
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise ListenError(f"cannot listen on {s.host}:{s.port}: {reason}.") from exc
+        if self.settings.web.listen:
+            self._start_web()
         self.threads = delivery.run_workers(self.db, self.settings, self.stopping, self.wakeup)
         self.held.set()  # comments held while no serve ran
         for target, name in (
@@ -75,6 +80,17 @@ class Service:
             self.threads.append(thread)
         s = self.settings.smtp
         log.info("listening on %s:%d (%s)", s.host, s.port, "LMTP" if s.lmtp else "SMTP")
+
+    def _start_web(self) -> None:
+        host, port = self.settings.web.address()
+        self.web = WebServer(unsubscribe.make_app(self.db, self.settings, on_mail=self.wakeup.set), host, port)
+        try:
+            self.web.start()
+        except OSError as exc:
+            self.controller.stop()
+            self.store.stop()
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ListenError(f"cannot listen on {host}:{port} ([web] listen): {reason}.") from exc
 
     def _publisher(self) -> None:
         """Render and commit approved comments (and retry pushes) a few seconds after intake.
@@ -167,6 +183,8 @@ class Service:
         # Queued before the controller's own stop, so it runs on the loop first.
         self.controller.loop.call_soon_threadsafe(self.store.close_channel)
         self.controller.stop()
+        if self.web is not None:
+            self.web.stop()
         self.store.stop()
         self.stopping.set()
         self.wakeup.set()

@@ -29,6 +29,7 @@ CONTEXT = dict(
     author="Carole",
     attachments=2,
     page_url="gemini://d/log/commentaires/x.gmi",
+    unsubscribe_url="https://lists.d/unsubscribe/x",
     subject="Re: x",
     reason="hors sujet",
     nature="power cut",

@@ -367,6 +367,8 @@ def broadcast(session: Session, ctx: ListContext, comment: Comment) -> None:
         author=comment.display_name,
         attachments=comment.attachments,
         page_url=page_url,
+        # Each recipient's own link, put in by the delivery worker (personalised mail only).
+        unsubscribe_url=settings.web.unsubscribe_url(compose.TOKEN_PLACEHOLDER) if settings.relay.personalize else "",
     )
     root = compose.thread_root(mlist, comment.post_slug or "")
     message_id = compose.new_message_id(mlist.domain)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from listbridge import addresses
 from listbridge.config import ListSettings, Settings
-from listbridge.models import AutoReply, utcnow
+from listbridge.models import AutoReply, Subscriber, utcnow
 from listbridge.outbound import compose, outbox
 from listbridge.render import render_mail
 
@@ -63,6 +63,7 @@ def render(
     auto_replied: bool = True,
     auto_submitted: str = "auto-replied",
     to_moderators: bool = False,
+    unsubscribe_token: str | None = None,
     **context: object,
 ) -> Mail:
     """A mail template rendered for `to`, marked `Auto-Submitted` (as `auto_submitted`) unless
@@ -79,8 +80,17 @@ def render(
         reply_to=reply_to,
         extra=extra,
         to_moderators=to_moderators,
+        unsubscribe=_unsubscribe(ctx, unsubscribe_token),
     )
     return Mail(template, to, data)
+
+
+def _unsubscribe(ctx: ListContext, token: str | None) -> tuple[str, str] | None:
+    """The one-step unsubscribe address and one-click URL ("" without [web] base_url) of a
+    subscriber's token."""
+    if not token:
+        return None
+    return ctx.address(f"unsubscribe-{token}"), ctx.settings.web.unsubscribe_url(token)
 
 
 def queue(session: Session, ctx: ListContext, mail: Mail) -> None:
@@ -98,8 +108,16 @@ def queue(session: Session, ctx: ListContext, mail: Mail) -> None:
 
 
 def send(session: Session, ctx: ListContext, template: str, to: str, **options: Any) -> None:
-    """Render a mail template (options as render() takes them) and put it in the outbox."""
+    """Render a mail template (options as render() takes them) and put it in the outbox; to a
+    subscriber of the list, with their own one-step unsubscribe headers."""
+    if not options.get("to_moderators"):
+        options.setdefault("unsubscribe_token", _token_of(session, ctx, to))
     queue(session, ctx, render(ctx, template, to, **options))
+
+
+def _token_of(session: Session, ctx: ListContext, address: str) -> str | None:
+    found = select(Subscriber.token).where(Subscriber.list_address == ctx.mlist.address, Subscriber.address == address)
+    return session.scalar(found)
 
 
 def within_reply_limit(session: Session, ctx: ListContext, address: str, kind: str) -> bool:

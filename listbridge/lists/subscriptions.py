@@ -6,14 +6,17 @@ Everything here works inside the caller's transaction; mail is only enqueued in 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from listbridge import addresses
 from listbridge.addresses import new_token
+from listbridge.config import ListSettings, Settings
 from listbridge.lists.context import ListContext, Rejected, send, within_reply_limit
-from listbridge.models import Confirmation, Subscriber, utcnow
+from listbridge.models import Confirmation, SpentToken, Subscriber, utcnow
 
 
 def normalise(address: str) -> str:
@@ -139,6 +142,48 @@ def unsubscribe(session: Session, ctx: ListContext, address: str, goodbye: bool 
         return False
     name = subscriber.display_name
     session.execute(delete(Subscriber).where(Subscriber.id == subscriber.id))
+    session.add(SpentToken(digest=token_digest(subscriber.token), list_address=ctx.mlist.address, spent_at=utcnow()))
     if goodbye:
         send(session, ctx, "goodbye", address, name=name, address=address)
     return True
+
+
+def token_digest(token: str) -> str:
+    """What is kept of a spent unsubscribe token."""
+    return hashlib.sha256(token.encode("ascii", "replace")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Link:
+    """What an unsubscribe link's token stands for: a subscriber of `mlist` (SUBSCRIBED), one
+    who left (LEFT), or nothing known (mlist None)."""
+
+    state: str
+    mlist: ListSettings | None = None
+
+
+SUBSCRIBED, LEFT, UNKNOWN = "subscribed", "left", "unknown"
+
+
+def link(session: Session, settings: Settings, token: str) -> Link:
+    """The state of unsubscribe token `token`, changing nothing (a link scanner's GET)."""
+    subscriber = session.scalars(select(Subscriber).where(Subscriber.token == token)).first()
+    if subscriber is not None:
+        mlist = settings.list_for(subscriber.list_address)
+        return Link(SUBSCRIBED, mlist) if mlist else Link(UNKNOWN)
+    spent = session.get(SpentToken, token_digest(token))
+    mlist = settings.list_for(spent.list_address) if spent else None
+    return Link(LEFT, mlist) if mlist else Link(UNKNOWN)
+
+
+def unsubscribe_by_link(session: Session, settings: Settings, token: str) -> Link:
+    """RFC 8058 one-click: remove the subscriber of `token` at once, with the goodbye mail.
+    The link's state before (SUBSCRIBED when this removed them)."""
+    found = link(session, settings, token)
+    if found.state == SUBSCRIBED and found.mlist is not None:
+        ctx = ListContext(settings, found.mlist)
+        subscriber = session.scalars(select(Subscriber).where(Subscriber.token == token).with_for_update()).first()
+        if subscriber is None:  # another request was quicker
+            return Link(LEFT, found.mlist)
+        unsubscribe(session, ctx, subscriber.address, goodbye=True)
+    return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 from email.message import EmailMessage
@@ -47,16 +48,24 @@ def build(
     sender_name: str | None = None,
     message_id: str | None = None,
     to_moderators: bool = False,
+    unsubscribe: tuple[str, str] | None = None,
 ) -> bytes:
     """A complete message as CRLF bytes. `to=None` leaves To and List-Unsubscribe to the sender
     worker (a list mail, personalised at send time). `to_moderators`: a mail about the list,
     not of it (a moderation notice), with no List-* header, so that neither "reply to list"
-    posts it nor an unsubscribe button acts on the moderator's subscription; X-Loop stays."""
+    posts it nor an unsubscribe button acts on the moderator's subscription; X-Loop stays.
+    `unsubscribe`: the recipient's own one-step address and one-click URL (RFC 8058), when a
+    subscriber."""
     msg = EmailMessage(policy=SMTP)
     msg["From"] = formataddr((mlist.title if sender_name is None else sender_name, sender))
     if to is not None:
         msg["To"] = to
-        if not to_moderators:
+        if unsubscribe is not None and not to_moderators:
+            address, url = unsubscribe
+            msg["List-Unsubscribe"] = f"<{url}>, <mailto:{address}>" if url else f"<mailto:{address}>"
+            if url:
+                msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        elif not to_moderators:
             msg["List-Unsubscribe"] = f"<mailto:{subaddress(mlist.address, 'unsubscribe', separator)}>"
     msg["Subject"] = subject
     msg["Date"] = formatdate(localtime=False, usegmt=True)
@@ -76,6 +85,54 @@ def thread_root(mlist: ListSettings, slug: str) -> str:
     return f"<post.{hashlib.sha256(slug.encode()).hexdigest()[:20]}@{mlist.domain}>"
 
 
-def personal_headers(address: str, unsubscribe: str) -> bytes:
-    """Headers prepended to a stored list mail for one recipient (or one batch)."""
-    return f"To: {address}\r\nList-Unsubscribe: <mailto:{unsubscribe}>\r\n".encode("ascii", "replace")
+def personal_headers(address: str, unsubscribe: str, url: str = "") -> bytes:
+    """Headers prepended to a stored list mail for one recipient (or one batch); with the
+    recipient's one-click `url`, RFC 8058's List-Unsubscribe-Post too."""
+    if not url:
+        return f"To: {address}\r\nList-Unsubscribe: <mailto:{unsubscribe}>\r\n".encode("ascii", "replace")
+    return (
+        f"To: {address}\r\nList-Unsubscribe: <{url}>, <mailto:{unsubscribe}>\r\n"
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+    ).encode("ascii", "replace")
+
+
+# Stands for each recipient's unsubscribe token in a stored list mail's body (its footer's
+# one-click link), as long as a token, so that the quoted-printable lines keep their length.
+TOKEN_PLACEHOLDER = "listbridgetokenplaceholder"
+_SLOT = re.compile(b"(?:=\r\n)?".join(re.escape(c.encode()) for c in TOKEN_PLACEHOLDER))
+
+
+def token_slots(data: bytes) -> tuple[tuple[int, int], ...]:
+    r"""Where `data` holds TOKEN_PLACEHOLDER, soft line breaks (quoted-printable) included.
+
+    >>> token_slots(b"a listbridgetokenplace=\r\nholder b")
+    ((2, 31),)
+    """
+    return tuple(match.span() for match in _SLOT.finditer(data))
+
+
+def with_token(data: bytes, slots: tuple[tuple[int, int], ...], token: str) -> bytes:
+    r"""`data` with `token` in each of its `slots` (from token_slots).
+
+    >>> body = b"a listbridgetokenplace=\r\nholder b"
+    >>> with_token(body, token_slots(body), "abcdefghijklmnopqrstuvwxyz")
+    b'a abcdefghijklmnopqrst=\r\nuvwxyz b'
+    """
+    out, last = [], 0
+    for start, end in slots:
+        out += [data[last:start], _fill(data[start:end], token)]
+        last = end
+    out.append(data[last:])
+    return b"".join(out)
+
+
+def _fill(slot: bytes, token: str) -> bytes:
+    """The token laid out as the placeholder was (its soft line breaks kept)."""
+    if len(token) != len(TOKEN_PLACEHOLDER):
+        return token.encode("ascii", "replace")
+    chars = iter(token.encode("ascii", "replace"))
+    return b"".join(b"=\r\n" if piece == b"=\r\n" else bytes([next(chars)]) for piece in _pieces(slot))
+
+
+def _pieces(slot: bytes) -> list[bytes]:
+    return re.findall(b"=\r\n|.", slot, re.DOTALL)

@@ -22,7 +22,7 @@ from listbridge.db import Database
 from listbridge.failurelog import FailureLog
 from listbridge.models import OutboxMessage
 from listbridge.outbound import outbox, verp
-from listbridge.outbound.compose import personal_headers
+from listbridge.outbound.compose import personal_headers, token_slots, with_token
 from listbridge.outbound.relay import RelayClient, RelayError, prepare
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class Prepared:
     verp: bool
     give_up_at: dt.datetime
     data: bytes
+    token_slots: tuple[tuple[int, int], ...] = ()  # where each recipient's token goes (compose.py)
 
 
 def transactions(
@@ -169,8 +170,12 @@ class Worker:
             sender = subaddress(message.list_address, name, separator)
         if message.fanout:
             if len(rows) == 1 and rows[0].token and self.settings.relay.personalize:
-                unsubscribe = subaddress(message.list_address, f"unsubscribe-{rows[0].token}", separator)
-                data = personal_headers(rows[0].address, unsubscribe) + data
+                token = rows[0].token
+                unsubscribe = subaddress(message.list_address, f"unsubscribe-{token}", separator)
+                if message.token_slots:
+                    data = with_token(data, message.token_slots, token)
+                url = self.settings.web.unsubscribe_url(token)
+                data = personal_headers(rows[0].address, unsubscribe, url) + data
             else:
                 data = (
                     personal_headers(message.list_address, subaddress(message.list_address, "unsubscribe", separator))
@@ -183,8 +188,10 @@ class Worker:
         if missing:
             with self.db.transaction() as session:
                 for m in session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(missing))):
+                    data = prepare(m.body)
+                    slots = token_slots(data) if m.fanout else ()
                     self._cache[m.id] = Prepared(
-                        m.list_address, m.envelope_from, m.fanout, m.verp, m.give_up_at, prepare(m.body)
+                        m.list_address, m.envelope_from, m.fanout, m.verp, m.give_up_at, data, slots
                     )
                 if self._verp_key is None and any(p.verp for i in missing if (p := self._cache.get(i))):
                     self._verp_key = outbox.verp_key(session)
