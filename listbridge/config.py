@@ -10,6 +10,7 @@ import math
 import os
 import posixpath
 import tomllib
+import urllib.parse
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -381,10 +382,24 @@ def _web(web: WebSettings) -> WebSettings:
             raise ConfigError(f"[web] listen must be HOST:PORT, such as 127.0.0.1:8080, not {web.listen!r}.")
     url = web.base_url.strip()
     if url:
-        scheme, _, rest = url.partition("://")
-        if scheme.lower() not in ("https", "http") or not rest or any(c in url for c in ' <>"\r\n'):
-            raise ConfigError(f"[web] base_url must be an https:// URL, not {url!r}.")
-        if scheme.lower() == "http":
+        parts = urllib.parse.urlsplit(url)
+        if (
+            parts.scheme.lower() not in ("https", "http")
+            or not parts.hostname
+            or parts.query
+            or parts.fragment
+            or not url.isascii()
+            or len(url) > 200
+            or any(c in url for c in ' <>"\\,\r\n')
+        ):
+            raise ConfigError(f"[web] base_url must be an https:// URL (ASCII, no query), not {url!r}.")
+        if not web.listen:
+            warnings.warn(
+                "[web] base_url is set but listen is empty: mail will carry links this serve does not answer",
+                ConfigWarning,
+                stacklevel=3,
+            )
+        if parts.scheme.lower() == "http":
             warnings.warn(
                 f"[web] base_url {url} is http: mail clients expect https for one-click unsubscribe",
                 ConfigWarning,

@@ -212,6 +212,9 @@ class OutboxMessage(Base):
     # Our Message-ID header, and the post a broadcast belongs to: replies thread back to it.
     header_message_id: Mapped[str] = mapped_column(String(998), default="", server_default="", index=True)
     post_slug: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # A list mail's stand-in for each recipient's unsubscribe token in its body (compose.py):
+    # random, so that no commenter can write it and collect the recipients' tokens.
+    token_placeholder: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class OutboxRecipient(Base):

@@ -4,9 +4,11 @@ GET (changes nothing), unknown and spent tokens, bodies too large or malformed."
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
 import re
 import socket
+import time
 import urllib.parse
 import warnings
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import html5lib
 import pytest
 from sqlalchemy import select
 
-from listbridge.config import ConfigWarning, Settings
+from listbridge.config import ConfigError, ConfigWarning, Settings, build_settings
 from listbridge.lists.context import ListContext
 from listbridge.lists.subscriptions import subscribe
 from listbridge.models import Subscriber
@@ -184,3 +186,113 @@ def test_a_web_port_taken_is_one_sentence(make_settings):
     # The SMTP listener it had started is closed again: its port can be bound.
     with socket.socket() as again:
         again.bind(("127.0.0.1", settings.smtp.port))
+
+
+def test_a_comment_cannot_collect_the_readers_tokens(running, sink: Sink):
+    """The stand-in for each reader's token is random per mail: a commenter who writes the
+    old fixed one, or anything else, gets it back unchanged, and no reader's token."""
+    settings, svc = running
+    bait = "listbridgetokenplaceholder"
+    send(
+        settings.smtp.port,
+        LIST,
+        subject="Re: Un billet",
+        sender="mallory@example.org",
+        body=f"See https://evil.example/?t={bait}\n",
+    )
+    (mail,) = wait_for(lambda: [r for r in sink.handler.to(READER) if "Un billet" in r.message["Subject"]])
+    token = one_click_header(mail).group(2)
+    assert bait in mail.message.get_content()
+    assert mail.data.count(token.encode()) == 3  # List-Unsubscribe's two, the footer's one
+    assert mail.message.get_content().count(token) == 1
+
+
+def test_a_quoted_footer_does_not_publish_a_readers_token(running, sink: Sink):
+    settings, svc = running
+    url = one_click_header(broadcast(settings, sink)).group(1)
+    send(
+        settings.smtp.port,
+        LIST,
+        subject="Re: Un billet",
+        sender=READER,
+        body=f"> One click to leave the list: {url}\nSo true.\n",
+    )
+    wait_for(lambda: len([r for r in sink.handler.to(OTHER) if "Un billet" in r.message["Subject"]]) == 2)
+    second = [r for r in sink.handler.to(OTHER) if "Un billet" in r.message["Subject"]][1]
+    token = url.rsplit("/", 1)[1]
+    assert token not in second.message.get_content() and "/unsubscribe/…" in second.message.get_content()
+
+
+@pytest.mark.parametrize("body", [b"\xff=\xfe", b"List-Unsubscribe=One-Click&x=%ff%fe"])
+def test_a_body_in_no_charset_is_a_400(running, body: bytes):
+    settings, svc = running
+    with svc.db.transaction() as session:
+        token = session.scalars(select(Subscriber.token).where(Subscriber.address == READER)).one()
+    path = f"/unsubscribe/{token}"
+    for content_type in ("application/x-www-form-urlencoded; charset=bogus", "multipart/form-data"):
+        assert request(settings, "POST", path, body, Content_Type=content_type)[0] == 400
+    assert post(settings, path, body)[0] in (200, 400)
+    status = request(settings, "POST", path, b"--x\r\n\r\n", Content_Type="multipart/form-data; boundary=y")[0]
+    assert status == 400
+
+
+def test_two_clicks_at_once_unsubscribe_once(running, sink: Sink):
+    settings, svc = running
+    with svc.db.transaction() as session:
+        token = session.scalars(select(Subscriber.token).where(Subscriber.address == READER)).one()
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: post(settings, f"/unsubscribe/{token}"), range(6)))
+    assert [a[0] for a in answers] == [200] * 6
+    assert sum("You left bla" in a[2] for a in answers) == 1, [a[2][-200:] for a in answers]
+    wait_for(lambda: [r for r in sink.handler.to(READER) if "You left" in r.message["Subject"]])
+    time.sleep(0.5)
+    assert len([r for r in sink.handler.to(READER) if "You left" in r.message["Subject"]]) == 1
+
+
+def test_a_long_base_url_stays_one_unfolded_header(make_settings, sink: Sink, tmp_path: Path):
+    """The email package would fold a long URL into RFC 2047 words: the header is written raw."""
+    base = "https://lists.bla.example.org/listbridge/one-click-unsubscribe"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConfigWarning)  # no listen: links answered elsewhere
+        settings = make_settings(web={"base_url": base})
+    svc = Service(settings)
+    svc.start()
+    try:
+        with svc.db.transaction() as session:
+            subscribe(session, ListContext(settings, settings.lists[0]), READER, welcome=True)
+        svc.wakeup.set()
+        (welcome,) = wait_for(lambda: sink.handler.to(READER))
+        raw = welcome.data.split(b"\r\n\r\n", 1)[0]
+        assert re.search(
+            rb"^List-Unsubscribe: <" + re.escape(base.encode()) + rb"/unsubscribe/[a-z2-7]{26}>, <mailto:", raw, re.M
+        )
+        assert b"=?" not in raw.split(b"List-Unsubscribe:", 1)[1].split(b"\r\n", 1)[0]
+        assert f"{base}/unsubscribe/" in welcome.message.get_content()  # its footer
+    finally:
+        svc.stop()
+
+
+@pytest.mark.parametrize(
+    ("web", "error"),
+    [
+        ({"listen": "8080"}, "listen must be HOST:PORT"),
+        ({"base_url": "ftp://lists.example.org"}, "base_url must be an https:// URL"),
+        ({"base_url": "https://lists.example.org/?a=1"}, "base_url must be an https:// URL"),
+        ({"base_url": "https://listes.exemple.fr/désabonner"}, "base_url must be an https:// URL"),
+    ],
+)
+def test_web_settings_are_checked(web, error):
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        build_settings({"web": web})
+
+
+def test_http_and_a_missing_listener_are_warned_of():
+    with pytest.warns(ConfigWarning, match="is http"):
+        build_settings({"web": {"listen": "127.0.0.1:8080", "base_url": "http://127.0.0.1:8080"}})
+    with pytest.warns(ConfigWarning, match="listen is empty"):
+        build_settings({"web": {"base_url": "https://lists.example.org"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert build_settings({"web": {"listen": "127.0.0.1:8080", "base_url": "https://l.example/"}}).web.base_url == (
+            "https://l.example"
+        )

@@ -14,6 +14,7 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from listbridge.addresses import new_token
 from listbridge.archive.pages import page_path
 from listbridge.archive.posts import Post, find_post
 from listbridge.db import COMMENT_HELD, SITE_CHANGED, FastInsert, note_effect, rowcount
@@ -357,18 +358,21 @@ def reject(
 def broadcast(session: Session, ctx: ListContext, comment: Comment) -> None:
     """Put an approved comment in the outbox for every subscriber, threaded by post."""
     mlist, settings = ctx.mlist, ctx.settings
+    placeholder = new_token()  # stands for each recipient's token: nobody can write it in a comment
     page_url = settings.site.base_url.rstrip("/") + "/" + quote(page_path(mlist, comment.post_slug or ""))
     subject, body = render_mail(
         mlist,
         "comment",
-        **ctx.common(),
+        **{
+            **ctx.common(),
+            # Each recipient's own link, put in by the delivery worker (personalised mail only).
+            "unsubscribe_url": settings.web.unsubscribe_url(placeholder) if settings.relay.personalize else "",
+        },
         post_title=comment.post_title or comment.post_slug,
         text=comment.text,
         author=comment.display_name,
         attachments=comment.attachments,
         page_url=page_url,
-        # Each recipient's own link, put in by the delivery worker (personalised mail only).
-        unsubscribe_url=settings.web.unsubscribe_url(compose.TOKEN_PLACEHOLDER) if settings.relay.personalize else "",
     )
     root = compose.thread_root(mlist, comment.post_slug or "")
     message_id = compose.new_message_id(mlist.domain)
@@ -398,3 +402,4 @@ def broadcast(session: Session, ctx: ListContext, comment: Comment) -> None:
     )
     message.header_message_id = message_id
     message.post_slug = comment.post_slug
+    message.token_placeholder = placeholder

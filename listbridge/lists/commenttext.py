@@ -4,10 +4,13 @@ Inline quotes (`>` lines followed by the author's own text) are kept as they are
 hangs at the end goes: the quoted reply (`>` lines and blank lines up to the end), an Outlook
 `-----Original Message-----` block, a signature after `-- `, a "Sent from my iPhone". An
 attribution line that introduces a quote (`On … wrote:`, `Le … a écrit :`, possibly wrapped
-over two lines) goes wherever it is: it often carries an address.
+over two lines) goes wherever it is: it often carries an address. A token quoted from a list
+mail (a one-click link, an unsubscribe address) is masked wherever it is.
 
 >>> clean("Merci !\\r\\n\\r\\nLe 12 mars 2026 à 10:00, Carole <c@x> a écrit :\\r\\n> Bonjour\\r\\n")
 'Merci !'
+>>> clean("> One click: https://l.example/unsubscribe/abcdefghijklmnopqrstuvwxyz\\nSo true.")
+'> One click: https://l.example/unsubscribe/…\\nSo true.'
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ _MOBILE = re.compile(
     r"^(?:sent from my|envoyé de mon|envoyé depuis mon|von meinem|enviado desde mi)\s.{1,40}$",
     re.IGNORECASE,
 )
+
+
+# A token of the reader's own, quoted from a list mail's footer (an inline quote is kept):
+# unsubscribe/TOKEN of a one-click link, unsubscribe-TOKEN (or enable-, confirm-) of an
+# address. Published, it would let anyone act for that reader.
+_SECRET = re.compile(r"((?:unsubscribe|enable|confirm|approve|reject)[/+\-])[a-z2-7]{20,64}(?![a-z2-7])", re.IGNORECASE)
 
 
 def _quoted(line: str) -> bool:
@@ -125,6 +134,7 @@ def _once(lines: list[str]) -> list[str]:
 
 def clean(text: str) -> str:
     """The comment as it will be published (LF line ends, no trailing whitespace)."""
+    text = _SECRET.sub(r"\1…", text)
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     lines = _cut_at_signature_or_original([line.rstrip() for line in lines])
     for _ in range(max(MIN_ROUNDS, ROUNDS_BUDGET // (len(text) + 1))):  # a dropped part can uncover another

@@ -41,6 +41,7 @@ class ListContext:
             "unsubscribe_address": self.address("unsubscribe"),
             "help_address": self.address("help"),
             "owner_address": self.address("owner"),
+            "unsubscribe_url": "",  # a subscriber's one-click link, where the mail has one
         }
 
 
@@ -68,7 +69,8 @@ def render(
 ) -> Mail:
     """A mail template rendered for `to`, marked `Auto-Submitted` (as `auto_submitted`) unless
     `auto_replied` is false. No I/O: what renders outside a transaction stays out of its locks."""
-    subject, body = render_mail(ctx.mlist, template, **{**ctx.common(), **context})
+    own = _own_unsubscribe(ctx, unsubscribe_token)
+    subject, body = render_mail(ctx.mlist, template, **{**ctx.common(), **own, **context})
     extra = {"Auto-Submitted": auto_submitted} if auto_replied else {}
     data = compose.build(
         ctx.mlist,
@@ -80,17 +82,20 @@ def render(
         reply_to=reply_to,
         extra=extra,
         to_moderators=to_moderators,
-        unsubscribe=_unsubscribe(ctx, unsubscribe_token),
+        unsubscribe=(own["unsubscribe_address"], own["unsubscribe_url"]) if own else None,
     )
     return Mail(template, to, data)
 
 
-def _unsubscribe(ctx: ListContext, token: str | None) -> tuple[str, str] | None:
-    """The one-step unsubscribe address and one-click URL ("" without [web] base_url) of a
-    subscriber's token."""
+def _own_unsubscribe(ctx: ListContext, token: str | None) -> dict[str, str]:
+    """A subscriber's one-step unsubscribe address and one-click URL ("" without [web]
+    base_url), for the headers and the texts; nothing without a token."""
     if not token:
-        return None
-    return ctx.address(f"unsubscribe-{token}"), ctx.settings.web.unsubscribe_url(token)
+        return {}
+    return {
+        "unsubscribe_address": ctx.address(f"unsubscribe-{token}"),
+        "unsubscribe_url": ctx.settings.web.unsubscribe_url(token),
+    }
 
 
 def queue(session: Session, ctx: ListContext, mail: Mail) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from listbridge import addresses
 from listbridge.addresses import new_token
 from listbridge.config import ListSettings, Settings
+from listbridge.db import insert_new, rowcount
 from listbridge.lists.context import ListContext, Rejected, send, within_reply_limit
 from listbridge.models import Confirmation, SpentToken, Subscriber, utcnow
 
@@ -141,8 +142,10 @@ def unsubscribe(session: Session, ctx: ListContext, address: str, goodbye: bool 
     if subscriber is None:
         return False
     name = subscriber.display_name
-    session.execute(delete(Subscriber).where(Subscriber.id == subscriber.id))
-    session.add(SpentToken(digest=token_digest(subscriber.token), list_address=ctx.mlist.address, spent_at=utcnow()))
+    if rowcount(session.execute(delete(Subscriber).where(Subscriber.id == subscriber.id))) == 0:
+        return False  # removed meanwhile by another transaction (two clicks at once)
+    spent = {"digest": token_digest(subscriber.token), "list_address": ctx.mlist.address, "spent_at": utcnow()}
+    insert_new(session, SpentToken, spent)
     if goodbye:
         send(session, ctx, "goodbye", address, name=name, address=address)
     return True
@@ -183,7 +186,6 @@ def unsubscribe_by_link(session: Session, settings: Settings, token: str) -> Lin
     if found.state == SUBSCRIBED and found.mlist is not None:
         ctx = ListContext(settings, found.mlist)
         subscriber = session.scalars(select(Subscriber).where(Subscriber.token == token).with_for_update()).first()
-        if subscriber is None:  # another request was quicker
-            return Link(LEFT, found.mlist)
-        unsubscribe(session, ctx, subscriber.address, goodbye=True)
+        if subscriber is None or not unsubscribe(session, ctx, subscriber.address, goodbye=True):
+            return Link(LEFT, found.mlist)  # another request was quicker
     return found

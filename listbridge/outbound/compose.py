@@ -57,14 +57,12 @@ def build(
     `unsubscribe`: the recipient's own one-step address and one-click URL (RFC 8058), when a
     subscriber."""
     msg = EmailMessage(policy=SMTP)
+    raw = b""  # headers the email package must not fold (it would encode a long URL)
     msg["From"] = formataddr((mlist.title if sender_name is None else sender_name, sender))
     if to is not None:
         msg["To"] = to
         if unsubscribe is not None and not to_moderators:
-            address, url = unsubscribe
-            msg["List-Unsubscribe"] = f"<{url}>, <mailto:{address}>" if url else f"<mailto:{address}>"
-            if url:
-                msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+            raw = unsubscribe_headers(*unsubscribe)
         elif not to_moderators:
             msg["List-Unsubscribe"] = f"<mailto:{subaddress(mlist.address, 'unsubscribe', separator)}>"
     msg["Subject"] = subject
@@ -76,7 +74,7 @@ def build(
     for name, value in {**headers, **(extra or {})}.items():
         msg[name] = value
     msg.set_content(body, cte="quoted-printable" if not body.isascii() else "7bit")
-    return msg.as_bytes()
+    return raw + msg.as_bytes()
 
 
 def thread_root(mlist: ListSettings, slug: str) -> str:
@@ -86,37 +84,40 @@ def thread_root(mlist: ListSettings, slug: str) -> str:
 
 
 def personal_headers(address: str, unsubscribe: str, url: str = "") -> bytes:
-    """Headers prepended to a stored list mail for one recipient (or one batch); with the
-    recipient's one-click `url`, RFC 8058's List-Unsubscribe-Post too."""
+    """Headers prepended to a stored list mail for one recipient (or one batch)."""
+    return f"To: {address}\r\n".encode("ascii", "replace") + unsubscribe_headers(unsubscribe, url)
+
+
+def unsubscribe_headers(address: str, url: str = "") -> bytes:
+    """List-Unsubscribe with the one-step `address`; with a one-click `url`, first, RFC 8058's
+    List-Unsubscribe-Post too. Raw, unfolded: an encoded URL would not be one (RFC 2369)."""
     if not url:
-        return f"To: {address}\r\nList-Unsubscribe: <mailto:{unsubscribe}>\r\n".encode("ascii", "replace")
+        return f"List-Unsubscribe: <mailto:{address}>\r\n".encode("ascii", "replace")
     return (
-        f"To: {address}\r\nList-Unsubscribe: <{url}>, <mailto:{unsubscribe}>\r\n"
-        "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+        f"List-Unsubscribe: <{url}>, <mailto:{address}>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
     ).encode("ascii", "replace")
 
 
-# Stands for each recipient's unsubscribe token in a stored list mail's body (its footer's
-# one-click link), as long as a token, so that the quoted-printable lines keep their length.
-TOKEN_PLACEHOLDER = "listbridgetokenplaceholder"
-_SLOT = re.compile(b"(?:=\r\n)?".join(re.escape(c.encode()) for c in TOKEN_PLACEHOLDER))
+def token_slots(data: bytes, placeholder: str) -> tuple[tuple[int, int], ...]:
+    r"""Where the body of `data` holds `placeholder` (a stand-in for each recipient's token, as
+    long as one), soft line breaks of quoted-printable included; never in the headers.
 
-
-def token_slots(data: bytes) -> tuple[tuple[int, int], ...]:
-    r"""Where `data` holds TOKEN_PLACEHOLDER, soft line breaks (quoted-printable) included.
-
-    >>> token_slots(b"a listbridgetokenplace=\r\nholder b")
-    ((2, 31),)
+    >>> token_slots(b"S: x\r\n\r\na abcdefghij=\r\nklmnop b", "abcdefghijklmnop")
+    ((10, 29),)
     """
-    return tuple(match.span() for match in _SLOT.finditer(data))
+    end_of_headers = data.find(b"\r\n\r\n")
+    if not placeholder or end_of_headers < 0:
+        return ()
+    pattern = re.compile(b"(?:=\r\n)?".join(re.escape(c.encode()) for c in placeholder))
+    return tuple(m.span() for m in pattern.finditer(data, end_of_headers + 4))
 
 
 def with_token(data: bytes, slots: tuple[tuple[int, int], ...], token: str) -> bytes:
     r"""`data` with `token` in each of its `slots` (from token_slots).
 
-    >>> body = b"a listbridgetokenplace=\r\nholder b"
-    >>> with_token(body, token_slots(body), "abcdefghijklmnopqrstuvwxyz")
-    b'a abcdefghijklmnopqrst=\r\nuvwxyz b'
+    >>> body = b"S: x\r\n\r\na abcdefghij=\r\nklmnop b"
+    >>> with_token(body, token_slots(body, "abcdefghijklmnop"), "ponmlkjihgfedcba")
+    b'S: x\r\n\r\na ponmlkjihg=\r\nfedcba b'
     """
     out, last = [], 0
     for start, end in slots:
@@ -128,11 +129,8 @@ def with_token(data: bytes, slots: tuple[tuple[int, int], ...], token: str) -> b
 
 def _fill(slot: bytes, token: str) -> bytes:
     """The token laid out as the placeholder was (its soft line breaks kept)."""
-    if len(token) != len(TOKEN_PLACEHOLDER):
+    pieces = re.findall(b"=\r\n|.", slot, re.DOTALL)
+    if len(token) != sum(piece != b"=\r\n" for piece in pieces):
         return token.encode("ascii", "replace")
     chars = iter(token.encode("ascii", "replace"))
-    return b"".join(b"=\r\n" if piece == b"=\r\n" else bytes([next(chars)]) for piece in _pieces(slot))
-
-
-def _pieces(slot: bytes) -> list[bytes]:
-    return re.findall(b"=\r\n|.", slot, re.DOTALL)
+    return b"".join(b"=\r\n" if piece == b"=\r\n" else bytes([next(chars)]) for piece in pieces)

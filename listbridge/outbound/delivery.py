@@ -189,7 +189,7 @@ class Worker:
             with self.db.transaction() as session:
                 for m in session.scalars(select(OutboxMessage).where(OutboxMessage.id.in_(missing))):
                     data = prepare(m.body)
-                    slots = token_slots(data) if m.fanout else ()
+                    slots = token_slots(data, m.token_placeholder) if m.fanout else ()
                     self._cache[m.id] = Prepared(
                         m.list_address, m.envelope_from, m.fanout, m.verp, m.give_up_at, data, slots
                     )

@@ -39,7 +39,8 @@ class WebServer:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         # No access log: its lines would carry the tokens of the URLs.
-        runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False)
+        # Requests still running at stop() get 5 s, within the 10 s stop() waits for the thread.
+        runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=5)
         try:
             self.loop.run_until_complete(runner.setup())
             self.loop.run_until_complete(web.TCPSite(runner, self.host, self.port).start())

@@ -24,6 +24,7 @@ from listbridge.render import render_page
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024
+READ_SECONDS = 10.0
 MAX_TOKEN = 64
 
 
@@ -35,6 +36,7 @@ def make_app(
 
     def build() -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
+        app.on_response_prepare.append(_no_server_header)
         handlers = Handlers(db, settings, on_mail)
         app.add_routes(
             [web.get("/unsubscribe/{token}", handlers.page), web.post("/unsubscribe/{token}", handlers.one_click)]
@@ -62,7 +64,13 @@ class Handlers:
             return self._not_found(request)
         if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
             raise web.HTTPUnsupportedMediaType(text="Send the form List-Unsubscribe=One-Click.\n")
-        form = await request.post()  # over MAX_BODY: 413, from aiohttp
+        try:
+            async with asyncio.timeout(READ_SECONDS):  # a client that sends slowly is cut off
+                form = await request.post()  # over MAX_BODY: 413, from aiohttp
+        except (ValueError, LookupError) as exc:  # no boundary, bytes not in its charset, …
+            raise web.HTTPBadRequest(text="Send the form List-Unsubscribe=One-Click.\n") from exc
+        except TimeoutError as exc:
+            raise web.HTTPRequestTimeout(text="Too slow.\n") from exc
         if form.get("List-Unsubscribe") != "One-Click":
             raise web.HTTPBadRequest(text="Send the form List-Unsubscribe=One-Click.\n")
         return await self._answer(request, lambda: self._unsubscribe(token), done=True)
@@ -82,7 +90,8 @@ class Handlers:
         try:
             found = await asyncio.to_thread(work)  # the database: off the loop
         except Exception as exc:
-            log.warning("one-click unsubscribe failed: %s", exc)
+            # Its class only: the text of a database error holds the statement's parameters.
+            log.warning("one-click unsubscribe failed: %s", type(exc).__name__)
             page = render_page(self.settings.lists[0].templates, _language(request), "error")
             return web.Response(status=503, text=page, content_type="text/html", headers={"Retry-After": "60"})
         if found.mlist is None:
@@ -96,6 +105,10 @@ class Handlers:
         language = _language(request)
         page = render_page(self.settings.lists[0].templates, language, "unsubscribe", state="", title="")
         return web.Response(status=404, text=page, content_type="text/html")
+
+
+async def _no_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "listbridge"  # not aiohttp's and Python's versions
 
 
 def _token(request: web.Request) -> str | None:

@@ -1,4 +1,5 @@
-"""Spent unsubscribe tokens, as digests: a one-click link used again says it is done
+"""Spent unsubscribe tokens, as digests: a one-click link used again says it is done; the
+stand-in of each recipient's token in a list mail's body
 
 Revision ID: 0007
 Revises: 0006
@@ -21,7 +22,11 @@ def upgrade() -> None:
         sa.Column("spent_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("digest"),
     )
+    with op.batch_alter_table("outbox_messages") as batch:
+        batch.add_column(sa.Column("token_placeholder", sa.String(64), nullable=False, server_default=""))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("outbox_messages") as batch:
+        batch.drop_column("token_placeholder")
     op.drop_table("spent_tokens")
