@@ -1,6 +1,7 @@
 """`listbridge watch [--once] [--json]`."""
 
 import json
+import os
 import signal
 import threading
 
@@ -10,6 +11,8 @@ from listbridge.archive.git import ensure_repo
 from listbridge.cli import App, cli, pass_app
 from listbridge.outage.watch import Watcher
 from listbridge.outbound import delivery, outbox
+from listbridge.web import unsubscribe
+from listbridge.web.server import WebServer
 
 
 @cli.command()
@@ -40,7 +43,28 @@ def watch(app: App, once: bool, as_json: bool) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    watcher.run(stop)
+    listener = _web(app, watcher)
+    try:
+        watcher.run(stop)
+    finally:
+        if listener is not None:
+            listener.stop()
+
+
+def _web(app: App, watcher: Watcher) -> WebServer | None:
+    """With [web] listen: one-click unsubscribe from the roster, forwarded home by mail."""
+    web = app.settings.web
+    if not web.listen:
+        return None
+    host, port = web.address()
+    make = unsubscribe.make_app(app.ready_db(), app.settings, on_mail=watcher.wakeup.set, watcher=True)
+    listener = WebServer(make, host, port)
+    try:
+        listener.start()
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise click.ClickException(f"cannot listen on {host}:{port} ([web] listen): {reason}.") from exc
+    return listener
 
 
 def _deliver(app: App) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from listbridge.config import ListSettings, Settings
 from listbridge.db import insert_new, rowcount
 from listbridge.lists.context import ListContext, Rejected, send, within_reply_limit
 from listbridge.models import Confirmation, SpentToken, Subscriber, utcnow
+from listbridge.outbound import compose, outbox
 
 
 def normalise(address: str) -> str:
@@ -144,11 +145,14 @@ def unsubscribe(session: Session, ctx: ListContext, address: str, goodbye: bool 
     name = subscriber.display_name
     if rowcount(session.execute(delete(Subscriber).where(Subscriber.id == subscriber.id))) == 0:
         return False  # removed meanwhile by another transaction (two clicks at once)
-    spent = {"digest": token_digest(subscriber.token), "list_address": ctx.mlist.address, "spent_at": utcnow()}
-    insert_new(session, SpentToken, spent)
+    _spend(session, ctx.mlist.address, subscriber.token)
     if goodbye:
         send(session, ctx, "goodbye", address, name=name, address=address)
     return True
+
+
+def _spend(session: Session, list_address: str, token: str) -> None:
+    insert_new(session, SpentToken, {"digest": token_digest(token), "list_address": list_address, "spent_at": utcnow()})
 
 
 def token_digest(token: str) -> str:
@@ -188,4 +192,31 @@ def unsubscribe_by_link(session: Session, settings: Settings, token: str) -> Lin
         subscriber = session.scalars(select(Subscriber).where(Subscriber.token == token).with_for_update()).first()
         if subscriber is None or not unsubscribe(session, ctx, subscriber.address, goodbye=True):
             return Link(LEFT, found.mlist)  # another request was quicker
+    return found
+
+
+def forward_unsubscribe(session: Session, settings: Settings, token: str) -> Link:
+    """The watcher's one-click, while home is dark: the subscriber leaves its roster now (no
+    more outage notices; its digest keeps the next roster import from bringing them back),
+    and home is sent LIST+unsubscribe-TOKEN@D through the external relay, which holds it
+    until home answers. Home stays the one source of truth, and sends the goodbye."""
+    found = link(session, settings, token)
+    if found.state != SUBSCRIBED or found.mlist is None:
+        return found
+    ctx = ListContext(settings, found.mlist)
+    subscriber = session.scalars(select(Subscriber).where(Subscriber.token == token).with_for_update()).first()
+    if subscriber is None or rowcount(session.execute(delete(Subscriber).where(Subscriber.id == subscriber.id))) == 0:
+        return Link(LEFT, found.mlist)  # another request was quicker
+    _spend(session, ctx.mlist.address, token)
+    home = ctx.address(f"unsubscribe-{token}")
+    outbox.enqueue(
+        session,
+        list_address=ctx.mlist.address,
+        kind="unsubscribe-home",
+        envelope_from=ctx.address("owner"),
+        # Not marked automatic, and no X-Loop: home answers it with the goodbye.
+        body=compose.request_mail(ctx.mlist, ctx.address("owner"), home, "unsubscribe"),
+        recipients=[home],
+        retry_days=settings.relay.retry_days,
+    )
     return found

@@ -12,6 +12,7 @@ import datetime as dt
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from listbridge.addresses import new_token
 from listbridge.archive import publish
 from listbridge.archive.pages import atom_time
 from listbridge.config import Settings
@@ -129,10 +130,12 @@ def notify(session: Session, settings: Settings, incident: Incident, change: Inc
     owners_told: set[str] = set()
     for mlist in settings.lists:
         ctx = ListContext(settings, mlist)
+        placeholder = new_token()  # each recipient's token in the footer's link (comments.broadcast)
+        own = settings.web.unsubscribe_url(placeholder) if settings.relay.personalize else ""
         subject, body = render_mail(
             mlist,
             f"outage_{change.kind}",
-            **ctx.common(),
+            **{**ctx.common(), "unsubscribe_url": own},
             nature=incident.nature,
             status=change.status,
             eta=change.eta,
@@ -143,7 +146,7 @@ def notify(session: Session, settings: Settings, incident: Incident, change: Inc
         )
         sender = ctx.address("owner")
         extra = {"Auto-Submitted": "auto-generated", "Precedence": "bulk"}
-        _, count = outbox.enqueue_fanout(
+        message, count = outbox.enqueue_fanout(
             session,
             list_address=mlist.address,
             kind=f"outage-{change.kind}",
@@ -151,6 +154,7 @@ def notify(session: Session, settings: Settings, incident: Incident, change: Inc
             body=compose.build(mlist, settings.smtp.separator, subject=subject, body=body, sender=sender, extra=extra),
             retry_days=settings.relay.retry_days,
         )
+        message.token_placeholder = placeholder
         total += count
         if mlist.owner and mlist.owner.lower() not in owners_told:
             owners_told.add(mlist.owner.lower())

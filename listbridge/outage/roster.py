@@ -17,7 +17,8 @@ from pathlib import Path
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from listbridge.models import RosterImport, Subscriber, utcnow
+from listbridge.lists.subscriptions import token_digest
+from listbridge.models import RosterImport, SpentToken, Subscriber, utcnow
 
 FORMAT = "listbridge-roster-1"
 _BATCH = 5000
@@ -113,8 +114,13 @@ def import_(session: Session, path: str | Path) -> Snapshot:
     conn = _open(path)
     try:
         session.execute(delete(Subscriber).where(Subscriber.list_address.in_(snapshot.lists)))
+        # Those who left through the watcher's one-click: home may not have heard yet.
+        left = set(session.scalars(select(SpentToken.digest)))
         cursor = conn.execute("SELECT list_address, address, display_name, token, subscribed_at FROM subscribers")
         while chunk := cursor.fetchmany(_BATCH):
+            rows = [row for row in chunk if not left or token_digest(row[3]) not in left]
+            if not rows:
+                continue
             session.execute(
                 insert(Subscriber),
                 [
@@ -126,7 +132,7 @@ def import_(session: Session, path: str | Path) -> Snapshot:
                         "token": t,
                         "subscribed_at": dt.datetime.fromisoformat(s),
                     }
-                    for la, a, n, t, s in chunk
+                    for la, a, n, t, s in rows
                 ],
             )
     finally:

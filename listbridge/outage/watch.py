@@ -47,6 +47,7 @@ class Watcher:
         self.settings = settings
         self.db = db
         self._roster_mtime: float | None = None
+        self.wakeup = threading.Event()  # set when mail waits in the outbox
         self._warned_at: dt.datetime | None = None
 
     def refresh_roster(self) -> None:
@@ -141,7 +142,7 @@ class Watcher:
 
     def run(self, stop: threading.Event) -> None:
         """Probe every `[watch] interval` seconds and deliver the outbox until `stop` is set."""
-        wakeup = threading.Event()
+        wakeup = self.wakeup
         with self.db.transaction() as session:
             outbox.release_stale(session, outbox.CLAIM_LEASE)
         workers = delivery.run_workers(self.db, self.settings, stop, wakeup)

@@ -77,6 +77,19 @@ def build(
     return raw + msg.as_bytes()
 
 
+def request_mail(mlist: ListSettings, sender: str, to: str, subject: str) -> bytes:
+    """A bare request to one of the list's own addresses (the watcher forwarding a one-click
+    unsubscribe home): no List-* header, no X-Loop, nothing that marks it automatic."""
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = formataddr((mlist.title, sender))
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = formatdate(localtime=False, usegmt=True)
+    msg["Message-ID"] = new_message_id(mlist.domain)
+    msg.set_content(f"{subject}\n")
+    return msg.as_bytes()
+
+
 def thread_root(mlist: ListSettings, slug: str) -> str:
     """A stable Message-ID standing for a post: every broadcast about it replies to this one,
     so mail clients gather a post's comments in one thread."""

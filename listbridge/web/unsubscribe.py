@@ -14,11 +14,12 @@ import logging
 from collections.abc import Callable
 
 from aiohttp import web
+from sqlalchemy.orm import Session
 
 from listbridge.addresses import TOKEN_ALPHABET
 from listbridge.config import Settings
 from listbridge.db import Database
-from listbridge.lists.subscriptions import SUBSCRIBED, Link, link, unsubscribe_by_link
+from listbridge.lists.subscriptions import SUBSCRIBED, Link, forward_unsubscribe, link, unsubscribe_by_link
 from listbridge.render import render_page
 
 log = logging.getLogger(__name__)
@@ -29,15 +30,16 @@ MAX_TOKEN = 64
 
 
 def make_app(
-    db: Database, settings: Settings, on_mail: Callable[[], None] = lambda: None
+    db: Database, settings: Settings, on_mail: Callable[[], None] = lambda: None, watcher: bool = False
 ) -> Callable[[], web.Application]:
     """A factory of the application (built in the listener's own thread and loop); `on_mail`
-    is called once a goodbye mail is in the outbox (it wakes the delivery workers)."""
+    is called once a mail is in the outbox (it wakes the delivery workers). The `watcher`'s
+    answers from its roster and forwards each unsubscribe home by mail."""
 
     def build() -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
         app.on_response_prepare.append(_no_server_header)
-        handlers = Handlers(db, settings, on_mail)
+        handlers = Handlers(db, settings, on_mail, forward_unsubscribe if watcher else unsubscribe_by_link)
         app.add_routes(
             [web.get("/unsubscribe/{token}", handlers.page), web.post("/unsubscribe/{token}", handlers.one_click)]
         )
@@ -47,8 +49,14 @@ def make_app(
 
 
 class Handlers:
-    def __init__(self, db: Database, settings: Settings, on_mail: Callable[[], None]) -> None:
-        self.db, self.settings, self.on_mail = db, settings, on_mail
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        on_mail: Callable[[], None],
+        leave: Callable[[Session, Settings, str], Link],
+    ) -> None:
+        self.db, self.settings, self.on_mail, self.leave = db, settings, on_mail, leave
 
     async def page(self, request: web.Request) -> web.Response:
         """GET: the page with its button, or where the link stands; nothing changes."""
@@ -81,7 +89,7 @@ class Handlers:
 
     def _unsubscribe(self, token: str) -> Link:
         with self.db.transaction() as session:
-            found = unsubscribe_by_link(session, self.settings, token)
+            found = self.leave(session, self.settings, token)
         if found.state == SUBSCRIBED:
             self.on_mail()
         return found
