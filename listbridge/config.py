@@ -80,6 +80,8 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         ),
         Option("base_url", "gemini://localhost", "public URL of the site"),
         Option("push", False, "push the site repo after each commit"),
+        Option("formats", ("gemtext",), 'pages written: "gemtext", and "html" for a www site'),
+        Option("web_url", "", "where the repo is served over https (empty: links go to base_url)"),
     ),
     "lists": (
         Option("address", "bla@localhost", "the list address"),
@@ -211,6 +213,13 @@ class SiteSettings:
     comments_dir: str
     base_url: str
     push: bool
+    formats: tuple[str, ...]
+    web_url: str
+
+    @property
+    def html(self) -> bool:
+        """Whether HTML pages are written beside the gemtext ones."""
+        return "html" in self.formats
 
 
 @dataclass(frozen=True)
@@ -357,7 +366,7 @@ def build_settings(data: dict[str, Any], source: Path | None = None) -> Settings
     host, colon, port = watch.mx.rpartition(":")
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"[watch] mx must be HOST:PORT, not {watch.mx!r}.")
-    site = SiteSettings(**table("site"))
+    site = _site(SiteSettings(**table("site")))
     web = _web(WebSettings(**table("web")))
     return Settings(
         database=database,
@@ -373,6 +382,30 @@ def build_settings(data: dict[str, Any], source: Path | None = None) -> Settings
     )
 
 
+def _site(site: SiteSettings) -> SiteSettings:
+    """[site] formats: gemtext always, html besides; web_url an https URL."""
+    unknown = sorted(set(site.formats) - {"gemtext", "html"})
+    if unknown or "gemtext" not in site.formats:
+        raise ConfigError(f'[site] formats must be ["gemtext"] or ["gemtext", "html"], not {list(site.formats)!r}.')
+    url = site.web_url.strip()
+    if url and not _is_web_url(url):
+        raise ConfigError(f"[site] web_url must be an https:// URL (ASCII, no query), not {url!r}.")
+    return replace(site, formats=tuple(dict.fromkeys(site.formats)), web_url=url.rstrip("/"))
+
+
+def _is_web_url(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    return (
+        parts.scheme.lower() in ("https", "http")
+        and bool(parts.hostname)
+        and not parts.query
+        and not parts.fragment
+        and url.isascii()
+        and len(url) <= 200
+        and not any(c in url for c in ' <>"\\,\r\n')
+    )
+
+
 def _web(web: WebSettings) -> WebSettings:
     """[web] checked: listen is HOST:PORT, base_url an http(s) URL; http only with a warning,
     since RFC 8058 asks for https (fine for a loopback test)."""
@@ -382,16 +415,7 @@ def _web(web: WebSettings) -> WebSettings:
             raise ConfigError(f"[web] listen must be HOST:PORT, such as 127.0.0.1:8080, not {web.listen!r}.")
     url = web.base_url.strip()
     if url:
-        parts = urllib.parse.urlsplit(url)
-        if (
-            parts.scheme.lower() not in ("https", "http")
-            or not parts.hostname
-            or parts.query
-            or parts.fragment
-            or not url.isascii()
-            or len(url) > 200
-            or any(c in url for c in ' <>"\\,\r\n')
-        ):
+        if not _is_web_url(url):
             raise ConfigError(f"[web] base_url must be an https:// URL (ASCII, no query), not {url!r}.")
         if not web.listen:
             warnings.warn(
@@ -399,7 +423,7 @@ def _web(web: WebSettings) -> WebSettings:
                 ConfigWarning,
                 stacklevel=3,
             )
-        if parts.scheme.lower() == "http":
+        if url.lower().startswith("http:"):
             warnings.warn(
                 f"[web] base_url {url} is http: mail clients expect https for one-click unsubscribe",
                 ConfigWarning,

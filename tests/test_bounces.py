@@ -287,6 +287,7 @@ def test_batched_mail_shares_one_bounce_address_read_from_the_dsn(make_settings,
         send(settings.smtp.port, LIST, subject="Re: Un billet", body="Merci.\n")
         (mail,) = wait_for(lambda: to_reader(sink, "Un billet"))
         assert mail.mail_from == broadcast_to and mail.rcpt_tos == [READER, "second@example.net"]
+        wait_for(lambda: sent_to(svc, READER) == 1)  # a DSN comes once the relay has the mail
         assert bounce(settings, broadcast_to, dsn(READER)) == {}
         assert subscriber(svc).bounce_score == 1
     finally:

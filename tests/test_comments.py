@@ -331,6 +331,16 @@ def test_snippet(site, make_settings, tmp_path):
         "=> mailto:bla+unsubscribe@bla.example.org Se désabonner",
     ]
     assert svc_settings.lists[0].language == "fr"
+    html = cli_run(config, "snippet", "--format", "html", "comment les 3hg ont repare le chatons").output
+    assert html.splitlines() == [
+        '<ul class="listbridge">',
+        f'<li><a href="mailto:{LIST}?subject=Comment-les-3hg-ont-r%C3%A9par%C3%A9-le-CHATONS">'
+        "Envoyer un commentaire par courriel</a></li>",
+        '<li><a href="mailto:bla+subscribe@bla.example.org">S\'abonner pour recevoir les réponses</a></li>',
+        '<li><a href="/log/commentaires/index.html">Lire les archives</a></li>',
+        '<li><a href="mailto:bla+unsubscribe@bla.example.org">Se désabonner</a></li>',
+        "</ul>",
+    ]
 
 
 def test_interactive_moderation(running, tmp_path, site):

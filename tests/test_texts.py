@@ -39,6 +39,7 @@ CONTEXT = dict(
     opened_at=dt.datetime(2026, 11, 26, 9, 0),
     automatic=True,
     status_url="gemini://d/status.gmi",
+    gemini_status_url="",
     comment_id=3,
     approve_address="bla+approve-x@d",
     reject_address="bla+reject-x@d",

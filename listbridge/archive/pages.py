@@ -4,6 +4,7 @@ the caller reads the database and writes the site repo.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from dataclasses import dataclass
@@ -14,6 +15,10 @@ from listbridge.render import environment
 
 # Characters XML 1.0 forbids even when escaped.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# Characters HTML makes a parse error of: controls (C0 but for tab and line ends, DEL, C1)
+# and noncharacters; a browser shows them as boxes, or not at all.
+_NONCHARACTERS = "".join(chr(plane * 0x10000 + low) for plane in range(1, 17) for low in (0xFFFE, 0xFFFF))
+_NOT_HTML = re.compile(f"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff{_NONCHARACTERS}]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 FEED_ENTRIES = 50
 
@@ -42,13 +47,21 @@ class PublishedPost:
     count: int
 
 
-def page_path(mlist: ListSettings, slug: str) -> str:
+def page_path(mlist: ListSettings, slug: str, suffix: str = ".gmi") -> str:
     """Where a post's comment page lives in the repo: in the list's own comments folder."""
-    return f"{mlist.comments_dir}/{slug}.gmi"
+    return f"{mlist.comments_dir}/{slug}{suffix}"
 
 
-def index_path(mlist: ListSettings) -> str:
-    return f"{mlist.comments_dir}/index.gmi"
+def index_path(mlist: ListSettings, suffix: str = ".gmi") -> str:
+    return f"{mlist.comments_dir}/index{suffix}"
+
+
+def page_url(mlist: ListSettings, site: SiteSettings, slug: str) -> str:
+    """A post's comment page as links in mail give it: the HTML one under web_url when the
+    site has one, else the gemtext one under base_url."""
+    if site.web_url and site.html:
+        return site.web_url + "/" + quote(page_path(mlist, slug, ".html"))
+    return _url(site, page_path(mlist, slug))
 
 
 def feed_path(mlist: ListSettings) -> str:
@@ -69,6 +82,31 @@ def post_page(mlist: ListSettings, site: SiteSettings, post: PublishedPost, comm
         index_url="index.gmi",
         mailto=f"mailto:{mlist.address}?subject={quote(post.slug)}",
     )
+
+
+def post_page_html(
+    mlist: ListSettings, site: SiteSettings, post: PublishedPost, comments: list[PublishedComment]
+) -> str:
+    """`<comments_dir>/<slug>.html`, as post_page for a www site (jinja escapes all text)."""
+    template = environment(mlist.templates).get_template(f"archive/{mlist.language}/post.html")
+    own = "/" + quote(post.path.removesuffix(".gmi") + ".html") if post.path else "/"
+    shown = [dataclasses.replace(c, author=_html(c.author), text=_html(c.text)) for c in comments]
+    return template.render(
+        list=mlist,
+        post=_PostView(dataclasses.replace(post, title=_html(post.title)), own, ""),
+        comments=sorted(shown, key=lambda c: (c.date, c.id)),
+        mailto=f"mailto:{mlist.address}?subject={quote(post.slug)}",
+        feed="atom.xml",
+        feed_title=mlist.title,
+    )
+
+
+def index_page_html(mlist: ListSettings, site: SiteSettings, posts: list[PublishedPost]) -> str:
+    """`<comments_dir>/index.html`: posts with comments, newest first."""
+    template = environment(mlist.templates).get_template(f"archive/{mlist.language}/index.html")
+    ordered = sorted(posts, key=index_order, reverse=True)
+    views = [_PostView(dataclasses.replace(p, title=_html(p.title)), "", quote(f"{p.slug}.html")) for p in ordered]
+    return template.render(list=mlist, posts=views, feed="atom.xml", feed_title=mlist.title)
 
 
 def index_line(mlist: ListSettings, post: PublishedPost) -> str:
@@ -130,6 +168,11 @@ class _PostView:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.summary, name)
+
+
+def _html(text: str) -> str:
+    """Text that HTML parses without error (jinja escapes the markup)."""
+    return _SURROGATE.sub("\ufffd", _NOT_HTML.sub("", text))
 
 
 def _xml(text: str) -> str:

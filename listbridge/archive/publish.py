@@ -27,9 +27,11 @@ from listbridge.archive.pages import (
     feed_path,
     index_from_lines,
     index_line,
+    index_page_html,
     index_path,
     page_path,
     post_page,
+    post_page_html,
 )
 from listbridge.config import ListSettings, Settings
 from listbridge.db import Database
@@ -177,13 +179,18 @@ def render_list(
         wanted = sorted(posts) if slugs is None else sorted(set(slugs))
         # One query for the comments of every page rendered, however many.
         shown = _shown_comments(session, mlist.address, None if slugs is None else wanted)
+        html = settings.site.html
         for slug in wanted:
-            path = page_path(mlist, slug)
-            if slug in posts:
-                pages[path] = post_page(mlist, settings.site, posts[slug], shown.get(slug, []))
-            else:
-                pages[path] = None  # no comment left on that post
+            post = posts.get(slug)  # None: no comment left on that post, its pages go
+            comments = shown.get(slug, [])
+            pages[page_path(mlist, slug)] = post_page(mlist, settings.site, post, comments) if post else None
+            if html:
+                page = post_page_html(mlist, settings.site, post, comments) if post else None
+                pages[page_path(mlist, slug, ".html")] = page
         pages[index_path(mlist)] = index_from_lines(mlist, _index_lines(session, mlist.address))
+        if html:  # every post's summary: one row each, read whole
+            every = list(_summaries(session, mlist.address).values())
+            pages[index_path(mlist, ".html")] = index_page_html(mlist, settings.site, every)
         pages[feed_path(mlist)] = atom_feed(mlist, settings.site, _latest(session, mlist.address))
     return pages, wanted
 
@@ -307,13 +314,14 @@ def rebuild(db: Database, settings: Settings, progress: Callable[[int], None] | 
 
 
 def stale_pages(repo: Path, mlist: ListSettings, pages: dict[str, str | None]) -> list[str]:
-    """The `.gmi` files directly in the list's comments folder that its render did not produce:
-    pages of posts that lost their comments. Nothing in another list's folder or in a sub-folder
-    is ever one."""
+    """The `.gmi` (and `.html`) files directly in the list's comments folder that its render did
+    not produce: pages of posts that lost their comments. Nothing in another list's folder or in
+    a sub-folder is ever one."""
     folder = repo / mlist.comments_dir
     if not folder.is_dir():
         return []
-    found = (p.relative_to(repo).as_posix() for p in sorted(folder.glob("*.gmi")) if p.is_file())
+    suffixes = (".gmi", ".html") if any(p.endswith(".html") for p in pages) else (".gmi",)
+    found = (p.relative_to(repo).as_posix() for p in sorted(folder.iterdir()) if p.is_file() and p.suffix in suffixes)
     return [path for path in found if path not in pages]
 
 

@@ -11,20 +11,22 @@ from listbridge.render import environment
 @cli.command()
 @click.argument("post")
 @click.option("--list", "list_address", metavar="ADDR", help="which list (needed when several are configured)")
+@click.option("--format", "form", type=click.Choice(["gemtext", "html"]), default="gemtext", help="html for a web post")
 @pass_app
-def snippet(app: App, post: str, list_address: str | None) -> None:
+def snippet(app: App, post: str, list_address: str | None, form: str) -> None:
     """Print the comment/subscribe links to paste at the end of POST (a slug or a title)."""
     mlist = app.settings.list_for(app.list_address(list_address))
     assert mlist is not None
     found = site_posts(app.settings).get(slugify(post))
     slug = found.slug if found else post.strip().replace(" ", "-")
-    template = environment(mlist.templates).get_template(f"archive/{mlist.language}/snippet.gmi")
+    suffix = "html" if form == "html" else "gmi"
+    template = environment(mlist.templates).get_template(f"archive/{mlist.language}/snippet.{suffix}")
     click.echo(
         template.render(
             list=mlist,
             slug=slug,
             separator=app.settings.smtp.separator,
-            archive=f"/{mlist.comments_dir}/",
+            archive=f"/{mlist.comments_dir}/" + ("index.html" if form == "html" else ""),
         ),
         nl=False,
     )

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import getpass
 from dataclasses import dataclass
-from urllib.parse import quote
 
 from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from listbridge.addresses import new_token
-from listbridge.archive.pages import page_path
+from listbridge.archive import pages
 from listbridge.archive.posts import Post, find_post
 from listbridge.db import COMMENT_HELD, SITE_CHANGED, FastInsert, note_effect, rowcount
 from listbridge.lists import authresults, commenttext
@@ -359,7 +358,7 @@ def broadcast(session: Session, ctx: ListContext, comment: Comment) -> None:
     """Put an approved comment in the outbox for every subscriber, threaded by post."""
     mlist, settings = ctx.mlist, ctx.settings
     placeholder = new_token()  # stands for each recipient's token: nobody can write it in a comment
-    page_url = settings.site.base_url.rstrip("/") + "/" + quote(page_path(mlist, comment.post_slug or ""))
+    page_url = pages.page_url(mlist, settings.site, comment.post_slug or "")
     subject, body = render_mail(
         mlist,
         "comment",

@@ -120,6 +120,13 @@ def _change(
 
 
 def status_url(settings: Settings) -> str:
+    """The status page as mail links to it: the HTML one under web_url, if any."""
+    if settings.site.web_url and settings.site.html:
+        return settings.site.web_url + "/status.html"
+    return gemini_status_url(settings)
+
+
+def gemini_status_url(settings: Settings) -> str:
     return settings.site.base_url.rstrip("/") + "/status.gmi"
 
 
@@ -143,6 +150,8 @@ def notify(session: Session, settings: Settings, incident: Incident, change: Inc
             opened_at=incident.opened_at,
             automatic=incident.automatic,
             status_url=status_url(settings),
+            # The capsule's too, when the link above is the web page.
+            gemini_status_url=gemini_status_url(settings) if status_url(settings).startswith("http") else "",
         )
         sender = ctx.address("owner")
         extra = {"Auto-Submitted": "auto-generated", "Precedence": "bulk"}
@@ -202,6 +211,15 @@ def render_status(session: Session, settings: Settings) -> dict[str, str]:
         pages[f"status/{incident.id}.gmi"] = env.get_template(f"status/{mlist.language}/incident.gmi").render(
             list=mlist, incident=incident, updates=changes
         )
+    if settings.site.html:  # the same, for a www site (jinja escapes every text)
+        feed = {"feed_title": mlist.title}
+        pages["status.html"] = env.get_template(f"status/{mlist.language}/status.html").render(
+            list=mlist, current=open_now, history=history, feed="status.xml", **feed
+        )
+        for incident, changes in history:
+            pages[f"status/{incident.id}.html"] = env.get_template(f"status/{mlist.language}/incident.html").render(
+                list=mlist, incident=incident, updates=changes, feed="../status.xml", **feed
+            )
     return pages
 
 
