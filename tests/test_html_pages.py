@@ -168,3 +168,14 @@ def test_serve_writes_html_pages_a_browser_shows(make_settings, tmp_path: Path, 
     assert "Bravo ! <script>" not in dom and "&lt;script&gt;" in dom and "pwned" not in dom.split("<title>")[1][:80]
     assert "<b>" not in dom and "carole@example.net" not in dom  # markup never, addresses never
     assert "coupure de courant" in dump_dom(site / "status.html")
+
+
+def test_with_web_url_the_feed_links_the_html_pages():
+    site = build_settings({"site": {"formats": ["gemtext", "html"], "web_url": "https://www.example.org"}}).site
+    post = PublishedPost("un-billet", "Un billet", "log/un-billet.gmi", dt.datetime(2024, 1, 1), 1)
+    comment = PublishedComment(7, "Carole", dt.datetime(2024, 1, 1), "Bravo")
+    feed = pages.atom_feed(BASE.lists[0], site, [(post, comment)])
+    assert '<link href="https://www.example.org/log/commentaires/index.html"/>' in feed
+    assert '<link href="https://www.example.org/log/commentaires/un-billet.html#comment-7"/>' in feed
+    gemini = pages.atom_feed(BASE.lists[0], BASE.site, [(post, comment)])  # no web_url: the capsule's
+    assert '<link href="gemini://localhost/log/commentaires/index.gmi"/>' in gemini

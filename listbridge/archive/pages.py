@@ -57,11 +57,15 @@ def index_path(mlist: ListSettings, suffix: str = ".gmi") -> str:
 
 
 def page_url(mlist: ListSettings, site: SiteSettings, slug: str) -> str:
-    """A post's comment page as links in mail give it: the HTML one under web_url when the
-    site has one, else the gemtext one under base_url."""
+    """A post's comment page as links in mail and the feed give it: the HTML one under
+    web_url when the site has one, else the gemtext one under base_url."""
+    return _web_or_gemini(site, page_path(mlist, slug, ".html"), page_path(mlist, slug))
+
+
+def _web_or_gemini(site: SiteSettings, html: str, gemtext: str) -> str:
     if site.web_url and site.html:
-        return site.web_url + "/" + quote(page_path(mlist, slug, ".html"))
-    return _url(site, page_path(mlist, slug))
+        return site.web_url + "/" + quote(html)
+    return _url(site, gemtext)
 
 
 def feed_path(mlist: ListSettings) -> str:
@@ -138,8 +142,8 @@ def atom_feed(mlist: ListSettings, site: SiteSettings, latest: list[tuple[Publis
     latest = sorted(latest, key=lambda pc: (pc[1].date, pc[1].id), reverse=True)[:FEED_ENTRIES]
     entries = [
         {
-            "id": f"{_url(site, page_path(mlist, post.slug))}#comment-{c.id}",
-            "url": _url(site, page_path(mlist, post.slug)),
+            "id": f"{_url(site, page_path(mlist, post.slug))}#comment-{c.id}",  # the same, whatever the links
+            "url": page_url(mlist, site, post.slug) + f"#comment-{c.id}",
             "title": _xml(post.title),
             "author": _xml(c.author).strip(),
             "updated": atom_time(c.date),
@@ -154,7 +158,7 @@ def atom_feed(mlist: ListSettings, site: SiteSettings, latest: list[tuple[Publis
         updated=updated,
         feed_id=_url(site, feed_path(mlist)),
         feed_url=_url(site, feed_path(mlist)),
-        index_url=_url(site, index_path(mlist)),
+        index_url=_web_or_gemini(site, index_path(mlist, ".html"), index_path(mlist)),
     )
 
 
