@@ -390,6 +390,12 @@ def _site(site: SiteSettings) -> SiteSettings:
     url = site.web_url.strip()
     if url and not _is_web_url(url):
         raise ConfigError(f"[site] web_url must be an https:// URL (ASCII, no query), not {url!r}.")
+    if url and "html" not in site.formats:
+        warnings.warn(
+            '[site] web_url is set but formats has no "html": mail keeps linking the gemtext pages',
+            ConfigWarning,
+            stacklevel=3,
+        )
     return replace(site, formats=tuple(dict.fromkeys(site.formats)), web_url=url.rstrip("/"))
 
 

@@ -9,6 +9,7 @@ import jinja2
 from listbridge import gemtext
 from listbridge.config import ListSettings
 from listbridge.resources import shipped_path
+from listbridge.sanitize import html_text
 
 
 @lru_cache(maxsize=16)
@@ -31,6 +32,7 @@ def environment(override: str = "") -> jinja2.Environment:
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
     )
+    env.filters["html_text"] = html_text
     env.filters["inline"] = gemtext.inline
     env.filters["block"] = gemtext.block
     env.globals["link"] = gemtext.link

@@ -175,3 +175,20 @@ def _short_ref(match: re.Match[str]) -> str:
     if len(digits) > 8:
         return "\ufffd"
     return ("&#x" if hexadecimal else "&#") + digits + match.group(4)
+
+
+# Characters HTML makes a parse error of: controls (C0 but for tab, line ends and form feed,
+# DEL, C1) and noncharacters; a browser shows them as boxes, or not at all. And lone
+# surrogates, which UTF-8 cannot encode.
+_NONCHARACTERS = "".join(chr(plane * 0x10000 + low) for plane in range(1, 17) for low in (0xFFFE, 0xFFFF))
+_NOT_HTML = re.compile(f"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff{_NONCHARACTERS}]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def html_text(text: object) -> str:
+    r"""`text` as HTML can hold it (the markup is jinja's autoescape's to escape).
+
+    >>> html_text("a\x00b\x85c\ufffed\ud800") == "abcd\ufffd"
+    True
+    """
+    return _LONE_SURROGATE.sub("\ufffd", _NOT_HTML.sub("", str(text)))

@@ -337,7 +337,7 @@ def test_snippet(site, make_settings, tmp_path):
         f'<li><a href="mailto:{LIST}?subject=Comment-les-3hg-ont-r%C3%A9par%C3%A9-le-CHATONS">'
         "Envoyer un commentaire par courriel</a></li>",
         '<li><a href="mailto:bla+subscribe@bla.example.org">S\'abonner pour recevoir les réponses</a></li>',
-        '<li><a href="/log/commentaires/index.html">Lire les archives</a></li>',
+        '<li><a href="/log/commentaires/">Lire les archives</a></li>',  # no HTML pages: the capsule's
         '<li><a href="mailto:bla+unsubscribe@bla.example.org">Se désabonner</a></li>',
         "</ul>",
     ]

@@ -179,3 +179,28 @@ def test_with_web_url_the_feed_links_the_html_pages():
     assert '<link href="https://www.example.org/log/commentaires/un-billet.html#comment-7"/>' in feed
     gemini = pages.atom_feed(BASE.lists[0], BASE.site, [(post, comment)])  # no web_url: the capsule's
     assert '<link href="gemini://localhost/log/commentaires/index.gmi"/>' in gemini
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_status_pages_keep_their_shape(make_settings, db, text):
+    from listbridge.outage import incidents
+
+    settings = make_settings(site={"formats": ["gemtext", "html"]})
+    with db.transaction() as session:
+        # The nature is a subject too, where the email package refuses line breaks (NEL).
+        nature = f"panne {text}" if text.isprintable() else "panne"
+        incidents.declare(session, settings, nature, actor="test", eta=text)
+        rendered = incidents.render_status(session, settings)
+    for name in ("status.html", "status/1.html"):
+        document = parse(rendered[name])
+        check_shape(document)
+        assert "panne" in text_of(document.find(f".//{XHTML}body"))
+
+
+def test_a_project_site_links_below_its_web_url():
+    site = build_settings({"site": {"formats": ["gemtext", "html"], "web_url": "https://u.example.io/capsule"}}).site
+    post = PublishedPost("un-billet", "Un billet", "log/un-billet.gmi", dt.datetime(2024, 1, 1), 1)
+    page = pages.post_page_html(BASE.lists[0], site, post, [])
+    assert '<a href="https://u.example.io/capsule/log/un-billet.html">' in page
+    with pytest.warns(ConfigWarning, match='no "html"'):
+        build_settings({"site": {"web_url": "https://www.example.org"}})

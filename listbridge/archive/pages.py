@@ -12,13 +12,11 @@ from urllib.parse import quote
 
 from listbridge.config import ListSettings, SiteSettings
 from listbridge.render import environment
+from listbridge.sanitize import html_text
 
 # Characters XML 1.0 forbids even when escaped.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-# Characters HTML makes a parse error of: controls (C0 but for tab and line ends, DEL, C1)
-# and noncharacters; a browser shows them as boxes, or not at all.
-_NONCHARACTERS = "".join(chr(plane * 0x10000 + low) for plane in range(1, 17) for low in (0xFFFE, 0xFFFF))
-_NOT_HTML = re.compile(f"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff{_NONCHARACTERS}]")
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 FEED_ENTRIES = 50
 
@@ -93,7 +91,9 @@ def post_page_html(
 ) -> str:
     """`<comments_dir>/<slug>.html`, as post_page for a www site (jinja escapes all text)."""
     template = environment(mlist.templates).get_template(f"archive/{mlist.language}/post.html")
-    own = "/" + quote(post.path.removesuffix(".gmi") + ".html") if post.path else "/"
+    # Under web_url when set: a project site is served below the host's root.
+    root = site.web_url + "/" if site.web_url else "/"
+    own = root + quote(post.path.removesuffix(".gmi") + ".html") if post.path else root
     shown = [dataclasses.replace(c, author=_html(c.author), text=_html(c.text)) for c in comments]
     return template.render(
         list=mlist,
@@ -176,7 +176,7 @@ class _PostView:
 
 def _html(text: str) -> str:
     """Text that HTML parses without error (jinja escapes the markup)."""
-    return _SURROGATE.sub("\ufffd", _NOT_HTML.sub("", text))
+    return html_text(text)
 
 
 def _xml(text: str) -> str:

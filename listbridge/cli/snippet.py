@@ -5,6 +5,7 @@ import click
 from listbridge.archive.posts import site_posts
 from listbridge.archive.slugs import slugify
 from listbridge.cli import App, cli, pass_app
+from listbridge.config import SiteSettings
 from listbridge.render import environment
 
 
@@ -26,7 +27,7 @@ def snippet(app: App, post: str, list_address: str | None, form: str) -> None:
             list=mlist,
             slug=slug,
             separator=app.settings.smtp.separator,
-            archive=f"/{mlist.comments_dir}/" + ("index.html" if form == "html" else ""),
+            archive=_archive(app.settings.site, mlist.comments_dir, form),
         ),
         nl=False,
     )
@@ -34,3 +35,10 @@ def snippet(app: App, post: str, list_address: str | None, form: str) -> None:
         click.echo(
             f"note: no post {post!r} found under {app.settings.site.posts}/; the subject may not match.", err=True
         )
+
+
+def _archive(site: SiteSettings, folder: str, form: str) -> str:
+    """The archive's link in a post's footer: the HTML index under web_url on a www site."""
+    if form == "html" and site.html:
+        return f"{site.web_url}/{folder}/index.html"
+    return f"/{folder}/"

@@ -11,6 +11,8 @@ mail (a one-click link, an unsubscribe address) is masked wherever it is.
 'Merci !'
 >>> clean("> One click: https://l.example/unsubscribe/abcdefghijklmnopqrstuvwxyz\\nSo true.")
 '> One click: https://l.example/unsubscribe/…\\nSo true.'
+>>> clean("> bla+unsubscribe-abcdefghijklmnopqrstuvwxyz@l.example\\nYes, confirm-internationalization")
+'> bla+unsubscribe-…@l.example\\nYes, confirm-internationalization'
 """
 
 from __future__ import annotations
@@ -54,7 +56,10 @@ _MOBILE = re.compile(
 # A token of the reader's own, quoted from a list mail's footer (an inline quote is kept):
 # unsubscribe/TOKEN of a one-click link, unsubscribe-TOKEN (or enable-, confirm-) of an
 # address. Published, it would let anyone act for that reader.
-_SECRET = re.compile(r"((?:unsubscribe|enable|confirm|approve|reject)[/+\-])[a-z2-7]{20,64}(?![a-z2-7])", re.IGNORECASE)
+_SECRET = re.compile(
+    r"(/unsubscribe/)[a-z2-7]{26}(?![a-z2-7])|([+\-](?:unsubscribe|enable|confirm|approve|reject)-)[a-z2-7]{26}(?=@)",
+    re.IGNORECASE,
+)
 
 
 def _quoted(line: str) -> bool:
@@ -134,7 +139,7 @@ def _once(lines: list[str]) -> list[str]:
 
 def clean(text: str) -> str:
     """The comment as it will be published (LF line ends, no trailing whitespace)."""
-    text = _SECRET.sub(r"\1…", text)
+    text = _SECRET.sub(lambda m: (m.group(1) or m.group(2)) + "…", text)
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     lines = _cut_at_signature_or_original([line.rstrip() for line in lines])
     for _ in range(max(MIN_ROUNDS, ROUNDS_BUDGET // (len(text) + 1))):  # a dropped part can uncover another

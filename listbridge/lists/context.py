@@ -121,6 +121,7 @@ def send(session: Session, ctx: ListContext, template: str, to: str, **options: 
 
 
 def _token_of(session: Session, ctx: ListContext, address: str) -> str | None:
+    address = address.strip().lower()  # as subscriptions.normalise keeps it
     found = select(Subscriber.token).where(Subscriber.list_address == ctx.mlist.address, Subscriber.address == address)
     return session.scalar(found)
 

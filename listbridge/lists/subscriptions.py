@@ -17,7 +17,7 @@ from listbridge.addresses import new_token
 from listbridge.config import ListSettings, Settings
 from listbridge.db import insert_new, rowcount
 from listbridge.lists.context import ListContext, Rejected, send, within_reply_limit
-from listbridge.models import Confirmation, SpentToken, Subscriber, utcnow
+from listbridge.models import QUEUED, Confirmation, OutboxRecipient, SpentToken, Subscriber, utcnow
 from listbridge.outbound import compose, outbox
 
 
@@ -204,10 +204,19 @@ def forward_unsubscribe(session: Session, settings: Settings, token: str) -> Lin
     if found.state != SUBSCRIBED or found.mlist is None:
         return found
     ctx = ListContext(settings, found.mlist)
-    subscriber = session.scalars(select(Subscriber).where(Subscriber.token == token).with_for_update()).first()
-    if subscriber is None or rowcount(session.execute(delete(Subscriber).where(Subscriber.id == subscriber.id))) == 0:
-        return Link(LEFT, found.mlist)  # another request was quicker
+    # Locked, then deleted: a roster import may have replaced the row meanwhile (PostgreSQL),
+    # in which case the new one, with the same token, is the one to take off.
+    for _ in range(3):
+        subscriber = session.scalars(select(Subscriber).where(Subscriber.token == token).with_for_update()).first()
+        if subscriber is None:
+            return Link(LEFT, found.mlist)  # another request was quicker
+        if rowcount(session.execute(delete(Subscriber).where(Subscriber.id == subscriber.id))) == 1:
+            break
+    else:
+        raise RuntimeError("the roster kept changing under the one-click unsubscribe")
     _spend(session, ctx.mlist.address, token)
+    # No notice still queued for them goes out either.
+    session.execute(delete(OutboxRecipient).where(OutboxRecipient.token == token, OutboxRecipient.state == QUEUED))
     home = ctx.address(f"unsubscribe-{token}")
     outbox.enqueue(
         session,

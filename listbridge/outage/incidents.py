@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from listbridge.addresses import new_token
 from listbridge.archive import publish
 from listbridge.archive.pages import atom_time
-from listbridge.config import Settings
+from listbridge.config import ListSettings, Settings
 from listbridge.lists.context import ListContext
 from listbridge.models import INVESTIGATING, RESOLVED, Incident, IncidentUpdate, utcnow
 from listbridge.outbound import compose, outbox
@@ -139,20 +139,24 @@ def notify(session: Session, settings: Settings, incident: Incident, change: Inc
         ctx = ListContext(settings, mlist)
         placeholder = new_token()  # each recipient's token in the footer's link (comments.broadcast)
         own = settings.web.unsubscribe_url(placeholder) if settings.relay.personalize else ""
-        subject, body = render_mail(
-            mlist,
-            f"outage_{change.kind}",
-            **{**ctx.common(), "unsubscribe_url": own},
-            nature=incident.nature,
-            status=change.status,
-            eta=change.eta,
-            message=change.message,
-            opened_at=incident.opened_at,
-            automatic=incident.automatic,
-            status_url=status_url(settings),
-            # The capsule's too, when the link above is the web page.
-            gemini_status_url=gemini_status_url(settings) if status_url(settings).startswith("http") else "",
-        )
+
+        def text(unsubscribe_url: str, mlist: ListSettings = mlist, ctx: ListContext = ctx) -> tuple[str, str]:
+            return render_mail(
+                mlist,
+                f"outage_{change.kind}",
+                **{**ctx.common(), "unsubscribe_url": unsubscribe_url},
+                nature=incident.nature,
+                status=change.status,
+                eta=change.eta,
+                message=change.message,
+                opened_at=incident.opened_at,
+                automatic=incident.automatic,
+                status_url=status_url(settings),
+                # The capsule's too, when the link above is the web page.
+                gemini_status_url=gemini_status_url(settings) if status_url(settings).startswith("http") else "",
+            )
+
+        subject, body = text(own)
         sender = ctx.address("owner")
         extra = {"Auto-Submitted": "auto-generated", "Precedence": "bulk"}
         message, count = outbox.enqueue_fanout(
@@ -176,7 +180,7 @@ def notify(session: Session, settings: Settings, incident: Incident, change: Inc
                     mlist,
                     settings.smtp.separator,
                     subject=subject,
-                    body=body,
+                    body=text("")[1] if own else body,  # no stand-in: the owner's copy is no list mail
                     sender=sender,
                     to=mlist.owner,
                     extra=extra,
