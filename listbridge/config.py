@@ -117,6 +117,7 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("timeout", 10.0, "seconds each probe step may take", minimum=0.1),
         Option("starttls", False, "also require STARTTLS to be offered and to work"),
         Option("roster_max_age", 48.0, "hours after which an old roster is reported", minimum=0.1),
+        Option("home_domains", (), "domains whose mailboxes live on the watched MX (default: the lists' domains)"),
     ),
 }
 
@@ -287,6 +288,7 @@ class WatchSettings:
     timeout: float
     starttls: bool
     roster_max_age: float
+    home_domains: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,10 @@ class Settings:
     def comments_dirs(self) -> tuple[str, ...]:
         """Every list's comment folder: the post scan skips them all."""
         return tuple(m.comments_dir for m in self.lists)
+
+    def dark_domains(self) -> frozenset[str]:
+        """The domains whose mail cannot be read while the watched MX is down."""
+        return frozenset(self.watch.home_domains or (mlist.domain for mlist in self.lists))
 
     def list_for(self, address: str) -> ListSettings | None:
         """The configured list whose address is `address` (case-insensitive)."""

@@ -3,6 +3,7 @@ a real relay sink, the status page committed to a real git repo."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -17,6 +18,7 @@ from sqlalchemy import select
 from listbridge.cli import cli
 from listbridge.db import Database
 from listbridge.models import OutboxMessage, Subscriber
+from listbridge.outage import incidents
 from listbridge.outage.watch import Watcher
 
 from helpers import LIST, READERS, SinkHandler, db_count, export_roster, free_port, git, wait_for, watcher_config
@@ -261,3 +263,33 @@ def test_an_owner_of_two_lists_gets_each_notice_once(make_settings, db):
     with db.transaction() as session:
         incidents.declare(session, settings, "power cut", actor="admin")
     assert db_count(db, OutboxRecipient, OutboxRecipient.address.in_(["owner@example.org", "Owner@example.org"])) == 1
+
+
+def test_mailboxes_on_the_dark_mx_get_only_the_resolution(home, watcher_settings, mx, sink):
+    """A roster with home-domain and outside addresses: only the outside ones are told of the
+    outage; everyone is told it is over, with what happened."""
+    settings = dataclasses.replace(
+        watcher_settings, watch=dataclasses.replace(watcher_settings.watch, home_domains=("example0.org",))
+    )
+    dark = {a for a in READERS if a.endswith("@example0.org")}
+    export_roster(home, settings.watch.roster)
+    db = Database(settings.database.url)
+    db.upgrade()
+    watcher, stop = Watcher(settings, db), threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: db_count(db, Subscriber) == len(READERS))
+        mx.stop()
+        wait_for(lambda: set(notices(sink, "down")) >= set(READERS) - dark, timeout=30)
+        with db.transaction() as session:
+            assert incidents.unreachable_count(session, settings) == len(dark)
+        mx.start()
+        wait_for(lambda: set(notices(sink, "resolved")) >= set(READERS), timeout=30)
+    finally:
+        stop.set()
+        thread.join()
+        db.dispose()
+    assert not dark & set(notices(sink, "down"))
+    resolved = next(r for r in sink.handler.received if sorted(dark)[0] in r.rcpt_tos)
+    assert "Ce qui s'est passé :" in resolved.message.get_content()

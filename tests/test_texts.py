@@ -40,6 +40,7 @@ CONTEXT = dict(
     automatic=True,
     status_url="gemini://d/status.gmi",
     gemini_status_url="",
+    history=[],
     comment_id=3,
     approve_address="bla+approve-x@d",
     reject_address="bla+reject-x@d",

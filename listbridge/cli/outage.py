@@ -106,6 +106,8 @@ def status(app: App, as_json: bool) -> None:
                 "last_result": probe.last_detail,
             },
         }
+        # Mailboxes on the MX that is down: told once it is back, not before.
+        data["unreachable_by_mail"] = incidents.unreachable_count(session, app.settings)
     exported, too_old = roster_age(app.settings, db)
     data["roster"] = {"exported_at": exported.isoformat(timespec="seconds") if exported else None, "stale": too_old}
     if as_json:
@@ -124,6 +126,8 @@ def status(app: App, as_json: bool) -> None:
         mx = data["mx"]
         assert isinstance(mx, dict)
         click.echo(f"MX {app.settings.watch.mx}: {mx['state']} (last probe {mx['last_probe']}: {mx['last_result']})")
+    if data["unreachable_by_mail"]:
+        click.echo(f"Unreachable by mail: {data['unreachable_by_mail']} subscribers (their mailbox is on that MX)")
     if exported is None:
         click.echo("Roster: none imported yet (run `listbridge roster export` at home and copy it here).")
     elif too_old:

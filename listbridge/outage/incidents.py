@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from listbridge.addresses import new_token
@@ -17,7 +17,8 @@ from listbridge.archive import publish
 from listbridge.archive.pages import atom_time
 from listbridge.config import ListSettings, Settings
 from listbridge.lists.context import ListContext
-from listbridge.models import INVESTIGATING, RESOLVED, Incident, IncidentUpdate, utcnow
+from listbridge.models import INVESTIGATING, RESOLVED, Incident, IncidentUpdate, ProbeStatus, Subscriber, utcnow
+from listbridge.outage.probe import DOWN
 from listbridge.outbound import compose, outbox
 from listbridge.render import environment, render_mail
 
@@ -132,9 +133,13 @@ def gemini_status_url(settings: Settings) -> str:
 
 def notify(session: Session, settings: Settings, incident: Incident, change: IncidentUpdate) -> int:
     """One notice per subscriber of every list (own List-Unsubscribe), and one per owner, however
-    many lists they own."""
+    many lists they own. While the watched MX is down, the subscribers whose mailboxes live on
+    it (home_domains) get no opened or updated notice, which they could not read: only the
+    resolved one, which tells what happened."""
     total = 0
     owners_told: set[str] = set()
+    dark = unreachable_domains(session, settings) if change.kind != "resolved" else frozenset()
+    history = updates(session, incident)
     for mlist in settings.lists:
         ctx = ListContext(settings, mlist)
         placeholder = new_token()  # each recipient's token in the footer's link (comments.broadcast)
@@ -151,6 +156,7 @@ def notify(session: Session, settings: Settings, incident: Incident, change: Inc
                 message=change.message,
                 opened_at=incident.opened_at,
                 automatic=incident.automatic,
+                history=history,
                 status_url=status_url(settings),
                 # The capsule's too, when the link above is the web page.
                 gemini_status_url=gemini_status_url(settings) if status_url(settings).startswith("http") else "",
@@ -166,6 +172,7 @@ def notify(session: Session, settings: Settings, incident: Incident, change: Inc
             envelope_from=ctx.address("owner"),
             body=compose.build(mlist, settings.smtp.separator, subject=subject, body=body, sender=sender, extra=extra),
             retry_days=settings.relay.retry_days,
+            skip_domains=dark,
         )
         message.token_placeholder = placeholder
         total += count
@@ -189,6 +196,21 @@ def notify(session: Session, settings: Settings, incident: Incident, change: Inc
                 retry_days=settings.relay.retry_days,
             )
     return total
+
+
+def unreachable_domains(session: Session, settings: Settings) -> frozenset[str]:
+    """The home domains while the watcher sees the MX down (none otherwise, and at home)."""
+    probe = session.get(ProbeStatus, 1)
+    return settings.dark_domains() if probe is not None and probe.state == DOWN else frozenset()
+
+
+def unreachable_count(session: Session, settings: Settings) -> int:
+    """Subscribers who cannot read mail now: their mailbox is on the MX that is down."""
+    dark = unreachable_domains(session, settings)
+    if not dark:
+        return 0
+    query = select(func.count()).select_from(Subscriber).where(Subscriber.domain.in_(sorted(dark)))
+    return session.scalar(query) or 0
 
 
 def render_status(session: Session, settings: Settings) -> dict[str, str]:

@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import NamedTuple
 
 from sqlalchemy import BigInteger, any_, bindparam, case, func, insert, literal, select, text, update
@@ -79,9 +79,10 @@ def enqueue_fanout(
     body: bytes,
     retry_days: float,
     verp: bool = False,
+    skip_domains: Collection[str] = (),
 ) -> tuple[OutboxMessage, int]:
     """Store a list mail for every subscriber of the list whose delivery is on (not disabled
-    by bounces), in one INSERT … SELECT.
+    by bounces) and whose domain is not in `skip_domains`, in one INSERT … SELECT.
 
     The roster never passes through Python, so 100,000 recipients cost 100,000 small rows
     and no memory. Rows are inserted in domain order, so batching by domain is a scan by id.
@@ -102,6 +103,8 @@ def enqueue_fanout(
         .where(Subscriber.list_address == list_address, Subscriber.disabled_at.is_(None))
         .order_by(Subscriber.domain, Subscriber.id)
     )
+    if skip_domains:
+        roster = roster.where(Subscriber.domain.not_in(sorted(skip_domains)))
     columns = ["message_id", "address", "domain", "token", "state", "attempts", "next_attempt_at", "last_error"]
     session.execute(insert(OutboxRecipient).from_select(columns, roster))
     # rowcount of INSERT … SELECT is not reported by every driver (psycopg gives -1): count.
