@@ -97,6 +97,9 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("max_comment_chars", 20000, "longer comments are held for the moderator", minimum=1),
         Option("keep_from", False, "broadcast with the commenter's own From (not DMARC-safe)"),
         Option("comments_dir", "", "this list's folder of the comment archive (empty: [site] comments_dir)"),
+        Option(
+            "kind", "comments", "comments, or status: a list that only carries outage notices", ("comments", "status")
+        ),
     ),
     "bounces": (
         Option("threshold", 5, "bounce score at which delivery to a subscriber is turned off", minimum=1),
@@ -237,8 +240,15 @@ class ListSettings:
     deny: tuple[str, ...]
     max_comment_chars: int
     keep_from: bool
-    # Where its pages go, relative to the repo: build_settings fills an empty one with [site]'s.
+    # Where its pages go, relative to the repo: build_settings fills an empty one with [site]'s
+    # (a status list has none).
     comments_dir: str
+    kind: str = "comments"
+
+    @property
+    def status_only(self) -> bool:
+        """A list whose subscribers get outage notices and nothing else (no comments)."""
+        return self.kind == "status"
 
     @property
     def moderating(self) -> tuple[str, ...]:
@@ -451,6 +461,9 @@ def _with_comment_folders(lists: list[ListSettings], site: SiteSettings) -> tupl
     placed: dict[str, str] = {}
     out = []
     for mlist in lists:
+        if mlist.status_only:  # no comments, no folder: it collides with no list
+            out.append(replace(mlist, comments_dir=""))
+            continue
         given = mlist.comments_dir or site.comments_dir
         key = "[[lists]] comments_dir" if mlist.comments_dir else "[site] comments_dir"
         folder = comment_folder(given)

@@ -299,7 +299,7 @@ def rebuild(db: Database, settings: Settings, progress: Callable[[int], None] | 
     """Render every list's whole archive from the database; commit only what differs from HEAD.
     Each list's stale pages are deleted in its own folder only (see stale_pages)."""
     commits = []
-    for mlist in settings.lists:
+    for mlist in (m for m in settings.lists if not m.status_only):  # a status list has no archive
 
         def drop_stale(pages: dict[str, str | None], slugs: list[str], mlist: ListSettings = mlist) -> None:
             if progress:

@@ -10,17 +10,24 @@ from listbridge.render import environment
 
 
 @cli.command()
-@click.argument("post")
+@click.argument("post", required=False, default="")
 @click.option("--list", "list_address", metavar="ADDR", help="which list (needed when several are configured)")
 @click.option("--format", "form", type=click.Choice(["gemtext", "html"]), default="gemtext", help="html for a web post")
 @pass_app
 def snippet(app: App, post: str, list_address: str | None, form: str) -> None:
-    """Print the comment/subscribe links to paste at the end of POST (a slug or a title)."""
+    """Print the comment/subscribe links to paste at the end of POST (a slug or a title); for
+    a status list, the links that offer its notices."""
     mlist = app.settings.list_for(app.list_address(list_address))
     assert mlist is not None
+    suffix = "html" if form == "html" else "gmi"
+    if mlist.status_only:  # its subscribe links, whatever the post
+        template = environment(mlist.templates).get_template(f"archive/{mlist.language}/snippet_status.{suffix}")
+        click.echo(template.render(list=mlist, separator=app.settings.smtp.separator), nl=False)
+        return
+    if not post:
+        raise click.UsageError("give the POST (a slug or a title) whose footer to print.")
     found = site_posts(app.settings).get(slugify(post))
     slug = found.slug if found else post.strip().replace(" ", "-")
-    suffix = "html" if form == "html" else "gmi"
     template = environment(mlist.templates).get_template(f"archive/{mlist.language}/snippet.{suffix}")
     click.echo(
         template.render(

@@ -334,6 +334,8 @@ def _act(
                 for done in bounces.named(session, ctx, incoming):
                     _say(session, logging.INFO, "DSN to %s: %s", mlist.address, done)
                 return _forward_to_owner(session, ctx, incoming) if mlist.owner else OK
+            if mlist.status_only:  # it takes no comments: mail to it is for its owner
+                return _forward_to_owner(session, ctx, incoming)
             comment = comments.receive(session, ctx, incoming, posts(), automated)
             name = comment.id if comment.id is not None else incoming.message_id or "without Message-ID"
             _say(
