@@ -35,6 +35,7 @@ class Option:
     choices: tuple[str, ...] = ()
     minimum: float | None = None  # numbers only
     maximum: float | None = None
+    fold: bool = True  # lists of strings: lower-cased (addresses); not URLs that hold tokens
 
 
 # The table of every option: section -> options. `[[lists]]` entries use the "lists" section.
@@ -121,6 +122,10 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("starttls", False, "also require STARTTLS to be offered and to work"),
         Option("roster_max_age", 48.0, "hours after which an old roster is reported", minimum=0.1),
         Option("home_domains", (), "domains whose mailboxes live on the watched MX (default: the lists' domains)"),
+        Option(
+            "notify", (), "apprise URLs that outage events are posted to (mastodon://, ntfy://, json://…)", fold=False
+        ),
+        Option("notify_file", "", "a file of more such URLs, one a line, readable by its owner only"),
     ),
 }
 
@@ -138,7 +143,7 @@ def _values(section: str, given: dict[str, Any], where: str) -> dict[str, Any]:
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if expected is tuple and isinstance(value, list) and all(isinstance(v, str) for v in value):
-            value = tuple(v.strip().lower() for v in value)
+            value = tuple(v.strip().lower() if option.fold else v.strip() for v in value)
         if type(value) is not expected:
             raise ConfigError(f"[{where}] {key} must be {_type_name(expected)}, not {value!r}.")
         if option.choices and value not in option.choices:
@@ -196,12 +201,8 @@ class RelaySettings:
     helo: str
 
     def password(self) -> str:
-        if not self.password_file:
-            return ""
-        try:
-            return Path(self.password_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"[relay] password_file cannot be read: {exc.strerror}.") from exc
+        """The AUTH password: ConfigError when the file is readable by its group or others."""
+        return secret_file(self.password_file, "[relay] password_file").strip() if self.password_file else ""
 
 
 @dataclass(frozen=True)
@@ -299,6 +300,14 @@ class WatchSettings:
     starttls: bool
     roster_max_age: float
     home_domains: tuple[str, ...]
+    notify: tuple[str, ...]
+    notify_file: str
+
+    def channels(self) -> tuple[str, ...]:
+        """Every apprise URL: `notify`, then the lines of `notify_file` (secret_file rules)."""
+        lines = secret_file(self.notify_file, "[watch] notify_file").splitlines() if self.notify_file else []
+        extra = (line.strip() for line in lines)
+        return tuple(dict.fromkeys([*self.notify, *(u for u in extra if u and not u.startswith("#"))]))
 
 
 @dataclass(frozen=True)
@@ -426,6 +435,19 @@ def _is_web_url(url: str) -> bool:
         and len(url) <= 200
         and not any(c in url for c in ' <>"\\,\r\n')
     )
+
+
+def secret_file(path: str, option: str) -> str:
+    """The content of a file that holds secrets; ConfigError (one sentence) when it cannot be
+    read, or when its group or others may read it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if mode & 0o077:
+                raise ConfigError(f"{option} {path} can be read by others (mode {mode & 0o777:o}): chmod 600 it.")
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"{option} {path} cannot be read: {exc.strerror}.") from exc
 
 
 def _web(web: WebSettings) -> WebSettings:

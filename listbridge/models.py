@@ -305,6 +305,28 @@ class IncidentUpdate(Base):
     actor: Mapped[str] = mapped_column(String(255), default="")
 
 
+class ChannelPost(Base):
+    """One outage event (an incident update) to post to one channel (an apprise URL, known by
+    its digest, never stored: it may hold a token), with its retries, as the outbox does mail:
+    a restart neither posts twice nor forgets (outage/channels.py)."""
+
+    __tablename__ = "channel_posts"
+    __table_args__ = (
+        UniqueConstraint("update_id", "channel", name="uq_channel_posts_update_channel"),
+        Index("ix_channel_posts_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    update_id: Mapped[int] = mapped_column(ForeignKey("incident_updates.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(255))  # scheme://host, for `outage status`
+    state: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
+    done_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+
 class ProbeStatus(Base):
     """The watcher's view of the MX (one row), kept so a restart neither repeats nor forgets."""
 

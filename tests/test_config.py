@@ -287,9 +287,15 @@ def test_comment_folders_are_normalised_and_default_to_the_sites():
 
 def test_relay_password_file(tmp_path):
     secret = write(tmp_path / "secret", "s3cret\n")
+    secret.chmod(0o644)
+    with pytest.raises(
+        ConfigError, match=r"^\[relay\] password_file .* can be read by others \(mode 644\): chmod 600 it\.$"
+    ):
+        build_settings({"relay": {"password_file": str(secret)}}).relay.password()
+    secret.chmod(0o600)
     assert build_settings({"relay": {"password_file": str(secret)}}).relay.password() == "s3cret"
     assert build_settings({}).relay.password() == ""
-    with pytest.raises(ConfigError, match=r"\[relay\] password_file cannot be read"):
+    with pytest.raises(ConfigError, match=r"\[relay\] password_file .*none cannot be read"):
         build_settings({"relay": {"password_file": str(tmp_path / "none")}}).relay.password()
 
 

@@ -26,6 +26,7 @@ def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data
 def relay_settings(tmp_path: Path, port: int, security: str, password: str = "s3cret"):
     secret = tmp_path / "password"
     secret.write_text(password + "\n")
+    secret.chmod(0o600)  # a secret readable by others is refused
     return build_settings(
         {
             "relay": {

@@ -60,6 +60,15 @@ def page_url(mlist: ListSettings, site: SiteSettings, slug: str) -> str:
     return _web_or_gemini(site, page_path(mlist, slug, ".html"), page_path(mlist, slug))
 
 
+def status_url(site: SiteSettings) -> str:
+    """The status page as mail and channels link to it: the HTML one under web_url, if any."""
+    return _web_or_gemini(site, "status.html", "status.gmi")
+
+
+def gemini_status_url(site: SiteSettings) -> str:
+    return _url(site, "status.gmi")
+
+
 def _web_or_gemini(site: SiteSettings, html: str, gemtext: str) -> str:
     if site.web_url and site.html:
         return site.web_url + "/" + quote(html)

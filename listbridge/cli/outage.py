@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from listbridge.cli import App, cli, pass_app
 from listbridge.lists.comments import actor
 from listbridge.models import INCIDENT_STATUSES, RESOLVED, Incident, ProbeStatus
-from listbridge.outage import incidents
+from listbridge.outage import channels, incidents
 from listbridge.outage.watch import publish_status_safely, roster_age
 
 OPEN_STATUSES = [s for s in INCIDENT_STATUSES if s != RESOLVED]
@@ -108,6 +108,8 @@ def status(app: App, as_json: bool) -> None:
         }
         # Mailboxes on the MX that is down: told once it is back, not before.
         data["unreachable_by_mail"] = incidents.unreachable_count(session, app.settings)
+        channel_rows = channels.status(session)
+        data["channels"] = channel_rows
     exported, too_old = roster_age(app.settings, db)
     data["roster"] = {"exported_at": exported.isoformat(timespec="seconds") if exported else None, "stale": too_old}
     if as_json:
@@ -126,6 +128,12 @@ def status(app: App, as_json: bool) -> None:
         mx = data["mx"]
         assert isinstance(mx, dict)
         click.echo(f"MX {app.settings.watch.mx}: {mx['state']} (last probe {mx['last_probe']}: {mx['last_result']})")
+    for channel in channel_rows:
+        retry = f", next try {channel['next_attempt']} UTC" if channel["next_attempt"] else ""
+        error = f": {channel['last_error']}" if channel["last_error"] else ""
+        click.echo(
+            f"Channel {channel['channel']}: {channel['state']} after {channel['attempts']} attempt(s){retry}{error}"
+        )
     if data["unreachable_by_mail"]:
         click.echo(f"Unreachable by mail: {data['unreachable_by_mail']} subscribers (their mailbox is on that MX)")
     if exported is None:

@@ -9,6 +9,7 @@ import click
 
 from listbridge.archive.git import ensure_repo
 from listbridge.cli import App, cli, pass_app
+from listbridge.outage import channels
 from listbridge.outage.watch import Watcher
 from listbridge.outbound import delivery, outbox
 from listbridge.web import unsubscribe
@@ -71,6 +72,7 @@ def _deliver(app: App) -> tuple[int, int]:
     """Send the notices a probe queued (and any mail now due), as `queue flush` does: a cron
     job running `watch --once` has no other sender. (delivered or failed, still queued)"""
     db = app.ready_db()
+    channels.deliver_due(db, app.settings)  # apart from mail: a dead channel delays none of it
     with db.transaction() as session:
         before = outbox.pending_count(session)
     if before:

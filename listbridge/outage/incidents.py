@@ -13,11 +13,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from listbridge.addresses import new_token
-from listbridge.archive import publish
+from listbridge.archive import pages, publish
 from listbridge.archive.pages import atom_time
 from listbridge.config import ListSettings, Settings
 from listbridge.lists.context import ListContext
 from listbridge.models import INVESTIGATING, RESOLVED, Incident, IncidentUpdate, ProbeStatus, Subscriber, utcnow
+from listbridge.outage import channels
 from listbridge.outage.probe import DOWN
 from listbridge.outbound import compose, outbox
 from listbridge.render import environment, render_mail
@@ -118,17 +119,7 @@ def _change(
     session.add(change)
     session.flush()
     notify(session, settings, incident, change)
-
-
-def status_url(settings: Settings) -> str:
-    """The status page as mail links to it: the HTML one under web_url, if any."""
-    if settings.site.web_url and settings.site.html:
-        return settings.site.web_url + "/status.html"
-    return gemini_status_url(settings)
-
-
-def gemini_status_url(settings: Settings) -> str:
-    return settings.site.base_url.rstrip("/") + "/status.gmi"
+    channels.enqueue(session, settings, change)  # the same event, beyond mail
 
 
 def notify(session: Session, settings: Settings, incident: Incident, change: IncidentUpdate) -> int:
@@ -157,9 +148,11 @@ def notify(session: Session, settings: Settings, incident: Incident, change: Inc
                 opened_at=incident.opened_at,
                 automatic=incident.automatic,
                 history=history,
-                status_url=status_url(settings),
+                status_url=pages.status_url(settings.site),
                 # The capsule's too, when the link above is the web page.
-                gemini_status_url=gemini_status_url(settings) if status_url(settings).startswith("http") else "",
+                gemini_status_url=pages.gemini_status_url(settings.site)
+                if settings.site.web_url and settings.site.html
+                else "",
             )
 
         subject, body = text(own)

@@ -17,7 +17,7 @@ from listbridge.config import Settings
 from listbridge.db import Database
 from listbridge.failurelog import FailureLog
 from listbridge.models import ProbeStatus, utcnow
-from listbridge.outage import incidents, roster
+from listbridge.outage import channels, incidents, roster
 from listbridge.outage.probe import DOWN, UP, ProbeResult, ProbeState, next_state, probe
 from listbridge.outbound import delivery, outbox
 
@@ -48,6 +48,7 @@ class Watcher:
         self.db = db
         self._roster_mtime: float | None = None
         self.wakeup = threading.Event()  # set when mail waits in the outbox
+        self.channel_wakeup = threading.Event()  # set when an event waits for its channels
         self._warned_at: dt.datetime | None = None
 
     def refresh_roster(self) -> None:
@@ -140,12 +141,30 @@ class Watcher:
             event,
         )
 
+    def _post_channels(self, stop: threading.Event) -> None:
+        """Post the outage events due to their channels, apart from mail and the probes."""
+        failures = FailureLog(log, "channel posts failed; trying again", "channel posts work again")
+        while not stop.is_set():
+            self.channel_wakeup.wait(CHANNEL_POLL)
+            self.channel_wakeup.clear()
+            if stop.is_set():
+                return
+            try:
+                channels.deliver_due(self.db, self.settings)
+            except Exception as exc:  # the database, a notify_file gone: once, then one line
+                failures.failed(exc)
+            else:
+                failures.succeeded()
+
     def run(self, stop: threading.Event) -> None:
         """Probe every `[watch] interval` seconds and deliver the outbox until `stop` is set."""
         wakeup = self.wakeup
         with self.db.transaction() as session:
             outbox.release_stale(session, outbox.CLAIM_LEASE)
         workers = delivery.run_workers(self.db, self.settings, stop, wakeup)
+        poster = threading.Thread(target=self._post_channels, args=(stop,), name="channels", daemon=True)
+        poster.start()
+        workers.append(poster)
         failures = FailureLog(log, "probe cycle failed; trying again next interval", "probe cycles work again")
         try:
             while not stop.is_set():
@@ -153,6 +172,7 @@ class Watcher:
                 try:
                     if self.tick().event:
                         wakeup.set()  # notices are waiting
+                        self.channel_wakeup.set()
                 except Exception as exc:
                     failures.failed(exc)
                 else:
@@ -162,8 +182,12 @@ class Watcher:
         finally:
             stop.set()
             wakeup.set()
+            self.channel_wakeup.set()
             for thread in workers:
                 thread.join(timeout=self.settings.relay.timeout + 5)
+
+
+CHANNEL_POLL = 10.0  # seconds between looks for channel posts due (retries, `outage` by hand)
 
 
 def publish_status_safely(db: Database, settings: Settings, message: str) -> None:
