@@ -22,6 +22,7 @@ from listbridge.outage import channels
 from listbridge.outage.probe import DOWN
 from listbridge.outbound import compose, outbox
 from listbridge.render import environment, render_mail
+from listbridge.sanitize import clean_text, one_line
 
 AUTOMATIC_NATURE = {
     "en": "the mail server does not answer",
@@ -60,7 +61,9 @@ def declare(
     """Open an incident and announce it."""
     if current(session) is not None:
         raise OutageError("an outage is already open: use `outage update` or `outage resolve`.")
-    if not nature.strip():
+    # Maintainers' words go into subjects, pages and PostgreSQL (which takes no NUL): one line.
+    nature, eta = one_line(nature, 500), one_line(eta, 200)
+    if not nature:
         raise OutageError("say what broke with --nature.")
     if status == RESOLVED:
         raise OutageError("a new outage cannot start resolved.")
@@ -85,6 +88,7 @@ def update(
         raise OutageError("no outage is open: use `outage declare`.")
     if status == RESOLVED:
         raise OutageError("use `outage resolve` to close the outage.")
+    message, eta = clean_text(message), None if eta is None else one_line(eta, 200)
     if not message.strip() and eta is None and status is None:
         raise OutageError("give at least one of --message, --eta or --status.")
     incident.status = status or incident.status
@@ -106,7 +110,7 @@ def resolve(
     if automatic_only and not incident.automatic:
         return None
     incident.status, incident.resolved_at = RESOLVED, utcnow()
-    _change(session, settings, incident, "resolved", RESOLVED, message.strip(), "", actor)
+    _change(session, settings, incident, "resolved", RESOLVED, clean_text(message).strip(), "", actor)
     return incident
 
 
