@@ -126,6 +126,10 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
             "notify", (), "apprise URLs that outage events are posted to (mastodon://, ntfy://, json://…)", fold=False
         ),
         Option("notify_file", "", "a file of more such URLs, one a line, readable by its owner only"),
+        Option("forum_url", "", "a Discourse forum to post outages to: a topic, then a reply per update"),
+        Option("forum_api_key_file", "", "the file of its API key, readable by its owner only"),
+        Option("forum_user", "system", "the forum user the posts are made as"),
+        Option("forum_category", 0, "the forum category id of the topics (0: none)", minimum=0),
     ),
 }
 
@@ -289,6 +293,9 @@ class WebSettings:
         return f"{self.base_url.rstrip('/')}/unsubscribe/{token}" if self.base_url else ""
 
 
+FORUM_SCHEME = "discourse+"  # a channel that is the Discourse forum of [watch] forum_url
+
+
 @dataclass(frozen=True)
 class WatchSettings:
     mx: str
@@ -302,12 +309,18 @@ class WatchSettings:
     home_domains: tuple[str, ...]
     notify: tuple[str, ...]
     notify_file: str
+    forum_url: str
+    forum_api_key_file: str
+    forum_user: str
+    forum_category: int
 
     def channels(self) -> tuple[str, ...]:
-        """Every apprise URL: `notify`, then the lines of `notify_file` (secret_file rules)."""
+        """Every channel: the apprise URLs of `notify`, then the lines of `notify_file`
+        (secret_file rules), then the forum as FORUM_SCHEME + its URL."""
         lines = secret_file(self.notify_file, "[watch] notify_file").splitlines() if self.notify_file else []
         extra = (line.strip() for line in lines)
-        return tuple(dict.fromkeys([*self.notify, *(u for u in extra if u and not u.startswith("#"))]))
+        forum = [FORUM_SCHEME + self.forum_url.rstrip("/")] if self.forum_url else []
+        return tuple(dict.fromkeys([*self.notify, *(u for u in extra if u and not u.startswith("#")), *forum]))
 
 
 @dataclass(frozen=True)

@@ -325,6 +325,8 @@ class ChannelPost(Base):
     next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
     done_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
+    # What the channel made of it, where later posts refer to it: the forum topic's id.
+    remote_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class ProbeStatus(Base):

@@ -135,3 +135,83 @@ def test_a_notify_file_readable_by_others_is_refused(tmp_path):
     assert settings.watch.channels() == ("ntfy://ntfy.example/alerts", f"json://127.0.0.1:9/hook/{SECRET}")
     case = build_settings({"watch": {"notify": ["json://H.example/Hook/AbC"]}})
     assert case.watch.notify == ("json://H.example/Hook/AbC",)  # tokens keep their case
+
+
+class Forum(http.server.ThreadingHTTPServer):
+    """Discourse's POST /posts.json, as its API documents it: Api-Key and Api-Username
+    headers, JSON; title, raw and category make a topic, topic_id and raw a reply."""
+
+    def __init__(self) -> None:
+        self.topics: dict[int, list[dict]] = {}
+        super().__init__(("127.0.0.1", 0), ForumHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class ForumHandler(http.server.BaseHTTPRequestHandler):
+    server: Forum
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ok = (
+            self.path == "/posts.json"
+            and self.headers["Api-Key"] == SECRET
+            and self.headers["Api-Username"] == "status-bot"
+            and self.headers["Content-Type"] == "application/json"
+            and isinstance(body.get("raw"), str)
+        )
+        if ok and "topic_id" in body and body["topic_id"] in self.server.topics:
+            self.server.topics[body["topic_id"]].append(body)
+            answer = {"id": 100 + len(self.server.topics[body["topic_id"]]), "topic_id": body["topic_id"]}
+        elif ok and "topic_id" not in body and body.get("title") and body.get("category") == 7:
+            topic = 40 + len(self.server.topics)
+            self.server.topics[topic] = [body]
+            answer = {"id": 100, "topic_id": topic}
+        else:
+            self.send_response(422)
+            self.end_headers()
+            return
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_forum_gets_a_topic_then_a_reply_per_event(tmp_path, db_url, make_settings, caplog):
+    from listbridge.outage import incidents
+
+    forum = Forum()
+    key = tmp_path / "forum.key"
+    key.write_text(SECRET + "\n")
+    key.chmod(0o600)
+    settings = make_settings(
+        watch={
+            "forum_url": f"http://127.0.0.1:{forum.server_address[1]}",
+            "forum_api_key_file": str(key),
+            "forum_user": "status-bot",
+            "forum_category": 7,
+        }
+    )
+    db = Database(settings.database.url)
+    db.upgrade()
+    try:
+        with db.transaction() as session:
+            incidents.declare(session, settings, "power cut", actor="test", eta="tonight")
+            incidents.update(session, settings, "The ISP is on site.", actor="test")
+        assert channels.deliver_due(db, settings) == (2, 0)  # the topic, then its reply, in order
+        with db.transaction() as session:
+            incidents.resolve(session, settings, "Power is back.", actor="test")
+        assert channels.deliver_due(db, settings) == (1, 0)
+        assert channels.deliver_due(db, settings) == (0, 0)
+    finally:
+        forum.shutdown()
+        db.dispose()
+    ((topic, posts),) = forum.topics.items()
+    assert posts[0]["title"].startswith("bla: outage") and "tonight" in posts[0]["raw"]
+    assert [p.get("topic_id") for p in posts[1:]] == [topic, topic]
+    assert "The ISP is on site." in posts[1]["raw"] and "Power is back." in posts[2]["raw"]
+    assert SECRET not in caplog.text

@@ -9,19 +9,22 @@ rows keep a digest and scheme://host, and nothing logs more.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
 import urllib.parse
+from dataclasses import dataclass
 
 import apprise
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from listbridge.archive import pages
-from listbridge.config import Settings
+from listbridge.config import FORUM_SCHEME, ConfigError, Settings, secret_file
 from listbridge.db import Database, insert_new
 from listbridge.models import FAILED, QUEUED, SENT, ChannelPost, Incident, IncidentUpdate, utcnow
+from listbridge.outage import forum
 from listbridge.render import environment
 
 log = logging.getLogger(__name__)
@@ -69,21 +72,35 @@ def deliver_due(db: Database, settings: Settings) -> tuple[int, int]:
             .where(ChannelPost.state == QUEUED, ChannelPost.next_attempt_at <= now)
             .order_by(ChannelPost.id)
         ).all()
-        work = [(post.id, urls.get(post.channel), *text(settings, incident, change)) for post, change, incident in due]
+        topics = _topics(session, {(change.incident_id, post.channel) for post, change, _ in due})
+        work = [
+            Work(
+                post.id,
+                urls.get(post.channel),
+                change.kind,
+                *text(settings, incident, change),
+                topics.get((change.incident_id, post.channel), ""),
+            )
+            for post, change, incident in due
+        ]
         ages = {post.id: now - change.at for post, change, _ in due}
     if not work:
         return 0, 0
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(work))) as pool:
-        outcomes = list(pool.map(lambda w: (w[0], _post(*w[1:])), work))
+    by_channel: dict[str | None, list[Work]] = {}
+    for item in work:
+        by_channel.setdefault(item.url, []).append(item)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(by_channel))) as pool:
+        done = pool.map(lambda items: _post_in_order(settings, items), by_channel.values())
+        outcomes = [outcome for outcomes_of_one in done for outcome in outcomes_of_one]
     sent = queued = 0
     with db.transaction() as session:
-        for post_id, error in outcomes:
+        for post_id, error, remote_id in outcomes:
             post = session.get(ChannelPost, post_id)
             if post is None or post.state != QUEUED:
                 continue
             post.attempts += 1
             if not error:
-                post.state, post.done_at, post.last_error = SENT, utcnow(), ""
+                post.state, post.done_at, post.last_error, post.remote_id = SENT, utcnow(), "", remote_id
                 sent += 1
                 continue
             post.last_error = error
@@ -96,17 +113,76 @@ def deliver_due(db: Database, settings: Settings) -> tuple[int, int]:
     return sent, queued
 
 
-def _post(url: str | None, title: str, body: str) -> str:
-    """Post one event; "" when it went, else why not (never the URL)."""
-    if url is None:
-        return "no longer in [watch] notify"
+@dataclass(frozen=True)
+class Work:
+    """One post to make, read from the database before the threads start."""
+
+    post_id: int
+    url: str | None
+    kind: str  # of the incident update: opened, updated, resolved
+    title: str
+    body: str
+    topic: str  # the forum topic the outage opened, for a later event
+
+
+def _topics(session: Session, keys: set[tuple[int, str]]) -> dict[tuple[int, str], str]:
+    """The forum topic each (incident, channel) opened, where it did."""
+    if not keys:
+        return {}
+    rows = session.execute(
+        select(IncidentUpdate.incident_id, ChannelPost.channel, ChannelPost.remote_id)
+        .join(IncidentUpdate, IncidentUpdate.id == ChannelPost.update_id)
+        .where(IncidentUpdate.kind == "opened", ChannelPost.state == SENT, ChannelPost.remote_id != "")
+        .where(IncidentUpdate.incident_id.in_(sorted({incident for incident, _ in keys})))
+    ).all()
+    return {(incident, channel): remote for incident, channel, remote in rows if (incident, channel) in keys}
+
+
+def _post_in_order(settings: Settings, items: list[Work]) -> list[tuple[int, str, str]]:
+    """One channel's posts, oldest first (a forum's replies follow its topic, in order); a
+    failure stops the rest of that channel's batch, to keep the order."""
+    outcomes: list[tuple[int, str, str]] = []
+    topic = ""
+    for item in items:
+        if outcomes and outcomes[-1][1]:  # the one before failed: this one waits its turn
+            outcomes.append((item.post_id, "waits for the post before it", ""))
+            continue
+        error, remote = _post(settings, dataclasses.replace(item, topic=item.topic or topic))
+        topic = remote if item.kind == "opened" and remote else topic
+        outcomes.append((item.post_id, error, remote))
+    return outcomes
+
+
+def _post(settings: Settings, work: Work) -> tuple[str, str]:
+    """Post one event: ("", what the channel made of it) when it went, else (why not, "");
+    never the URL."""
+    if work.url is None:
+        return "no longer in [watch] notify", ""
+    if work.url.startswith(FORUM_SCHEME):
+        return _forum(settings, work)
     sender = apprise.Apprise()
-    if not sender.add(_with_timeouts(url)):
-        return "not an apprise URL"
+    if not sender.add(_with_timeouts(work.url)):
+        return "not an apprise URL", ""
     try:
-        return "" if sender.notify(title=title, body=body) else "refused or unreachable"
+        return ("", "") if sender.notify(title=work.title, body=work.body) else ("refused or unreachable", "")
     except Exception as exc:  # a plugin's own failure: this post alone
-        return type(exc).__name__
+        return type(exc).__name__, ""
+
+
+def _forum(settings: Settings, work: Work) -> tuple[str, str]:
+    """A topic for the outage's opening, a reply in it for each later event."""
+    w = settings.watch
+    try:
+        key = secret_file(w.forum_api_key_file, "[watch] forum_api_key_file").strip()
+        if work.kind == "opened":
+            return "", forum.post(
+                w.forum_url, key, w.forum_user, work.body, title=work.title, category=w.forum_category
+            )
+        if not work.topic:
+            return "its topic is not made yet", ""  # the opening's post is retried first
+        return "", forum.post(w.forum_url, key, w.forum_user, f"**{work.title}**\n\n{work.body}", topic=work.topic)
+    except (ConfigError, forum.ForumError) as exc:
+        return str(exc), ""
 
 
 def _with_timeouts(url: str) -> str:

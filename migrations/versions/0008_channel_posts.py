@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("next_attempt_at", sa.DateTime(), nullable=False),
         sa.Column("done_at", sa.DateTime(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=False),
+        sa.Column("remote_id", sa.String(64), nullable=False, server_default=""),
         sa.ForeignKeyConstraint(["update_id"], ["incident_updates.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("update_id", "channel", name="uq_channel_posts_update_channel"),
