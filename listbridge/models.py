@@ -272,6 +272,9 @@ IDENTIFIED = "identified"
 MONITORING = "monitoring"
 RESOLVED = "resolved"
 INCIDENT_STATUSES = (INVESTIGATING, IDENTIFIED, MONITORING, RESOLVED)
+# A planned maintenance: announced (scheduled), then under way (maintenance) in its window.
+SCHEDULED = "scheduled"
+MAINTENANCE = "maintenance"
 
 
 class Incident(Base):
@@ -287,6 +290,9 @@ class Incident(Base):
     eta: Mapped[str] = mapped_column(Text, default="")
     opened_at: Mapped[dt.datetime] = mapped_column(DateTime(), default=utcnow)
     resolved_at: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
+    # A planned maintenance's window (UTC); none for an outage.
+    planned_start: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
+    planned_end: Mapped[dt.datetime | None] = mapped_column(DateTime(), nullable=True)
 
 
 class IncidentUpdate(Base):

@@ -41,6 +41,9 @@ CONTEXT = dict(
     status_url="gemini://d/status.gmi",
     gemini_status_url="",
     history=[],
+    planned=False,
+    window_start="2026-12-05 22:00 CET",
+    window_end="2026-12-06 02:00 CET",
     comment_id=3,
     approve_address="bla+approve-x@d",
     reject_address="bla+reject-x@d",
@@ -183,6 +186,9 @@ def test_every_text_renders_with_what_its_real_caller_passes(language, make_sett
         incidents.declare(session, settings, "power cut", "tonight", actor="admin")  # outage_opened
         incidents.update(session, settings, "ISP on site", actor="admin")  # outage_updated
         incidents.resolve(session, settings, "back", actor="admin")  # outage_resolved
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        incidents.plan(session, settings, "new disks", now, now + dt.timedelta(hours=1))  # outage_scheduled
+        incidents.start_due(session, settings)  # outage_started
         day = dt.datetime(2026, 5, 1)
         subscribe(session, ctx, "bob@example.org")
         for address in ("ann@example.org", "bob@example.org"):

@@ -40,10 +40,24 @@ def _act(app: App, what: Callable[[Session], Incident | None], page_message: str
 @click.option("--nature", required=True, help="what broke, in a few words")
 @click.option("--eta", default="", help="when it should be back (free text)")
 @click.option("--status", type=click.Choice(OPEN_STATUSES), default="investigating", show_default=True)
+@click.option("--planned", is_flag=True, help="a maintenance window ahead, from --start to --end")
+@click.option("--start", default="", help="with --planned: ISO 8601, or YYYY-MM-DD HH:MM in local time")
+@click.option("--end", default="", help="with --planned: the same")
 @pass_app
-def declare(app: App, nature: str, eta: str, status: str) -> None:
-    """Open an outage (planned or known), even while the MX still answers."""
-    _act(app, lambda s: incidents.declare(s, app.settings, nature, eta, status, actor()), "Outage: {summary}")
+def declare(app: App, nature: str, eta: str, status: str, planned: bool, start: str, end: str) -> None:
+    """Open an outage (known, even while the MX still answers), or announce a maintenance."""
+    if not planned:
+        if start or end:
+            raise click.UsageError("--start and --end go with --planned.")
+        _act(app, lambda s: incidents.declare(s, app.settings, nature, eta, status, actor()), "Outage: {summary}")
+        return
+    if not start or not end:
+        raise click.UsageError("--planned needs --start and --end.")
+    try:
+        window = incidents.parse_time(start), incidents.parse_time(end)
+    except incidents.OutageError as exc:
+        raise click.ClickException(str(exc)) from None
+    _act(app, lambda s: incidents.plan(s, app.settings, nature, *window, actor()), "Maintenance planned: {summary}")
 
 
 @outage_group.command()
@@ -110,6 +124,16 @@ def status(app: App, as_json: bool) -> None:
         data["unreachable_by_mail"] = incidents.unreachable_count(session, app.settings)
         channel_rows = channels.status(session)
         data["channels"] = channel_rows
+        windows = [
+            {
+                "id": m.id,
+                "nature": m.nature,
+                "start": channels.local_time(m.planned_start),
+                "end": channels.local_time(m.planned_end),
+            }
+            for m in incidents.upcoming(session)
+        ]
+        data["planned"] = windows
     exported, too_old = roster_age(app.settings, db)
     data["roster"] = {"exported_at": exported.isoformat(timespec="seconds") if exported else None, "stale": too_old}
     if as_json:
@@ -128,6 +152,8 @@ def status(app: App, as_json: bool) -> None:
         mx = data["mx"]
         assert isinstance(mx, dict)
         click.echo(f"MX {app.settings.watch.mx}: {mx['state']} (last probe {mx['last_probe']}: {mx['last_result']})")
+    for window in windows:
+        click.echo(f"Planned #{window['id']}: {window['start']} to {window['end']}: {window['nature']}")
     for channel in channel_rows:
         retry = f", next try {channel['next_attempt']} UTC" if channel["next_attempt"] else ""
         error = f": {channel['last_error']}" if channel["last_error"] else ""

@@ -35,6 +35,13 @@ GIVE_UP = dt.timedelta(days=2)  # an event older than this is of no use to anyon
 TIMEOUTS = {"cto": "10", "rto": "20"}  # apprise's connect and read timeouts, where the URL sets none
 
 
+def local_time(when: dt.datetime | None) -> str:
+    """A stored (UTC) time in the watcher's own zone, which it names: 2026-12-05 22:00 CET."""
+    if when is None:
+        return ""
+    return when.replace(tzinfo=dt.UTC).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
 def digest(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()
 
@@ -200,6 +207,9 @@ def text(settings: Settings, incident: Incident, change: IncidentUpdate) -> tupl
     template = environment(mlist.templates).get_template(f"channel/{mlist.language}/{change.kind}.txt")
     rendered = template.render(
         list=mlist,
+        planned=incident.planned_start is not None,
+        window_start=local_time(incident.planned_start),
+        window_end=local_time(incident.planned_end),
         nature=incident.nature,
         status=change.status,
         eta=change.eta,

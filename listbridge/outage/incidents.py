@@ -17,7 +17,18 @@ from listbridge.archive import pages, publish
 from listbridge.archive.pages import atom_time
 from listbridge.config import ListSettings, Settings
 from listbridge.lists.context import ListContext
-from listbridge.models import INVESTIGATING, RESOLVED, Incident, IncidentUpdate, ProbeStatus, Subscriber, utcnow
+from listbridge.models import (
+    IDENTIFIED,
+    INVESTIGATING,
+    MAINTENANCE,
+    RESOLVED,
+    SCHEDULED,
+    Incident,
+    IncidentUpdate,
+    ProbeStatus,
+    Subscriber,
+    utcnow,
+)
 from listbridge.outage import channels
 from listbridge.outage.probe import DOWN
 from listbridge.outbound import compose, outbox
@@ -28,6 +39,11 @@ AUTOMATIC_NATURE = {
     "en": "the mail server does not answer",
     "fr": "le serveur de courrier ne répond pas",
 }
+# What a maintenance past its window says, as the outage it turns into.
+OVERRUN = {
+    "en": "The maintenance is taking longer than planned.",
+    "fr": "La maintenance dure plus longtemps que prévu.",
+}
 
 
 class OutageError(Exception):
@@ -35,10 +51,94 @@ class OutageError(Exception):
 
 
 def current(session: Session) -> Incident | None:
-    """The open incident, if any (there is at most one)."""
+    """The open incident, if any (there is at most one): an outage, or a maintenance under
+    way; not one only scheduled."""
     return session.scalars(
-        select(Incident).where(Incident.status != RESOLVED).order_by(Incident.id.desc()).limit(1)
+        select(Incident).where(Incident.status.not_in((RESOLVED, SCHEDULED))).order_by(Incident.id.desc()).limit(1)
     ).first()
+
+
+def parse_time(text: str) -> dt.datetime:
+    """ISO 8601, or YYYY-MM-DD HH:MM in the watcher's own zone, as a stored (UTC) time."""
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise OutageError(f"{text!r} is not a time: give 2026-12-05 22:00 or 2026-12-05T22:00+01:00.") from None
+    return when.astimezone(dt.UTC).replace(tzinfo=None)  # a naive time is taken as local
+
+
+def upcoming(session: Session) -> list[Incident]:
+    """The planned maintenances not started yet, soonest first."""
+    return list(session.scalars(select(Incident).where(Incident.status == SCHEDULED).order_by(Incident.planned_start)))
+
+
+def plan(
+    session: Session,
+    settings: Settings,
+    nature: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    actor: str = "",
+) -> Incident:
+    """Announce a maintenance window (UTC times): the notice now, a reminder as it starts
+    (start_due), and at its end "maintenance over" or an outage (end_due)."""
+    nature = one_line(nature, 500)
+    if not nature:
+        raise OutageError("say what the maintenance is with --nature.")
+    if end <= start:
+        raise OutageError("the maintenance must end after it starts.")
+    if end <= utcnow():
+        raise OutageError("that window is over already.")
+    incident = Incident(
+        nature=nature,
+        status=SCHEDULED,
+        automatic=False,
+        eta="",
+        opened_at=utcnow(),
+        planned_start=start,
+        planned_end=end,
+    )
+    session.add(incident)
+    session.flush()
+    _change(session, settings, incident, "scheduled", SCHEDULED, "", "", actor)
+    return incident
+
+
+def start_due(session: Session, settings: Settings, now: dt.datetime | None = None) -> list[Incident]:
+    """The maintenances whose window opens now: under way, and their reminder sent. An
+    outage already open keeps them waiting."""
+    now = now or utcnow()
+    started = []
+    for incident in upcoming(session):
+        if incident.planned_start is None or incident.planned_start > now or current(session) is not None:
+            continue
+        incident.status = MAINTENANCE
+        _change(session, settings, incident, "started", MAINTENANCE, "", "", "watch")
+        started.append(incident)
+    return started
+
+
+def end_due(
+    session: Session, settings: Settings, mx_answers: bool, mx_down: bool, now: dt.datetime | None = None
+) -> Incident | None:
+    """The maintenance whose window is over: resolved when the MX answers; an outage when it
+    is down (the watcher resolves it once it is up again: "taking longer than planned"); else
+    (a probe failed, not enough to call it down) left to the next probe."""
+    now = now or utcnow()
+    incident = current(session)
+    if incident is None or incident.status != MAINTENANCE or incident.planned_end is None or incident.planned_end > now:
+        return None
+    if not mx_answers and not mx_down:
+        return None
+    if mx_answers:
+        incident.status, incident.resolved_at = RESOLVED, now
+        _change(session, settings, incident, "resolved", RESOLVED, "", "", "watch")
+        return incident
+    language = settings.lists[0].language
+    incident.status, incident.automatic = IDENTIFIED, True  # the MX coming back resolves it
+    message = OVERRUN.get(language, OVERRUN["en"])
+    _change(session, settings, incident, "updated", IDENTIFIED, message, incident.eta, "watch")
+    return incident
 
 
 def updates(session: Session, incident: Incident) -> list[IncidentUpdate]:
@@ -152,6 +252,9 @@ def notify(session: Session, settings: Settings, incident: Incident, change: Inc
                 opened_at=incident.opened_at,
                 automatic=incident.automatic,
                 history=history,
+                planned=incident.planned_start is not None,
+                window_start=channels.local_time(incident.planned_start),
+                window_end=channels.local_time(incident.planned_end),
                 status_url=pages.status_url(settings.site),
                 # The capsule's too, when the link above is the web page.
                 gemini_status_url=pages.gemini_status_url(settings.site)
@@ -217,11 +320,15 @@ def render_status(session: Session, settings: Settings) -> dict[str, str]:
     env = environment(mlist.templates)
     incidents = list(session.scalars(select(Incident).order_by(Incident.opened_at.desc(), Incident.id.desc())))
     history = [(i, updates(session, i)) for i in incidents]
-    open_now = next(((i, u) for i, u in history if i.status != RESOLVED), None)
+    open_now = next(((i, u) for i, u in history if i.status not in (RESOLVED, SCHEDULED)), None)
+    planned = [
+        {"nature": i.nature, "start": channels.local_time(i.planned_start), "end": channels.local_time(i.planned_end)}
+        for i in reversed([i for i, _ in history if i.status == SCHEDULED])
+    ]
     base = settings.site.base_url.rstrip("/")
     pages = {
         "status.gmi": env.get_template(f"status/{mlist.language}/status.gmi").render(
-            list=mlist, current=open_now, history=history
+            list=mlist, current=open_now, history=history, upcoming=planned
         ),
         "status.xml": env.get_template(f"status/{mlist.language}/status.xml").render(
             list=mlist,
@@ -237,7 +344,7 @@ def render_status(session: Session, settings: Settings) -> dict[str, str]:
     if settings.site.html:  # the same, for a www site (jinja escapes every text)
         feed = {"feed_title": mlist.title}
         pages["status.html"] = env.get_template(f"status/{mlist.language}/status.html").render(
-            list=mlist, current=open_now, history=history, feed="status.xml", **feed
+            list=mlist, current=open_now, history=history, upcoming=planned, feed="status.xml", **feed
         )
         for incident, changes in history:
             pages[f"status/{incident.id}.html"] = env.get_template(f"status/{mlist.language}/incident.html").render(

@@ -16,7 +16,7 @@ from pathlib import Path
 from listbridge.config import Settings
 from listbridge.db import Database
 from listbridge.failurelog import FailureLog
-from listbridge.models import ProbeStatus, utcnow
+from listbridge.models import RESOLVED, ProbeStatus, utcnow
 from listbridge.outage import channels, incidents, roster
 from listbridge.outage.probe import DOWN, UP, ProbeResult, ProbeState, next_state, probe
 from listbridge.outbound import delivery, outbox
@@ -117,6 +117,12 @@ class Watcher:
             row.last_at, row.last_ok, row.last_detail = utcnow(), result.ok, f"{result.step}: {result.detail}"
             language = self.settings.lists[0].language
             page_message = ""
+            # A planned window opening or closing (its reminder; its end, or its overrun).
+            for planned in incidents.start_due(session, self.settings):
+                page_message = f"Maintenance: {planned.nature}"
+            ended = incidents.end_due(session, self.settings, result.ok, state.state == DOWN)
+            if ended is not None:
+                page_message = f"Maintenance {'over' if ended.status == RESOLVED else 'overrun'}: {ended.nature}"
             if event == DOWN and incidents.current(session) is None:
                 nature = incidents.AUTOMATIC_NATURE.get(language, incidents.AUTOMATIC_NATURE["en"])
                 incidents.declare(session, self.settings, nature, actor="watch", automatic=True)
@@ -129,6 +135,8 @@ class Watcher:
             log.warning("MX %s is %s (%s: %s)", w.mx, event, result.step, result.detail)
         if page_message:  # after the commit: the notices are safe even if git fails
             publish_status_safely(self.db, self.settings, page_message)
+            self.wakeup.set()  # notices, and posts, are waiting
+            self.channel_wakeup.set()
         return Tick(
             w.mx,
             result.ok,
