@@ -119,3 +119,18 @@ def test_the_command_line_takes_local_times_and_refuses_bad_ones(tmp_path: Path,
         assert db_count(db, Incident) == 1
     finally:
         db.dispose()
+
+
+def test_channel_texts_keep_their_lines(watched):
+    """A line per sentence, as in the mail: none glued to the next by a template's tags."""
+    from listbridge.outage import channels
+
+    settings, db, watcher = watched
+    with db.transaction() as session:
+        incident = incidents.declare(session, settings, "power cut", actor="test")
+        incidents.resolve(session, settings, actor="test")
+        for change in incidents.updates(session, incident):
+            title, body = channels.text(settings, incident, change)
+            assert title and all(line.strip() for line in body.splitlines()), body
+            assert not any(". " in line and line.rstrip().endswith(":") for line in body.splitlines())
+            assert ".Historique" not in body and ".Suivre" not in body, body

@@ -98,6 +98,12 @@ def status(app: App, as_json: bool) -> None:
                 "eta": incident.eta,
                 "automatic": incident.automatic,
                 "opened_at": incident.opened_at.isoformat(timespec="seconds"),
+                # A maintenance's window, in the watcher's zone ("" for an outage).
+                "window": (
+                    f"from {channels.local_time(incident.planned_start)} to {channels.local_time(incident.planned_end)}"
+                    if incident.planned_start
+                    else ""
+                ),
                 "updates": [
                     {
                         "at": u.at.isoformat(timespec="seconds"),
@@ -144,8 +150,11 @@ def status(app: App, as_json: bool) -> None:
         click.echo("No outage is open.")
     else:
         assert isinstance(o, dict)
-        click.echo(f"Outage #{o['id']} ({o['status']}) since {o['opened_at']} UTC: {o['nature']}")
-        click.echo(f"Expected back: {o['eta'] or 'unknown'}")
+        if o["window"]:
+            click.echo(f"Maintenance #{o['id']} ({o['status']}) {o['window']}: {o['nature']}")
+        else:
+            click.echo(f"Outage #{o['id']} ({o['status']}) since {o['opened_at']} UTC: {o['nature']}")
+            click.echo(f"Expected back: {o['eta'] or 'unknown'}")
         for u in o["updates"]:
             click.echo(f"  {u['at']} {u['kind']} ({u['status']}) {u['message']}".rstrip())
     if data["mx"]:
