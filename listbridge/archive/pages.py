@@ -103,10 +103,10 @@ def post_page_html(
     # Under web_url when set: a project site is served below the host's root.
     root = site.web_url + "/" if site.web_url else "/"
     own = root + quote(post.path.removesuffix(".gmi") + ".html") if post.path else root
-    shown = [dataclasses.replace(c, author=_html(c.author), text=_html(c.text)) for c in comments]
+    shown = [dataclasses.replace(c, author=html_text(c.author), text=html_text(c.text)) for c in comments]
     return template.render(
         list=mlist,
-        post=_PostView(dataclasses.replace(post, title=_html(post.title)), own, ""),
+        post=_PostView(dataclasses.replace(post, title=html_text(post.title)), own, ""),
         comments=sorted(shown, key=lambda c: (c.date, c.id)),
         mailto=f"mailto:{mlist.address}?subject={quote(post.slug)}",
         feed="atom.xml",
@@ -118,7 +118,7 @@ def index_page_html(mlist: ListSettings, site: SiteSettings, posts: list[Publish
     """`<comments_dir>/index.html`: posts with comments, newest first."""
     template = environment(mlist.templates).get_template(f"archive/{mlist.language}/index.html")
     ordered = sorted(posts, key=index_order, reverse=True)
-    views = [_PostView(dataclasses.replace(p, title=_html(p.title)), "", quote(f"{p.slug}.html")) for p in ordered]
+    views = [_PostView(dataclasses.replace(p, title=html_text(p.title)), "", quote(f"{p.slug}.html")) for p in ordered]
     return template.render(list=mlist, posts=views, feed="atom.xml", feed_title=mlist.title)
 
 
@@ -181,11 +181,6 @@ class _PostView:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.summary, name)
-
-
-def _html(text: str) -> str:
-    """Text that HTML parses without error (jinja escapes the markup)."""
-    return html_text(text)
 
 
 def _xml(text: str) -> str:

@@ -143,16 +143,21 @@ def unsubscribe(session: Session, ctx: ListContext, address: str, goodbye: bool 
     if subscriber is None:
         return False
     name = subscriber.display_name
-    if rowcount(session.execute(delete(Subscriber).where(Subscriber.id == subscriber.id))) == 0:
+    if not _remove(session, subscriber):
         return False  # removed meanwhile by another transaction (two clicks at once)
-    _spend(session, ctx.mlist.address, subscriber.token)
     if goodbye:
         send(session, ctx, "goodbye", address, name=name, address=address)
     return True
 
 
-def _spend(session: Session, list_address: str, token: str) -> None:
-    insert_new(session, SpentToken, {"digest": token_digest(token), "list_address": list_address, "spent_at": utcnow()})
+def _remove(session: Session, subscriber: Subscriber) -> bool:
+    """Delete `subscriber`'s row and keep its token's digest (a one-click link used again says
+    it is done); False when another transaction removed the row first."""
+    if rowcount(session.execute(delete(Subscriber).where(Subscriber.id == subscriber.id))) == 0:
+        return False
+    spent = {"digest": token_digest(subscriber.token), "list_address": subscriber.list_address, "spent_at": utcnow()}
+    insert_new(session, SpentToken, spent)
+    return True
 
 
 def token_digest(token: str) -> str:
@@ -210,11 +215,10 @@ def forward_unsubscribe(session: Session, settings: Settings, token: str) -> Lin
         subscriber = session.scalars(select(Subscriber).where(Subscriber.token == token).with_for_update()).first()
         if subscriber is None:
             return Link(LEFT, found.mlist)  # another request was quicker
-        if rowcount(session.execute(delete(Subscriber).where(Subscriber.id == subscriber.id))) == 1:
+        if _remove(session, subscriber):
             break
     else:
         raise RuntimeError("the roster kept changing under the one-click unsubscribe")
-    _spend(session, ctx.mlist.address, token)
     # No notice still queued for them goes out either.
     session.execute(delete(OutboxRecipient).where(OutboxRecipient.token == token, OutboxRecipient.state == QUEUED))
     home = ctx.address(f"unsubscribe-{token}")
